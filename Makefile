@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` (set up + the main job) and `make test` (set up + tests).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ditkit-installed
+OUT ?= runs/demo
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned first and on its own, so nothing can swap it for an unpinned CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev,vae,tensorboard]" "torch==2.13.0"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ditkit demo --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/ditkit bench train --preset DiT-S/2 --image-size 256 --batch-size 32
+
+clean:
+	rm -rf $(VENV) runs
