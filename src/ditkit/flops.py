@@ -1,0 +1,47 @@
+"""Parameter and Gflops accounting in the DiT paper's convention, measured from the model itself.
+
+The paper counts forward-pass multiply-adds of the matrix multiplies for one image, without the
+guidance doubling (DiT issue #14). We run one forward on the meta device (no memory, no time) under
+torch's FlopCounterMode with plain-matmul attention (the fused SDPA kernel is invisible to the
+counter on CPU) and halve its count (it counts a multiply-add as 2 FLOPs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ditkit.config import ModelConfig
+from ditkit.model import DiT, num_parameters
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    name: str
+    params: int  # all parameters, counting the fixed pos_embed as the official code does
+    gflops: float  # forward multiply-adds per image, in 1e9
+    tokens: int
+
+
+def model_cost(config: ModelConfig, name: str = "") -> ModelCost:
+    """Parameters and paper-convention Gflops of `config` for one image at config.input_size."""
+    with torch.device("meta"):
+        model = DiT(config)
+    model = model.to("meta").eval()
+    model.set_explicit_attention(True)
+    x = torch.empty(1, config.in_channels, config.input_size, config.input_size, device="meta")
+    t = torch.zeros(1, dtype=torch.long, device="meta")
+    y = torch.zeros(1, dtype=torch.long, device="meta") if config.num_classes > 0 else None
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x, t, y)
+    return ModelCost(name=name, params=num_parameters(model), gflops=counter.get_total_flops() / 2 / 1e9,
+                     tokens=config.num_tokens)
+
+
+def format_table(costs: list[ModelCost]) -> str:
+    lines = [f"{'model':<12} {'params':>14} {'tokens':>7} {'Gflops':>9}"]
+    lines += [f"{c.name:<12} {c.params:>14,} {c.tokens:>7} {c.gflops:>9.2f}" for c in costs]
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Load DiT weights: published checkpoints, official train.py checkpoints, ditkit files and run folders.
+
+Never executes pickled code: `.pt` files go through `torch.load(weights_only=True)`; ditkit's own
+format is safetensors with the model config in its metadata. A config that the weights do not
+carry (the head count, say) is inferred from tensor shapes and can be overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ditkit.config import ModelConfig
+from ditkit.model import DiT
+
+CONFIG_METADATA_KEY = "ditkit_config"
+# Heads of the paper's sizes (a state dict does not record them): S 6, B 12, L 16, XL 16.
+PAPER_HEADS: dict[int, int] = {384: 6, 768: 12, 1024: 16, 1152: 16}
+RUN_LATEST_FILE = "latest"  # run_dir/checkpoints/latest names the newest checkpoint folder
+EMA_WEIGHTS_FILE = "ema.safetensors"
+
+
+def save_weights(state_dict: dict[str, Tensor], config: ModelConfig, path: str | Path) -> Path:
+    """Write weights as safetensors with the model config in the metadata (atomic: temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(dataclasses.asdict(config))})
+    tmp.replace(path)
+    return path
+
+
+def resolve_weights_path(path: str | Path) -> Path:
+    """A weights file, or for a training run folder the EMA weights of its latest checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no weights at {str(path)!r}: pass a .pt/.safetensors file or a ditkit run folder")
+    if path.is_file():
+        return path
+    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    latest = ckpt_dir / RUN_LATEST_FILE
+    if latest.is_file():
+        candidate = ckpt_dir / latest.read_text().strip() / EMA_WEIGHTS_FILE
+        if candidate.is_file():
+            return candidate
+    if (ckpt_dir / EMA_WEIGHTS_FILE).is_file():
+        return ckpt_dir / EMA_WEIGHTS_FILE
+    raise ValueError(f"{str(path)!r} holds no checkpoint (no checkpoints/{RUN_LATEST_FILE}): "
+                     "train first, or pass a weights file")
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | None]:
+    """State dict (EMA weights when the file holds several) and the stored config, if any."""
+    path = resolve_weights_path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        config = None
+        if CONFIG_METADATA_KEY in metadata:
+            config = ModelConfig(**json.loads(metadata[CONFIG_METADATA_KEY]))
+        return load_file(str(path)), config
+    try:
+        # Official train.py checkpoints pickle an argparse.Namespace beside the tensors: allow just that.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise ValueError(f"cannot read {str(path)!r} as weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                         "ditkit loads only plain tensors (weights_only) from .pt files") from None
+    if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
+        obj = obj["ema"]  # official train.py checkpoint: sample from the EMA weights
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{str(path)!r} is not a state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}, None
+
+
+def infer_config(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig:
+    """A ModelConfig from tensor shapes (depth, width, patch, channels, classes, sigma, size, design)."""
+    try:
+        hidden, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
+    except KeyError:
+        raise ValueError("not a DiT state dict: no 'x_embedder.proj.weight' key") from None
+    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+    fields: dict[str, Any] = {"hidden_size": hidden, "in_channels": in_channels, "patch_size": patch, "depth": depth}
+    fields["mlp_ratio"] = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden
+    fields["learn_sigma"] = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch) == 2 * in_channels
+    if "pos_embed" in state_dict:
+        fields["input_size"] = round(state_dict["pos_embed"].shape[1] ** 0.5) * patch
+    if "blocks.0.adaLN_modulation.1.weight" in state_dict:
+        chunks = state_dict["blocks.0.adaLN_modulation.1.weight"].shape[0] // hidden
+        fields["block"] = "adaln_zero" if chunks == 6 else "adaln"
+    else:
+        fields["block"] = "cross_attn" if "blocks.0.cross_attn.q.weight" in state_dict else "in_context"
+    table = state_dict.get("y_embedder.embedding_table.weight")
+    if table is None:
+        fields["num_classes"], fields["class_dropout_prob"] = 0, 0.0
+    else:
+        rows = table.shape[0]
+        num_classes = int(overrides.get("num_classes", rows - 1))  # the official layout has a null row
+        fields["num_classes"] = num_classes
+        fields["class_dropout_prob"] = 0.1 if rows == num_classes + 1 else 0.0
+    if hidden in PAPER_HEADS:
+        fields["num_heads"] = PAPER_HEADS[hidden]
+    elif hidden % 64 == 0:
+        fields["num_heads"] = hidden // 64
+    elif "num_heads" not in overrides:
+        raise ValueError(f"cannot infer the head count of width {hidden}: pass num_heads=... (--num-heads)")
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def load_dit(path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any) -> DiT:
+    """Load a DiT from published weights, an official train.py checkpoint, a ditkit file or run folder.
+
+    The config comes from the file (ditkit) or is inferred from the weights; `overrides` (e.g.
+    num_heads=6, num_classes=10) replace fields. Keys are checked strictly.
+    """
+    state_dict, stored = read_state_dict(path)
+    if stored is not None:
+        config = stored.replace(**overrides) if overrides else stored
+    else:
+        config = infer_config(state_dict, **overrides)
+    model = DiT(config)
+    load_strict(model, state_dict, source=str(path))
+    return model.to(device).eval()
+
+
+def load_strict(model: DiT, state_dict: dict[str, Tensor], source: str = "weights") -> None:
+    """load_state_dict(strict=True) with an error that names the keys and the likely cause."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(f"{source} does not fit this DiT: {_mismatch_summary(missing, unexpected, wrong, own, state_dict)}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _mismatch_summary(missing: list[str], unexpected: list[str], wrong: list[str], own: dict[str, Tensor],
+                      other: dict[str, Tensor]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for key in wrong[:3]:
+        parts.append(f"{key} is {tuple(other[key].shape)} in the file but {tuple(own[key].shape)} in the model")
+    hints = []
+    if "pos_embed" in wrong:
+        hints.append("the weights were trained at another resolution (--image-size)")
+    if "y_embedder.embedding_table.weight" in wrong:
+        hints.append("the class count differs (--num-classes; a null row exists when label dropout > 0)")
+    if any(k.startswith("final_layer.linear") for k in wrong):
+        hints.append("learned sigma differs (--learn-sigma)")
+    if any(k.startswith(("model.", "ema.", "opt.")) for k in unexpected):
+        hints.append("this is a whole training checkpoint: load its 'ema' weights")
+    if any("adaLN" in k or "cross_attn" in k for k in missing + unexpected):
+        hints.append("the block design differs (--block)")
+    if any(k.startswith("blocks.") for k in missing + unexpected) and not hints:
+        hints.append("the depth differs (wrong preset)")
+    return "; ".join(parts) + (f". Likely cause: {'; '.join(hints)}" if hints else "")
