@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 
+HELD_OUT = 1000  # digits kept for testing (the classifier's held-out set, the demo's reference)
+
+
 def convert(digits_dir: Path, out: Path) -> None:
     images, labels = [], []
     for label in range(10):
@@ -25,7 +28,10 @@ def convert(digits_dir: Path, out: Path) -> None:
         imgs = np.clip(np.rint(flat.reshape(-1, 28, 28) * 255.0), 0, 255).astype(np.uint8)
         images.append(imgs)
         labels.append(np.full(len(imgs), label, np.uint8))
-    np.savez_compressed(out, images=np.concatenate(images), labels=np.concatenate(labels))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    # The held-out split ships with the data, so it never depends on a numpy version's RNG streams.
+    test_indices = np.sort(np.random.default_rng(0).permutation(len(images))[:HELD_OUT]).astype(np.uint16)
+    np.savez_compressed(out, images=images, labels=labels, test_indices=test_indices)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,173 @@
+"""The frozen VAE that maps images to DiT's latent space (Stable Diffusion's AutoencoderKL via diffusers).
+
+DiT encodes images in [-1, 1] to a posterior sample times 0.18215 and decodes z / 0.18215 (anchors 2.6,
+https://huggingface.co/stabilityai/sd-vae-ft-ema). diffusers is optional and imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ditkit.config import VAE_LATENT_SCALE
+
+logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", as the Hugging Face hub spells ids
+
+
+class Autoencoder:
+    """A frozen diffusers AutoencoderKL with DiT's latent convention.
+
+    Latents are `posterior sample x scale`. `scale` defaults to `VAE_LATENT_SCALE` (the SD VAE's 0.18215,
+    which DiT hard-codes) whatever the VAE config says; pass `scale=vae.config.scaling_factor` for a VAE
+    trained with another factor (a warning names it when the config differs).
+    """
+
+    def __init__(self, vae: Any, *, name: str = "", scale: float | None = None) -> None:
+        self.vae = vae.eval().requires_grad_(False)
+        self.name = name  # what it was loaded from (folder or hub id); recorded in latent stores
+        self.scale = float(VAE_LATENT_SCALE if scale is None else scale)
+        config_scale = getattr(vae.config, "scaling_factor", None)
+        if scale is None and config_scale is not None and abs(config_scale - self.scale) > 1e-9:
+            logger.warning(
+                "VAE %r config has scaling_factor %s; using DiT's %s (pass scale=%s to use the config's)",
+                name,
+                config_scale,
+                self.scale,
+                config_scale,
+            )
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downsample(self) -> int:
+        """Spatial downsampling factor: one halving per encoder block after the first."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Unscaled posterior (mean, std) of images x (N, C, H, W) in [-1, 1]; float32 (N, c, H/f, W/f)."""
+        posterior = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
+        return posterior.mean.float(), posterior.std.float()
+
+    def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Latents (N, c, H/f, W/f): a posterior SAMPLE times `scale`, as DiT trains on."""
+        mean, std = self.encode_moments(x)
+        noise = torch.randn(mean.shape, generator=generator, device=_generator_device(generator, mean))
+        return (mean + std * noise.to(mean.device)) * self.scale
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images (N, C, H, W) in about [-1, 1] (not clamped) from scaled latents (N, c, h, w)."""
+        z = (latents / self.scale).to(self.device, self.dtype)
+        return self.vae.decode(z).sample.float()
+
+
+def _generator_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
+    return like.device if generator is None else generator.device
+
+
+def load_vae(
+    spec: str,
+    device: torch.device | str = "cpu",
+    *,
+    scale: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    local_files_only: bool | None = None,
+) -> Autoencoder | None:
+    """Load a frozen VAE from "none" (pixel space: returns None), a local folder or a hub id.
+
+    A folder holds the diffusers layout (config.json + diffusion_pytorch_model.safetensors), or a
+    pipeline with a `vae/` subfolder. A hub id such as "stabilityai/sd-vae-ft-ema" needs the network
+    or the local Hugging Face cache; `local_files_only` defaults to the HF_HUB_OFFLINE setting.
+    """
+    if spec.strip().lower() == "none":
+        return None
+    path, kwargs = Path(spec).expanduser(), dict[str, Any]()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"VAE {spec!r} is a file; pass the folder that holds config.json")
+        if not (path / "config.json").is_file():
+            if not (path / "vae" / "config.json").is_file():
+                raise ValueError(
+                    f"VAE folder {spec!r} has no config.json; pass a diffusers AutoencoderKL folder"
+                )
+            kwargs["subfolder"] = "vae"  # a whole pipeline folder
+        source = str(path)
+    elif _HUB_ID.match(spec):
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        source = spec
+        kwargs["local_files_only"] = offline if local_files_only is None else local_files_only
+    else:
+        raise ValueError(
+            f"VAE {spec!r} is neither an existing folder nor a hub id like 'stabilityai/sd-vae-ft-ema'; "
+            "pass a diffusers VAE folder, a hub id, or 'none' for pixel space"
+        )
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as err:
+        raise ValueError(
+            f"loading VAE {spec!r} needs diffusers ({err}); pip install 'ditkit[vae]' or pass --vae none"
+        ) from None
+    # Without accelerate, diffusers warns unless low_cpu_mem_usage is off.
+    kwargs["low_cpu_mem_usage"] = importlib.util.find_spec("accelerate") is not None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            vae = AutoencoderKL.from_pretrained(source, torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"cannot load VAE {spec!r} ({first_line}); without network, download it on an online machine "
+            "(`hf download stabilityai/sd-vae-ft-ema --local-dir DIR`) and pass DIR"
+        ) from None
+    return Autoencoder(vae.to(device), name=spec, scale=scale)
+
+
+def make_tiny_vae(path: str | Path, *, in_channels: int = 3, seed: int = 0) -> Path:
+    """Save a tiny randomly initialised AutoencoderKL (downsample 2, 4 latent channels) for tests.
+
+    Never downloads. Returns the folder, loadable with `load_vae(str(path))`.
+    """
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            in_channels=in_channels,
+            out_channels=in_channels,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=16,
+            sample_size=32,
+        )
+    path = Path(path)
+    vae.save_pretrained(path)
+    return path
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Images (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), as DiT saves samples: clamp(127.5x + 128)."""
+    return (127.5 * images.float() + 128.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

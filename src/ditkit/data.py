@@ -1,0 +1,685 @@
+"""Datasets (image folders, .npz arrays, embedded MNIST, sklearn digits, stored VAE latents) and the loader.
+
+Preprocessing follows ADM / DiT (`center_crop_arr`, random flip, [-1, 1]; anchors 2.7). The latent store
+keeps fast-DiT's speed (https://github.com/chuanyangjin/fast-DiT) without freezing flips and VAE noise.
+
+Item format: every dataset returns `(x, y)` with x a float32 tensor (C, H, W) (pixels in [-1, 1], or
+scaled latents) and y an int label (0 for unlabelled data). Randomness comes only from the generator
+passed to `get(index, generator)`, so the loader makes every batch a function of (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ditkit.config import VAE_LATENT_SCALE
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+LATENT_SHARD_SIZE = 4096  # images per latent-store shard (the unit of work and of resume)
+_BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+# Preprocessing.
+
+
+def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
+    """ADM's center crop: (S, S[, C]) uint8 from a PIL image of any size (anchors 2.7).
+
+    Reimplements `center_crop_arr` of openai/guided-diffusion `image_datasets.py`, as DiT uses it.
+
+    Halve with BOX filtering while the short side is at least 2S, resize the short side to S with
+    BICUBIC (sides rounded with Python's round), then crop the centre (floor offsets).
+    """
+    image = pil_image
+    while min(image.size) >= 2 * image_size:
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
+    ratio = image_size / min(image.size)
+    new_size = (round(image.width * ratio), round(image.height * ratio))
+    arr = np.asarray(image.resize(new_size, resample=Image.Resampling.BICUBIC))
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return np.ascontiguousarray(arr[top : top + image_size, left : left + image_size])  # a writable copy
+
+
+def _to_tensor(arr: np.ndarray) -> Tensor:
+    """uint8 (H, W[, C]) -> float32 (C, H, W) in [-1, 1], the same arithmetic as ToTensor + Normalize(0.5)."""
+    x = torch.from_numpy(np.array(arr))  # a copy: torch wants writable arrays (PIL's and memmaps are not)
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    return (x.float() / 255.0 - 0.5) / 0.5
+
+
+def _draw_flip(flip: bool, generator: torch.Generator | None) -> bool:
+    return flip and bool(torch.rand((), generator=generator) < 0.5)
+
+
+class BaseDataset(torch.utils.data.Dataset):
+    """Shared interface: `num_classes`, `channels`, `image_size`, `flip`, `item_shape`, `get`."""
+
+    num_classes: int  # distinct labels; 0 for unlabelled data (labels are then all 0)
+    channels: int  # channels of x as the model sees it (latent channels for a latent store)
+    image_size: int  # side of the (pixel) images, in pixels
+    flip: bool = False  # random horizontal flip with p = 0.5
+    is_latent: bool = False  # True when items are VAE latents rather than pixels
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.get(index, None)  # global RNG; the loader passes seeded generators instead
+
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        """Shape (C, H, W) of x."""
+        return (self.channels, self.image_size, self.image_size)
+
+
+# Image datasets.
+
+
+def _load_rgb(path: Path) -> Image.Image:
+    """Decode now (a truncated file fails here, not later) and convert L/P/CMYK/RGBA to RGB."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")  # PIL warns when converting such palettes straight to RGB
+        return image.convert("RGB")
+
+
+def _list_images(folder: Path) -> list[Path]:
+    files = [
+        Path(d) / name
+        for d, _, names in os.walk(folder, followlinks=True)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+    ]
+    return sorted(files)
+
+
+class ImageFolderDataset(BaseDataset):
+    """ImageNet-style `root/<class>/**/<image>` (class ids = sorted folder names) -> RGB (3, S, S).
+
+    A folder of images without class subfolders is read as unlabelled (num_classes 0). Files that PIL
+    cannot decode are logged, counted in `num_skipped` and replaced by the next good index; images
+    smaller than S are upscaled by the crop. `scan()` checks every file up front.
+    """
+
+    def __init__(self, root: str | Path, image_size: int, flip: bool = True) -> None:
+        self.root, self.image_size, self.flip, self.channels = Path(root), int(image_size), flip, 3
+        if not self.root.is_dir():
+            raise ValueError(f"image folder {str(root)!r} does not exist; pass a folder of class subfolders")
+        self.classes = sorted(
+            d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
+        if self.classes:
+            self.samples = [(p, i) for i, c in enumerate(self.classes) for p in _list_images(self.root / c)]
+        else:
+            self.samples = [(p, 0) for p in _list_images(self.root)]
+        if not self.samples:
+            raise ValueError(
+                f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                "pass a folder laid out as root/<class>/<image>"
+            )
+        self.num_classes = len(self.classes)
+        self._bad: set[int] = set()
+
+    @property
+    def num_skipped(self) -> int:
+        """Files found unreadable so far (in this process)."""
+        return len(self._bad)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _try_load(self, index: int) -> Image.Image | None:
+        path = self.samples[index][0]
+        try:
+            return _load_rgb(path)
+        except _BAD_IMAGE_ERRORS as err:
+            self._bad.add(index)
+            logger.warning("skipping unreadable image %s (%s)", path, err)
+            return None
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        flip = _draw_flip(self.flip, generator)
+        for offset in range(len(self)):
+            j = (index + offset) % len(self)
+            image = None if j in self._bad else self._try_load(j)
+            if image is not None:
+                x = _to_tensor(center_crop_arr(image, self.image_size))
+                return (x.flip(-1) if flip else x), self.samples[j][1]
+        raise ValueError(f"no readable image in {str(self.root)!r}; check the files (all {len(self)} failed)")
+
+    def scan(self) -> int:
+        """Decode every file once, remember the bad ones and return how many there are."""
+        for index in range(len(self)):
+            if index not in self._bad:
+                self._try_load(index)
+        return self.num_skipped
+
+
+class NpzDataset(BaseDataset):
+    """Images from an .npz: `images` or `arr_0` uint8 (N, H, W[, C]) and `labels` or `arr_1` (optional).
+
+    Arrays of another size are center-cropped to S (default: the short side). Without labels the data
+    is unlabelled (num_classes 0).
+    """
+
+    def __init__(self, path: str | Path, image_size: int | None = None, flip: bool = True) -> None:
+        with np.load(path) as f:
+            key = "images" if "images" in f else "arr_0"
+            if key not in f:
+                raise ValueError(
+                    f"{str(path)!r} has no 'images' or 'arr_0' array; save images under 'images'"
+                )
+            images = f[key]
+            label_key = next((k for k in ("labels", "arr_1") if k in f), None)
+            labels = f[label_key].astype(np.int64) if label_key else np.zeros(len(images), np.int64)
+        if (
+            images.dtype != np.uint8
+            or images.ndim not in (3, 4)
+            or (images.ndim == 4 and images.shape[3] not in (1, 3))
+        ):
+            raise ValueError(
+                f"{str(path)!r}: images must be uint8 (N, H, W) or (N, H, W, 1|3); got {images.dtype} "
+                f"{images.shape}; convert them to 0-255 uint8 in that layout"
+            )
+        if labels.shape != (len(images),):
+            raise ValueError(f"{str(path)!r}: {len(images)} images but labels of shape {labels.shape}")
+        self.images = images[..., 0] if images.ndim == 4 and images.shape[3] == 1 else images
+        self.labels, self.flip = labels, flip
+        self.channels = 1 if self.images.ndim == 3 else 3
+        self.image_size = int(image_size or min(images.shape[1:3]))
+        self.num_classes = int(labels.max()) + 1 if label_key and len(labels) else 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        flip = _draw_flip(self.flip, generator)
+        arr = self.images[index]
+        if arr.shape[:2] != (self.image_size, self.image_size):
+            arr = center_crop_arr(Image.fromarray(arr), self.image_size)
+        x = _to_tensor(arr)
+        return (x.flip(-1) if flip else x), int(self.labels[index])
+
+
+@lru_cache(maxsize=1)
+def _mnist_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with resources.files("ditkit").joinpath("assets/mnist10k.npz").open("rb") as fh, np.load(fh) as f:
+        return f["images"], f["labels"].astype(np.int64), f["test_indices"].astype(np.int64)
+
+
+def load_mnist_arrays(split: Literal["train", "test", "all"] = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The embedded 10,000 MNIST digits: images uint8 (N, 28, 28) and labels int64 (N,), fresh copies.
+
+    Split: "test" is the 1,000 digits listed in the asset's `test_indices` (a seeded random choice made
+    once by scripts/convert_mnist.py), "train" the other 9,000, "all" all 10,000.
+    """
+    images, labels, test_indices = _mnist_all()
+    is_test = np.zeros(len(images), dtype=bool)
+    is_test[test_indices] = True
+    masks = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}
+    if split not in masks:
+        raise ValueError(f"MNIST split must be one of {', '.join(masks)}; got {split!r}")
+    return images[masks[split]].copy(), labels[masks[split]].copy()
+
+
+class EmbeddedMNIST(BaseDataset):
+    """The shipped MNIST digits, 1 channel, [-1, 1], never flipped (digits are not mirror symmetric).
+
+    pad=True zero-pads 28 -> 32 (2 px a side) first; the result (or the raw 28x28 when pad=False) is then
+    resized bilinearly when image_size differs.
+    """
+
+    def __init__(
+        self, split: Literal["train", "test", "all"] = "train", image_size: int = 32, pad: bool = True
+    ) -> None:
+        images, self.labels = load_mnist_arrays(split)
+        if pad:
+            images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+        if images.shape[1] != image_size:
+            size = (image_size, image_size)
+            images = np.stack(
+                [np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR)) for a in images]
+            )
+        self.images = torch.from_numpy(images)
+        self.split, self.image_size, self.channels, self.num_classes = split, image_size, 1, 10
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        return (self.images[index][None].float() / 255.0 - 0.5) / 0.5, int(self.labels[index])
+
+
+class DigitsDataset(BaseDataset):
+    """scikit-learn's 1,797 8x8 digits (0-16) bilinearly upsampled to S; 1 channel, [-1, 1], no flip."""
+
+    def __init__(self, image_size: int = 32) -> None:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise ValueError(
+                "the 'digits' dataset needs scikit-learn; pip install scikit-learn or use mnist"
+            ) from None
+        digits = load_digits()
+        x = torch.from_numpy(digits.images / 16.0).float()[:, None]  # (N, 1, 8, 8) in [0, 1]
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        self.images, self.labels = x * 2.0 - 1.0, torch.from_numpy(digits.target).long()
+        self.image_size, self.channels, self.num_classes = image_size, 1, 10
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+# Latent store.
+#
+# Layout of a store folder (written by `extract_latents`, read by `LatentStore`):
+#   meta.json            header: count, latent_shape, scale, image_size, vae, num_classes, shard_size, ...
+#   mean-00000.npy ...   (n, V, C, h, w) unscaled posterior means; V = 2 (image, mirror image) or 1
+#   std-00000.npy ...    (n, V, C, h, w) posterior stds, same dtype (float16 by default: half the disk,
+#                        ~3 significant digits, far below the posterior noise)
+#   labels-00000.npy ... (n,) int64
+#   done-00000.json      {"written": k}: the first k rows of the shard are on disk (updated after a flush)
+# Shard s holds images [s * shard_size, (s + 1) * shard_size). Rank r of W handles shards r, r + W, ...,
+# each shard has exactly one writer, and resume continues each shard at its `written` count.
+
+_META = "meta.json"
+_STORE_FORMAT = "ditkit-latent-store"
+_META_MUST_MATCH = ("count", "latent_shape", "scale", "image_size", "vae", "mirror", "dtype", "shard_size")
+
+
+def _shard_path(root: Path, kind: str, shard: int) -> Path:
+    return root / f"{kind}-{shard:05d}.{'json' if kind == 'done' else 'npy'}"
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique even across hosts; then rename
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_meta(root: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((root / _META).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{str(root)!r} is not a latent store ({err}); run extract-latents to create one"
+        ) from None
+    if meta.get("format") != _STORE_FORMAT:
+        raise ValueError(f"{str(root / _META)!r} is not a ditkit latent-store header; pass another folder")
+    return meta
+
+
+def _shard_written(root: Path, shard: int) -> int:
+    path = _shard_path(root, "done", shard)
+    return int(json.loads(path.read_text())["written"]) if path.exists() else 0
+
+
+def _shard_len(meta: dict[str, Any], shard: int) -> int:
+    return min(meta["shard_size"], meta["count"] - shard * meta["shard_size"])
+
+
+def store_progress(root: str | Path) -> tuple[int, int]:
+    """(latents written, latents in total) of the store at root."""
+    root = Path(root)
+    meta = _read_meta(root)
+    return sum(_shard_written(root, s) for s in range(meta["num_shards"])), meta["count"]
+
+
+class LatentStore(BaseDataset):
+    """Stored VAE posteriors; each `get` draws a fresh flip and a fresh posterior sample, times `scale`.
+
+    This equals online encoding (DiT) in distribution, unlike fast-DiT's one frozen sample per image.
+    `image_size` is the pixel size the latents came from; `latent_shape` is (C, h, w).
+    """
+
+    is_latent = True
+
+    def __init__(self, root: str | Path, flip: bool = True) -> None:
+        self.root = Path(root)
+        self.meta = meta = _read_meta(self.root)
+        written, total = store_progress(self.root)
+        if written < total:
+            raise ValueError(
+                f"latent store {str(root)!r} is incomplete: {written} of {total} latents written; "
+                "rerun extract-latents with the same arguments to resume it"
+            )
+        if flip and not meta["mirror"]:
+            raise ValueError(
+                f"latent store {str(root)!r} holds no mirror images; pass flip=False or re-extract"
+            )
+        self._open_memmaps()
+        labels = [np.load(_shard_path(self.root, "labels", s)) for s in range(meta["num_shards"])]
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        self.flip, self.scale, self.vae = flip, float(meta["scale"]), meta["vae"]
+        self.latent_shape: tuple[int, int, int] = tuple(meta["latent_shape"])  # type: ignore[assignment]
+        self.channels, self.image_size = self.latent_shape[0], int(meta["image_size"])
+        self.num_classes = int(meta["num_classes"])
+
+    def _open_memmaps(self) -> None:
+        shards = range(self.meta["num_shards"])
+        self.means = [np.load(_shard_path(self.root, "mean", s), mmap_mode="r") for s in shards]
+        self.stds = [np.load(_shard_path(self.root, "std", s), mmap_mode="r") for s in shards]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled memmaps carry their whole data: send paths to spawned workers, reopen there.
+        return {k: v for k, v in self.__dict__.items() if k not in ("means", "stds")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open_memmaps()
+
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        return self.latent_shape
+
+    def __len__(self) -> int:
+        return int(self.meta["count"])
+
+    def moments(self, index: int, mirror: bool = False) -> tuple[Tensor, Tensor]:
+        """Stored unscaled posterior (mean, std), float32 (C, h, w), of image `index` or its mirror image."""
+        shard, row = divmod(index, self.meta["shard_size"])
+        view = 1 if mirror else 0
+        mean = torch.from_numpy(self.means[shard][row, view].astype(np.float32))
+        return mean, torch.from_numpy(self.stds[shard][row, view].astype(np.float32))
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        mean, std = self.moments(index, mirror=_draw_flip(self.flip, generator))
+        eps = torch.randn(mean.shape, generator=generator)
+        return (mean + std * eps) * self.scale, int(self.labels[index])
+
+
+Encoder = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def _open_shard(root: Path, shard: int, shape: tuple[int, ...], dtype: str) -> tuple[np.ndarray, ...]:
+    """Memmaps (mean, std, labels) of one shard: created empty when it has no progress yet."""
+    mode = "r+" if _shard_written(root, shard) > 0 else "w+"
+    mean = np.lib.format.open_memmap(_shard_path(root, "mean", shard), mode, np.dtype(dtype), shape)
+    std = np.lib.format.open_memmap(_shard_path(root, "std", shard), mode, np.dtype(dtype), shape)
+    labels = np.lib.format.open_memmap(_shard_path(root, "labels", shard), mode, np.int64, shape[:1])
+    if mean.shape != shape or std.shape != shape:
+        raise ValueError(
+            f"shard {shard} of {str(root)!r} has shape {mean.shape}, expected {shape}; delete the store"
+        )
+    return mean, std, labels
+
+
+def _prepare_store(root: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """Write meta.json, or check that an existing one describes the same extraction (for resume)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / _META).exists():
+        meta = _read_meta(root)
+        for key in _META_MUST_MATCH:
+            if meta.get(key) != header[key]:
+                raise ValueError(
+                    f"latent store {str(root)!r} was made with {key}={meta.get(key)!r}, now {header[key]!r}; "
+                    "use a new output folder or delete the old one"
+                )
+        return meta
+    _write_json(root / _META, header)  # every rank writes the same bytes; the rename makes it atomic
+    return header
+
+
+class _Plain(torch.utils.data.Dataset):
+    """Items without augmentation randomness (extraction reads an un-flipped dataset)."""
+
+    def __init__(self, dataset: BaseDataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.dataset.get(index, None)
+
+
+def _extraction_plan(
+    meta: dict[str, Any], root: Path, rank: int, world_size: int, batch_size: int
+) -> list[tuple[int, int, int]]:
+    """(shard, first row, stop row) of each batch still to encode by this rank; batches never cross shards."""
+    plan = []
+    for shard in range(rank, meta["num_shards"], world_size):
+        length = _shard_len(meta, shard)
+        for row in range(_shard_written(root, shard), length, batch_size):
+            plan.append((shard, row, min(row + batch_size, length)))
+    return plan
+
+
+@torch.inference_mode()
+def extract_latents(
+    dataset: BaseDataset,
+    encoder: Encoder | Any,
+    out_dir: str | Path,
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    scale: float | None = None,
+    vae_id: str | None = None,
+    mirror: bool = True,
+    dtype: Literal["float16", "float32"] = "float16",
+    shard_size: int = LATENT_SHARD_SIZE,
+) -> Path:
+    """Encode every image (and its mirror image) of an un-flipped dataset into a latent store at out_dir.
+
+    `encoder` maps images (N, C, H, W) in [-1, 1] to the unscaled posterior (mean, std), float (N, c, h, w);
+    an object with `encode_moments` (an `Autoencoder`) also works and then gives `scale` and `vae_id`.
+    Rank r of world_size writes shards r, r + world_size, ...; rerunning with any world size resumes
+    each shard where it stopped. The store is complete once every rank has returned (`store_progress`).
+    `num_workers` decode images in parallel (torch DataLoader workers).
+    """
+    if getattr(dataset, "flip", False):
+        raise ValueError(
+            "extract_latents needs an un-flipped dataset (the store keeps mirror images); pass flip=False"
+        )
+    if len(dataset) == 0 or batch_size < 1 or shard_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"need a non-empty dataset, batch_size and shard_size >= 1 and 0 <= rank < world_size; got "
+            f"{len(dataset)} items, {batch_size}, {shard_size}, {rank}, {world_size}"
+        )
+    encode = getattr(encoder, "encode_moments", encoder)
+    x0 = dataset.get(0)[0]
+    probe_mean, _ = encode(x0[None].to(device))  # the latent shape, whatever the VAE
+    header = {
+        "format": _STORE_FORMAT, "version": 1, "count": len(dataset),
+        "latent_shape": list(probe_mean.shape[1:]), "num_shards": math.ceil(len(dataset) / shard_size),
+        "scale": float(scale if scale is not None else getattr(encoder, "scale", VAE_LATENT_SCALE)),
+        "vae": vae_id if vae_id is not None else str(getattr(encoder, "name", "")),
+        "image_size": dataset.image_size, "image_channels": x0.shape[0], "num_classes": dataset.num_classes,
+        "mirror": mirror, "dtype": dtype, "shard_size": shard_size,
+    }  # fmt: skip
+    root = Path(out_dir)
+    meta = _prepare_store(root, header)
+    views, plan = (2 if mirror else 1), _extraction_plan(meta, root, rank, world_size, batch_size)
+    batches = [list(range(s * shard_size + row, s * shard_size + stop)) for s, row, stop in plan]
+    loader = DataLoader(_Plain(dataset), batch_sampler=batches, num_workers=num_workers)
+    current, memmaps = -1, ()  # the shard being written and its (mean, std, labels) memmaps
+    for (shard, row, stop), (x, y) in zip(plan, loader, strict=True):
+        if shard != current:
+            shape = (_shard_len(meta, shard), views, *meta["latent_shape"])
+            current, memmaps = shard, _open_shard(root, shard, shape, dtype)
+        mean_mm, std_mm, labels_mm = memmaps
+        x = x.to(device)
+        mean, std = encode(
+            torch.cat([x, x.flip(-1)]) if mirror else x
+        )  # (V n, C, h, w): images, then mirrors
+        mean_mm[row:stop] = mean.unflatten(0, (views, stop - row)).transpose(0, 1).cpu().numpy()
+        std_mm[row:stop] = std.unflatten(0, (views, stop - row)).transpose(0, 1).cpu().numpy()
+        labels_mm[row:stop] = y.numpy()
+        for mm in memmaps:
+            mm.flush()  # the data reaches the file before the progress count claims it
+        _write_json(_shard_path(root, "done", shard), {"written": stop})
+    written, total = store_progress(root)
+    logger.info("latent store %s: %d of %d latents written (rank %d done)", root, written, total, rank)
+    return root
+
+
+# Loader.
+
+
+def _mix_seed(*words: int) -> int:
+    """A 63-bit seed from a tuple of ints (NumPy's SeedSequence hash), so nearby tuples are unrelated."""
+    state = np.random.SeedSequence([w % 2**64 for w in words]).generate_state(2, np.uint32)
+    return int(state[0]) | (int(state[1]) & 0x7FFFFFFF) << 32
+
+
+def steps_per_epoch(num_items: int, global_batch_size: int) -> int:
+    """Full global batches per epoch (the last partial batch of each epoch is dropped)."""
+    return num_items // global_batch_size
+
+
+class _StepBatchSampler:
+    """Yields, from `start_step` on forever, rank r's slice of each global batch as (index, item seed)."""
+
+    def __init__(
+        self, num_items: int, global_batch: int, rank: int, world_size: int, seed: int, start_step: int
+    ):
+        self.num_items, self.global_batch = num_items, global_batch
+        self.seed, self.start_step = seed, start_step
+        self.per_rank = global_batch // world_size
+        self.offset = rank * self.per_rank
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_epoch = steps_per_epoch(self.num_items, self.global_batch)
+        epoch, perm = -1, torch.empty(0, dtype=torch.long)
+        step = self.start_step
+        while True:
+            if step // per_epoch != epoch:  # jump straight to the epoch of `step`: no replay
+                epoch = step // per_epoch
+                perm = torch.randperm(
+                    self.num_items, generator=torch.Generator().manual_seed(_mix_seed(self.seed, 0, epoch))
+                )
+            first = (step % per_epoch) * self.global_batch + self.offset
+            indices = perm[first : first + self.per_rank].tolist()
+            yield [(i, _mix_seed(self.seed, 1, epoch, i)) for i in indices]
+            step += 1
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """Map (index, item seed) -> dataset.get(index, generator seeded with item seed)."""
+
+    def __init__(self, dataset: BaseDataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
+        index, seed = key
+        return self.dataset.get(index, torch.Generator().manual_seed(seed))
+
+
+def build_loader(
+    dataset: BaseDataset,
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    start_step: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Infinite deterministic batches (x (B/W, C, H, W) float32, y (B/W,) int64) for rank r of W.
+
+    `batch_size` is the GLOBAL batch B. Epoch e shuffles with a generator seeded from (seed, e) and drops
+    its last partial batch; rank r takes rows [r B/W, (r+1) B/W) of each global batch. Item augmentation
+    (flip, latent noise) uses a generator seeded from (seed, e, index), so batches depend on neither the
+    world size nor the workers, and `start_step=k` yields exactly the batches an uninterrupted run sees
+    from step k on, without touching earlier ones.
+    """
+    if batch_size < 1 or world_size < 1 or batch_size % world_size:
+        raise ValueError(
+            f"global batch size {batch_size} must be a positive multiple of the world size {world_size}; "
+            "change --global-batch-size or the number of processes"
+        )
+    if not 0 <= rank < world_size or start_step < 0:
+        raise ValueError(
+            f"need 0 <= rank < world_size and start_step >= 0; got {rank}, {world_size}, {start_step}"
+        )
+    if len(dataset) < batch_size:
+        raise ValueError(
+            f"dataset has {len(dataset)} items, fewer than the global batch size {batch_size}; "
+            "lower the batch size"
+        )
+    sampler = _StepBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
+    loader = DataLoader(
+        _SeededItems(dataset),
+        batch_sampler=sampler,  # type: ignore[arg-type]  # yields (index, seed) keys, not plain indices
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
+    return iter(loader)
+
+
+# Opening by name.
+
+
+def open_dataset(spec: str | None, image_size: int | None = None, flip: bool = True) -> BaseDataset:
+    """Open a dataset from a spec.
+
+    None or "mnist" (also "mnist:test", "mnist:all"): embedded MNIST (default 32 px, never flipped);
+    "digits": sklearn digits (default 32 px); a folder with meta.json: LatentStore (image_size, if
+    given, must match the store's); another folder: ImageFolderDataset (image_size required); a .npz
+    file: NpzDataset.
+    """
+    name = (spec or "mnist").strip()
+    if name.lower() in ("mnist", "mnist:train", "mnist:test", "mnist:all", "digits"):
+        if flip:
+            logger.info("random flips are off for %s (digits are not mirror symmetric)", name)
+        if name.lower() == "digits":
+            return DigitsDataset(image_size or 32)
+        split = name.lower().partition(":")[2] or "train"
+        return EmbeddedMNIST(split, image_size or 32)  # type: ignore[arg-type]
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / _META).exists():
+        store = LatentStore(path, flip=flip)
+        if image_size is not None and image_size != store.image_size:
+            raise ValueError(
+                f"latent store {name!r} holds {store.image_size} px images, not {image_size}; "
+                f"pass --image-size {store.image_size} or extract a new store"
+            )
+        return store
+    if path.is_dir():
+        if image_size is None:
+            raise ValueError(f"image folder {name!r} needs an image size; pass --image-size (e.g. 256)")
+        return ImageFolderDataset(path, image_size, flip)
+    if path.suffix == ".npz" and path.is_file():
+        return NpzDataset(path, image_size, flip)
+    raise ValueError(
+        f"dataset {name!r} not found; pass 'mnist', 'digits', an image folder, a latent store folder "
+        "or a .npz file"
+    )
+
+
+def check_num_classes(dataset: BaseDataset, num_classes: int) -> None:
+    """Raise if a class-conditional model's label count differs from the dataset's (0 = unconditional)."""
+    if num_classes == 0 or dataset.num_classes == num_classes:
+        return
+    fix = (
+        f"pass --num-classes {dataset.num_classes}"
+        if dataset.num_classes
+        else "the data is unlabelled; pass --num-classes 0 for an unconditional model"
+    )
+    raise ValueError(
+        f"dataset has {dataset.num_classes} classes but the model has {num_classes}; {fix} "
+        "(or use a preset/dataset that agree)"
+    )
