@@ -1,0 +1,7 @@
+"""`python -m ditkit` runs the command-line interface."""
+
+import sys
+
+from ditkit.cli import main
+
+sys.exit(main())
