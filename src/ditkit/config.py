@@ -7,8 +7,9 @@ DiT-XL/2 at 256 px, adaLN-Zero blocks, 1000-step linear schedule, learned sigma,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # Constants (one home each).
 VAE_LATENT_SCALE: float = 0.18215
@@ -61,6 +62,8 @@ class ModelConfig:
             raise ValueError(f"hidden_size must be a multiple of 4 (2D sin-cos positions); got {self.hidden_size}")
         if self.depth <= 0:
             raise ValueError(f"depth must be >= 1; got {self.depth}")
+        if int(self.hidden_size * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio must give an MLP width >= 1 (mlp_ratio x hidden_size); got {self.mlp_ratio}")
         if self.in_channels <= 0:
             raise ValueError(f"in_channels must be >= 1; got {self.in_channels}")
         if self.num_classes < 0:
@@ -135,3 +138,187 @@ class DiffusionConfig:
             raise ValueError(f"num_steps must be >= 2; got {self.num_steps}")
         if self.noise_schedule not in ("linear", "cosine"):
             raise ValueError(f"noise_schedule must be 'linear' or 'cosine'; got {self.noise_schedule!r}")
+
+
+# Training.
+
+Precision = Literal["fp32", "bf16"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+NO_VAE = "none"  # TrainConfig.vae value for pixel-space training
+PAPER_VAE = "stabilityai/sd-vae-ft-ema"  # the paper trains on latents of this VAE (its encoder = sd-vae-ft-mse's)
+# Fields that may differ when a run resumes: cadence, length and speed knobs that leave the math alone.
+RESUMABLE_FIELDS: frozenset[str] = frozenset({
+    "out_dir", "max_steps", "num_workers", "micro_batch_size", "deterministic", "precision", "tf32", "compile",
+    "grad_checkpointing", "device", "num_threads", "log_every_steps", "ckpt_every_steps", "keep_last_ckpts",
+    "milestone_every_steps", "sample_every_steps", "num_grid_images", "grid_seed", "sampler",
+    "num_sampling_steps", "cfg_scale", "eval_every_steps", "num_eval_samples", "eval_seed", "eval_batch_size",
+    "eval_ref",
+})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run. Defaults reproduce the paper run (Peebles & Xie Sec. 4, official train.py).
+
+    That is DiT-XL/2 on 256 px images encoded by the SD VAE, AdamW lr 1e-4, weight decay 0, constant LR,
+    global batch 256, EMA decay 0.9999, the 1000-step linear diffusion with learned sigma and label
+    dropout 0.1 (in `model`). Only `out_dir` has no default (nothing is written anywhere implicitly);
+    `data` defaults to the embedded MNIST, so a paper run passes an ImageNet folder or latent store.
+    Counts in steps are optimizer steps; 0 switches a periodic action off.
+    """
+
+    out_dir: str  # run directory (config.json, metrics.jsonl, checkpoints/, samples/); a rerun resumes it
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+
+    # Data.
+    data: str | None = None  # ditkit.data.open_dataset spec: image folder, .npz, latent store, "digits"; None = MNIST
+    image_size: int = 256  # pixels of the training images; the model sees image_size / VAE downsampling
+    vae: str = PAPER_VAE  # "none" (pixel space), a diffusers VAE folder or a hub id; unused for latent stores
+    flip: bool | None = None  # random horizontal flips; None = on for natural images, off for digits
+    num_workers: int = 4  # data-loader worker processes per rank (official default; 0 loads in-process)
+
+    # Optimisation.
+    max_steps: int = 400_000  # optimizer steps of the whole run (the paper's Table 4 length); rerun to extend
+    global_batch_size: int = 256  # images per optimizer step over all ranks
+    micro_batch_size: int | None = None  # images per forward on one rank; smaller = gradient accumulation
+    lr: float = 1e-4  # AdamW learning rate, constant after the warm-up
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0  # linear LR warm-up from 0 over this many steps (the paper: none)
+    max_grad_norm: float | None = None  # clip the global gradient norm to this (the paper: no clipping)
+    ema_decay: float = 0.9999  # EMA of the weights (what samples and exports use)
+    ema_warmup: bool = False  # decay = min(ema_decay, (1 + step) / (10 + step)): useful EMA in short runs
+
+    # Numerics and speed.
+    seed: int = 0  # global seed: data order, t, noise, label dropout, augmentation are functions of (seed, step)
+    deterministic: bool = False  # deterministic kernels: a resumed run repeats an uninterrupted one bit for bit
+    precision: Precision = "fp32"  # "bf16" autocasts the forward on CUDA (no gain on CPUs without bf16 units)
+    tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (official train.py turns it on)
+    compile: bool = False  # torch.compile the model
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more time
+    device: DeviceChoice = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else CPU
+    num_threads: int | None = None  # CPU threads per rank; None = OMP_NUM_THREADS or torch's default
+
+    # Logging and checkpoints.
+    log_every_steps: int = 100  # metrics.jsonl / TensorBoard / progress-bar interval
+    ckpt_every_steps: int = 50_000  # checkpoint interval (a final checkpoint is always written)
+    keep_last_ckpts: int = 2  # checkpoints kept besides milestones
+    milestone_every_steps: int = 0  # checkpoints at multiples of this are never pruned
+
+    # Samples and evaluation (EMA model).
+    sample_every_steps: int = 10_000  # write samples/step_XXXXXXX.png
+    num_grid_images: int = 16  # images per grid; image i has seed grid_seed + i and class i % num_classes
+    grid_seed: int = 0
+    sampler: str = "ddim"  # ditkit.sample sampler for grids and evaluation: "ddpm", "ddim", "dpm++2m"
+    num_sampling_steps: int = 50  # sampling steps (respacing of the 1000-step chain)
+    cfg_scale: float = 1.0  # classifier-free guidance scale for grids and evaluation
+    eval_every_steps: int = 0  # sample and score the EMA model (digits metrics or Inception FID)
+    num_eval_samples: int = 1000  # class-balanced samples per evaluation, over all ranks
+    eval_seed: int = 1_000_000  # evaluation sample i has seed eval_seed + i
+    eval_batch_size: int = 100  # images per sampling batch and rank (grids and evaluation)
+    eval_ref: str | None = None  # FID reference (stats file, ADM batch, images); None = training images
+
+    def __post_init__(self) -> None:
+        if not str(self.out_dir).strip():
+            raise ValueError("out_dir must name a run directory; got an empty string (--out-dir runs/NAME)")
+        if self.model.learn_sigma != self.diffusion.learn_sigma:
+            raise ValueError(
+                f"model.learn_sigma={self.model.learn_sigma} but diffusion.learn_sigma={self.diffusion.learn_sigma}; "
+                "they must agree (set both, e.g. DiffusionConfig(learn_sigma=model.learn_sigma))"
+            )
+        for name in ("image_size", "max_steps", "global_batch_size", "log_every_steps", "ckpt_every_steps",
+                     "keep_last_ckpts", "num_grid_images", "num_sampling_steps", "eval_batch_size"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("num_workers", "warmup_steps", "milestone_every_steps", "sample_every_steps",
+                     "eval_every_steps", "grid_seed", "eval_seed", "seed"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.micro_batch_size is not None:
+            _check_int("micro_batch_size", self.micro_batch_size, minimum=1)
+        if self.num_threads is not None:
+            _check_int("num_threads", self.num_threads, minimum=1)
+        if self.eval_every_steps and self.num_eval_samples < 2:
+            raise ValueError(f"num_eval_samples must be >= 2 to score samples; got {self.num_eval_samples}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number; got {self.lr} (the paper uses 1e-4)")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1); got {self.adam_betas} (default 0.9 0.999)")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0; got {self.adam_eps}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None (no clipping); got {self.max_grad_norm}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1]; got {self.ema_decay} (the paper uses 0.9999)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if not (self.cfg_scale >= 1.0 and math.isfinite(self.cfg_scale)):
+            raise ValueError(f"cfg_scale must be >= 1 (1 = no guidance); got {self.cfg_scale}")
+        if not str(self.vae).strip():
+            raise ValueError("vae must be 'none', a diffusers VAE folder or a hub id; got an empty string")
+
+    @property
+    def is_latent(self) -> bool:
+        """True when images are encoded by a VAE (a latent store is latent whatever `vae` says)."""
+        return self.vae.strip().lower() != NO_VAE
+
+    @property
+    def latent_size(self) -> int:
+        """Side of what the model sees with the SD VAE (image_size / 8), or image_size in pixel space."""
+        return self.image_size // VAE_DOWNSAMPLE if self.is_latent else self.image_size
+
+    def replace(self, **changes: object) -> TrainConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (config.json, checkpoints); `from_dict` inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """TrainConfig from `to_dict` output; unknown keys are an error (they come from another version)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; allowed: {', '.join(sorted(known))}")
+        fields = dict(values)
+        if isinstance(fields.get("model"), dict):
+            fields["model"] = ModelConfig(**fields["model"])
+        if isinstance(fields.get("diffusion"), dict):
+            fields["diffusion"] = DiffusionConfig(**fields["diffusion"])
+        if "adam_betas" in fields:
+            fields["adam_betas"] = tuple(fields["adam_betas"])
+        return cls(**fields)
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r} ({flag})")
+
+
+def validate_for_world(cfg: TrainConfig, world_size: int, device_type: str = "cpu") -> None:
+    """Checks that need the process count and device: batch divisibility, micro-batches, bf16 on CUDA."""
+    if cfg.global_batch_size % world_size:
+        raise ValueError(
+            f"global_batch_size {cfg.global_batch_size} is not divisible by the {world_size} processes; "
+            f"use a multiple of {world_size} (--global-batch-size) or another --nproc_per_node"
+        )
+    per_rank = cfg.global_batch_size // world_size
+    micro = cfg.micro_batch_size or per_rank
+    if micro > per_rank or per_rank % micro:
+        raise ValueError(
+            f"micro_batch_size {micro} must divide the per-process batch {per_rank} "
+            f"(global {cfg.global_batch_size} / {world_size} processes); pick a divisor of {per_rank}"
+        )
+    if cfg.precision == "bf16" and device_type != "cuda":
+        raise ValueError(
+            f"precision 'bf16' needs a CUDA device (this run is on {device_type}, where bf16 is ~5x slower "
+            "than fp32); use --precision fp32"
+        )

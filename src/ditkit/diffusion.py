@@ -64,7 +64,12 @@ def space_timesteps(num_steps: int, spec: str) -> list[int]:
         if size < count:
             raise ValueError(f"cannot take {count} steps from a section of {size} in respacing {spec!r}")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        kept += [start + round(j * stride) for j in range(count)]
+        # Accumulate the fractional index by repeated addition, as ADM does: j * stride rounds differently
+        # at float ties (e.g. "21": 10 * 49.95 = 499.5 -> 500, the running sum 499.4999... -> 499).
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 

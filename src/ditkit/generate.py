@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from ditkit.autoencoder import to_uint8
 from ditkit.config import DiffusionConfig
 from ditkit.sample import SAMPLERS, initial_noise, sample_loop
 
@@ -100,11 +101,6 @@ def job_labels(num: int, num_classes: int, seed: int, class_balanced: bool) -> n
 # Sampling.
 
 
-def to_uint8(images: Tensor) -> np.ndarray:
-    """[-1, 1] images (N, C, H, W) -> uint8 (N, H, W, C), as the official scripts round."""
-    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def generate(model: nn.Module, labels: Sequence[int] | None, seeds: Sequence[int], settings: SampleSettings,
              *, vae: Any = None, device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
     """Sample one image per seed (uint8 (N, H, W, C)), decoded through `vae` when the model is latent."""
@@ -125,7 +121,7 @@ def generate(model: nn.Module, labels: Sequence[int] | None, seeds: Sequence[int
         if vae is not None:
             with torch.no_grad():
                 x = vae.decode(x)
-        out.append(to_uint8(x))
+        out.append(to_uint8(x).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, *shape[1:], 3), np.uint8)
 
 

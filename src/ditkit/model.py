@@ -83,7 +83,10 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Class labels (N,) -> (N, D). With dropout > 0 the table has a null row (id = num_classes) for CFG."""
+    """Class labels (N,) -> (N, D). With dropout > 0 the table has a null row (id = num_classes) for CFG.
+
+    Float labels of shape (N, rows) are mixing weights over the table's rows (never dropped).
+    """
 
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
         super().__init__()
@@ -100,6 +103,9 @@ class LabelEmbedder(nn.Module):
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
     def forward(self, labels: Tensor, train: bool, force_drop_ids: Tensor | None = None) -> Tensor:
+        if labels.is_floating_point():
+            # Soft labels (N, rows): a mixture of class embeddings, e.g. to interpolate between classes.
+            return labels.to(self.embedding_table.weight.dtype) @ self.embedding_table.weight
         if (train and self.dropout_prob > 0) or force_drop_ids is not None:
             labels = self.drop(labels, force_drop_ids)
         return self.embedding_table(labels)
@@ -242,7 +248,10 @@ class DiT(nn.Module):
         grid = config.input_size // p
         # Fixed positions: a persistent buffer, so checkpoints carry `pos_embed` like the official ones
         # (where it is a frozen parameter) while optimizers and EMA never touch it.
+        # Built from numpy (float64, then float32 like the official copy_), then moved to the parameters'
+        # device: from_numpy ignores a `with torch.device("meta")` context, which left a CPU buffer there.
         pos = torch.from_numpy(sincos_pos_embed_2d(d, grid)).float().unsqueeze(0)
+        pos = pos.to(self.x_embedder.proj.weight.device)
         self.register_buffer("pos_embed", pos, persistent=True)  # (1, T, D)
         self.blocks = nn.ModuleList(
             [DiTBlock(d, config.num_heads, config.mlp_ratio, config.block) for _ in range(config.depth)]

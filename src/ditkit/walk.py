@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from ditkit.config import DiffusionConfig
 from ditkit.diffusion import diffusion_from_config
-from ditkit.generate import image_seed, to_uint8
+from ditkit.autoencoder import to_uint8
+from ditkit.generate import image_seed
 from ditkit.sample import GlobalNoise, ddim_sample, guided_denoiser, initial_noise, model_denoiser
 
 
@@ -51,7 +52,7 @@ def _decode_frames(model: nn.Module, noise: Tensor, soft_labels: Tensor | None, 
         x = ddim_sample(diffusion, denoise, noise, GlobalNoise(None), eta=0.0, clip_denoised=clip_denoised)
         if vae is not None:
             x = vae.decode(x)
-    return to_uint8(x)
+    return to_uint8(x).cpu().numpy()
 
 
 def _one_hot_rows(config: Any, classes: list[int]) -> Tensor:
