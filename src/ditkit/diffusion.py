@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,7 +29,8 @@ ModelFn = Callable[..., Tensor]
 def linear_beta_schedule(num_steps: int = NUM_DIFFUSION_STEPS) -> Tensor:
     """Ho et al.'s linear betas 1e-4..0.02, rescaled so any length covers the same noise range (float64)."""
     scale = NUM_DIFFUSION_STEPS / num_steps
-    return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
+    # numpy's linspace (start + i * step), as ADM computes it: torch.linspace rounds ~1e-16 differently.
+    return torch.from_numpy(np.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=np.float64))
 
 
 def cosine_beta_schedule(num_steps: int, max_beta: float = 0.999) -> Tensor:
@@ -144,6 +146,7 @@ class GaussianDiffusion:
         self.num_timesteps = len(betas)
         self.timestep_map = torch.tensor(timestep_map if timestep_map is not None else range(len(betas)))
         self.betas = betas
+        self._device_tables: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
         alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(alphas, dim=0)
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
@@ -162,14 +165,26 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
         # Fixed "large" variance for models without learned sigma: beta_t, with the posterior at t = 0.
         self.fixed_large_variance = torch.cat([self.posterior_variance[1:2], betas[1:]])
+        self.log_fixed_large_variance = torch.log(self.fixed_large_variance)
+        self.log_betas = torch.log(self.betas)
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
+        self.log_one_minus_alphas_cumprod = torch.log(self.one_minus_alphas_cumprod)
 
     # Tables and the model call.
 
-    @staticmethod
-    def _extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
-        """table[t] as float32 (gathered in float64 first), shaped (N, 1, ..., 1) to broadcast over `like`."""
-        out = table.to(t.device)[t].float()
-        return out.reshape(-1, *([1] * (like.ndim - 1))).to(like.device)
+    def _extract(self, table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """table[t] as float32, shaped (N, 1, ..., 1) to broadcast over `like`.
+
+        Casting the float64 table to float32 before gathering gives the same values as the official
+        gather-then-cast; the float32 copy is kept per device, so GPU (and MPS, which has no float64)
+        steps do no host-to-device copy of the tables.
+        """
+        key = (id(table), like.device)
+        cached = self._device_tables.get(key)
+        if cached is None or cached[0] is not table:
+            cached = (table, table.float().to(like.device))
+            self._device_tables[key] = cached
+        return cached[1][t.to(like.device)].reshape(-1, *([1] * (like.ndim - 1)))
 
     def run_model(self, model: ModelFn, x_t: Tensor, t: Tensor, model_kwargs: dict[str, Any] | None = None) -> Tensor:
         """Call the model at the original-chain timestep of respaced index t."""
@@ -187,8 +202,8 @@ class GaussianDiffusion:
 
     def q_mean_variance(self, x_start: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mean = self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
-        variance = self._extract(1.0 - self.alphas_cumprod, t, x_start)
-        log_variance = self._extract(torch.log(1.0 - self.alphas_cumprod), t, x_start)
+        variance = self._extract(self.one_minus_alphas_cumprod, t, x_start)
+        log_variance = self._extract(self.log_one_minus_alphas_cumprod, t, x_start)
         return mean, variance, log_variance
 
     def q_posterior_mean_variance(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -218,14 +233,14 @@ class GaussianDiffusion:
                                  f"got {model_output.shape[1]} (set learn_sigma to match the model)")
             model_output, var_values = model_output[:, :channels], model_output[:, channels:]
             min_log = self._extract(self.posterior_log_variance_clipped, t, x_t)
-            max_log = self._extract(torch.log(self.betas), t, x_t)
+            max_log = self._extract(self.log_betas, t, x_t)
             frac = (var_values + 1) / 2  # the model's v in [-1, 1] -> [0, 1]
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
         else:
             model_output = model_output[:, :channels]
             variance = self._extract(self.fixed_large_variance, t, x_t)
-            log_variance = self._extract(torch.log(self.fixed_large_variance), t, x_t)
+            log_variance = self._extract(self.log_fixed_large_variance, t, x_t)
         if self.predict_xstart:
             pred_xstart = model_output
         else:
@@ -285,7 +300,8 @@ def diffusion_from_config(config: DiffusionConfig, timestep_respacing: str = "")
     else:
         betas = cosine_beta_schedule(config.num_steps)
     kept = space_timesteps(config.num_steps, timestep_respacing)
-    if len(kept) < config.num_steps:
-        betas = respace_betas(torch.cumprod(1.0 - betas, dim=0), kept)
+    # Always through the respacing, even when every step is kept: ADM's SpacedDiffusion recomputes
+    # betas = 1 - abar_t / abar_{t-1}, which differs from the linspace by ~1e-13 (relative).
+    betas = respace_betas(torch.cumprod(1.0 - betas, dim=0), kept)
     return GaussianDiffusion(betas, timestep_map=kept, learn_sigma=config.learn_sigma,
                              predict_xstart=config.predict_xstart)

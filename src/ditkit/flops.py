@@ -34,8 +34,9 @@ def model_cost(config: ModelConfig, name: str = "") -> ModelCost:
     params_1, flops_1 = _measure(config.replace(depth=1))
     params_2, flops_2 = _measure(config.replace(depth=2))
     extra_blocks = config.depth - 1
-    return ModelCost(name=name, params=params_1 + extra_blocks * (params_2 - params_1),
-                     gflops=(flops_1 + extra_blocks * (flops_2 - flops_1)) / 2 / 1e9, tokens=config.num_tokens)
+    flops = flops_1 + extra_blocks * (flops_2 - flops_1)
+    params = params_1 + extra_blocks * (params_2 - params_1)
+    return ModelCost(name=name, params=params, gflops=flops / 2 / 1e9, tokens=config.num_tokens)
 
 
 def _measure(config: ModelConfig) -> tuple[int, int]:

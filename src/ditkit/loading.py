@@ -8,8 +8,10 @@ carry (the head count, say) is inferred from tensor shapes and can be overridden
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from torch import Tensor
 
 from ditkit.config import ModelConfig
 from ditkit.model import DiT
+
+log = logging.getLogger(__name__)
 
 CONFIG_METADATA_KEY = "ditkit_config"
 # Heads of the paper's sizes (a state dict does not record them): S 6, B 12, L 16, XL 16.
@@ -74,7 +78,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | 
         return load_file(str(path)), config
     try:
         # Official train.py checkpoints pickle an argparse.Namespace beside the tensors: allow just that.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # safe_globals arrived in torch 2.5; before it such checkpoints cannot load (plain state dicts can).
+        allow = getattr(torch.serialization, "safe_globals", None)
+        with allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext():
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise ValueError(f"cannot read {str(path)!r} as weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
@@ -117,6 +123,9 @@ def infer_config(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig
         fields["num_heads"] = PAPER_HEADS[hidden]
     elif hidden % 64 == 0:
         fields["num_heads"] = hidden // 64
+        if "num_heads" not in overrides:
+            log.warning("the weights do not record the head count: assuming %d (head dim 64) for width %d; "
+                        "pass num_heads=... (--num-heads) if that is wrong", hidden // 64, hidden)
     elif "num_heads" not in overrides:
         raise ValueError(f"cannot infer the head count of width {hidden}: pass num_heads=... (--num-heads)")
     fields.update(overrides)
@@ -168,8 +177,29 @@ def _mismatch_summary(missing: list[str], unexpected: list[str], wrong: list[str
         hints.append("learned sigma differs (--learn-sigma)")
     if any(k.startswith(("model.", "ema.", "opt.")) for k in unexpected):
         hints.append("this is a whole training checkpoint: load its 'ema' weights")
-    if any("adaLN" in k or "cross_attn" in k for k in missing + unexpected):
-        hints.append("the block design differs (--block)")
-    if any(k.startswith("blocks.") for k in missing + unexpected) and not hints:
-        hints.append("the depth differs (wrong preset)")
+    else:
+        own_depth, other_depth = _depth(own), _depth(other)
+        if own_depth != other_depth:
+            hints.append(f"the depth differs ({other_depth} blocks in the file, {own_depth} in the model: "
+                         "wrong preset)")
+        # Design keys only count inside blocks both sides have: extra blocks are a depth difference.
+        shared = min(own_depth, other_depth)
+        in_shared = [k for k in missing + unexpected if (i := _block_index(k)) is None or i < shared]
+        differs = wrong + in_shared
+        if any(_is_design_key(k) for k in differs):  # adaLN vs adaLN-Zero: same keys, 4 vs 6 chunks
+            hints.append("the block design differs (--block)")
     return "; ".join(parts) + (f". Likely cause: {'; '.join(hints)}" if hints else "")
+
+
+def _block_index(key: str) -> int | None:
+    match = re.match(r"blocks\.(\d+)\.", key)
+    return int(match.group(1)) if match else None
+
+
+def _depth(state_dict: dict[str, Tensor]) -> int:
+    return 1 + max((i for k in state_dict if (i := _block_index(k)) is not None), default=-1)
+
+
+def _is_design_key(key: str) -> bool:
+    """Keys that exist in some block designs only (adaLN modulation, cross-attention, affine norms)."""
+    return "adaLN" in key or "cross_attn" in key or "norm" in key

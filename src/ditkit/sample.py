@@ -189,23 +189,26 @@ def dpm_solver_sample(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tenso
                       progress: bool = False) -> Tensor:
     """DPM-Solver++(2M), data prediction, over the steps of `diffusion`; one model call per step.
 
-    Steps go t_K-1 -> ... -> t_0 with the multistep second-order update (first order on the first
-    step), and the last call's x_0 prediction is returned (the final step to sigma = 0).
+    Steps go t_K-1 -> ... -> t_0 with the multistep second-order update, first order on the first
+    step and on the last one (the jump into t_0 spans a large log-SNR range, where the second-order
+    extrapolation overshoots: 20 steps on Gaussian data give std 0.62 for 0.5 with it, 0.48 without,
+    as diffusers' lower_order_final), and the last call's x_0 prediction is returned (sigma = 0).
     """
     abar = diffusion.alphas_cumprod
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
     lam = torch.log(alpha / sigma)  # log-SNR / 2, float64
     prev_x0: Tensor | None = None
     prev_h = 0.0
-    order = list(_indices(diffusion, progress))  # type: ignore[arg-type]
-    for k, i in enumerate(order):
+    order = list(range(diffusion.num_timesteps))[::-1]  # for the look-ahead to the next step
+    # Iterate the progress bar itself: list(tqdm(...)) would exhaust it before the first model call.
+    for k, i in enumerate(_indices(diffusion, progress)):  # type: ignore[arg-type]
         out = diffusion.p_mean_variance(denoise, x, _batch_t(i, x), clip_denoised=clip_denoised)
         x0 = out["pred_xstart"]
         if k == len(order) - 1:
             return x0
         j = order[k + 1]
         h = float(lam[j] - lam[i])
-        if prev_x0 is None:
+        if prev_x0 is None or k == len(order) - 2:
             d = x0
         else:
             r = prev_h / h
@@ -237,7 +240,14 @@ def sample_loop(model: nn.Module, noise: Tensor, labels: Tensor | None, *, sampl
         diffusion = DiffusionConfig(learn_sigma=learn_sigma)
     process = diffusion_from_config(diffusion, str(timestep_respacing))
     denoise = make_denoiser(model, labels, cfg_scale=cfg_scale, cfg_channels=cfg_channels)
-    source: SeedNoise | GlobalNoise = SeedNoise(seeds, noise.device) if seeds is not None else GlobalNoise(generator)
+    source: SeedNoise | GlobalNoise
+    if seeds is not None:
+        source = SeedNoise(seeds, noise.device)
+        # The first draw of each seed is x_T (initial_noise): step noise continues the stream after it.
+        # Starting afresh would make the first step's noise equal to x_T itself.
+        source.randn(noise.shape[1:])
+    else:
+        source = GlobalNoise(generator)
     with torch.no_grad():
         if sampler == "ddpm":
             return ddpm_sample(process, denoise, noise, source, clip_denoised, progress)
