@@ -147,7 +147,7 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 NO_VAE = "none"  # TrainConfig.vae value for pixel-space training
-PAPER_VAE = "stabilityai/sd-vae-ft-ema"  # the paper trains on latents of this VAE (its encoder = sd-vae-ft-mse's)
+PAPER_VAE = "stabilityai/sd-vae-ft-ema"  # the paper's VAE (same encoder as sd-vae-ft-mse)
 # Fields that may differ when a run resumes: cadence, length and speed knobs that leave the math alone.
 RESUMABLE_FIELDS: frozenset[str] = frozenset({
     "out_dir", "max_steps", "num_workers", "micro_batch_size", "deterministic", "precision", "tf32", "compile",
@@ -174,7 +174,7 @@ class TrainConfig:
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
 
     # Data.
-    data: str | None = None  # ditkit.data.open_dataset spec: image folder, .npz, latent store, "digits"; None = MNIST
+    data: str | None = None  # open_dataset spec: image folder, .npz, latent store, "digits"; None = MNIST
     image_size: int = 256  # pixels of the training images; the model sees image_size / VAE downsampling
     vae: str = PAPER_VAE  # "none" (pixel space), a diffusers VAE folder or a hub id; unused for latent stores
     flip: bool | None = None  # random horizontal flips; None = on for natural images, off for digits
@@ -194,8 +194,8 @@ class TrainConfig:
     ema_warmup: bool = False  # decay = min(ema_decay, (1 + step) / (10 + step)): useful EMA in short runs
 
     # Numerics and speed.
-    seed: int = 0  # global seed: data order, t, noise, label dropout, augmentation are functions of (seed, step)
-    deterministic: bool = False  # deterministic kernels: a resumed run repeats an uninterrupted one bit for bit
+    seed: int = 0  # data order, t, noise, label dropout and augmentation are functions of (seed, step)
+    deterministic: bool = False  # deterministic kernels: a resumed run repeats an uninterrupted one exactly
     precision: Precision = "fp32"  # "bf16" autocasts the forward on CUDA (no gain on CPUs without bf16 units)
     tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (official train.py turns it on)
     compile: bool = False  # torch.compile the model
@@ -227,8 +227,9 @@ class TrainConfig:
             raise ValueError("out_dir must name a run directory; got an empty string (--out-dir runs/NAME)")
         if self.model.learn_sigma != self.diffusion.learn_sigma:
             raise ValueError(
-                f"model.learn_sigma={self.model.learn_sigma} but diffusion.learn_sigma={self.diffusion.learn_sigma}; "
-                "they must agree (set both, e.g. DiffusionConfig(learn_sigma=model.learn_sigma))"
+                f"model.learn_sigma={self.model.learn_sigma} but diffusion.learn_sigma="
+                f"{self.diffusion.learn_sigma}; they must agree (set both, e.g. "
+                "DiffusionConfig(learn_sigma=model.learn_sigma))"
             )
         for name in ("image_size", "max_steps", "global_batch_size", "log_every_steps", "ckpt_every_steps",
                      "keep_last_ckpts", "num_grid_images", "num_sampling_steps", "eval_batch_size"):
@@ -247,7 +248,8 @@ class TrainConfig:
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1); got {self.adam_betas} (default 0.9 0.999)")
+            raise ValueError(f"adam_betas must be two numbers in [0, 1); got {self.adam_betas} "
+                             "(default 0.9 0.999)")
         if not self.adam_eps > 0:
             raise ValueError(f"adam_eps must be > 0; got {self.adam_eps}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

@@ -1,0 +1,270 @@
+"""Training checkpoints: one folder per step, written atomically, pruned to the last K plus milestones.
+
+Layout: run_dir/checkpoints/step_0001000/ holds model.safetensors and ema.safetensors (weights with the
+model config in their metadata, ditkit.loading format), optimizer.pt (tensors and plain values only, so
+`torch.load(weights_only=True)` reads it) and state.json (schema version, step, file sizes, RNG states,
+data position, the run's config). run_dir/checkpoints/latest names the newest folder; `ditkit.load_dit`
+follows it. A folder appears under its final name only when complete (written as a temp folder, then
+renamed), so a crash mid-write leaves the previous checkpoint as the newest one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ditkit.loading import EMA_WEIGHTS_FILE, RUN_LATEST_FILE, load_strict, read_state_dict, save_weights
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = EMA_WEIGHTS_FILE
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+_NAME = re.compile(r"^step_(\d{7,})$")
+_TEMP_PREFIX = ".tmp-"  # temp folders and files start with this; never read, removed by the next save
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoint folders of a run as (step, path), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+# RNG state (JSON-safe).
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), NumPy and Python RNG states as JSON-safe values."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": _b64(torch.get_rng_state()),
+        "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned (CUDA states only when the device count matches)."""
+    torch.set_rng_state(_unb64(state["torch"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# Saving.
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def save(run_dir: str | os.PathLike, *, step: int, model: nn.Module, ema: nn.Module,
+         optimizer: torch.optim.Optimizer, config: dict[str, Any], extra: dict[str, Any] | None = None,
+         keep_last: int = 2, milestone_every: int = 0) -> Path:
+    """Write checkpoint `step` (call on one rank; pass the unwrapped model, not DDP/compiled wrappers).
+
+    Returns the checkpoint folder. `extra` (JSON-safe) goes into state.json beside step, RNG states and
+    `config`; `data_step` defaults to `step` (the loader resumes at that batch).
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f"{_TEMP_PREFIX}*"):  # left by a crash mid-write
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    name = checkpoint_name(step)
+    tmp = root / f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+    tmp.mkdir()
+    model_config = model.config
+    save_weights(model.state_dict(), model_config, tmp / MODEL_FILE)
+    save_weights(ema.state_dict(), model_config, tmp / EMA_FILE)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    files = {f: (tmp / f).stat().st_size for f in (MODEL_FILE, EMA_FILE, OPTIMIZER_FILE)}
+    state = {"schema": SCHEMA_VERSION, "step": step, "data_step": step, "time": time.time(), "files": files,
+             "rng": rng_state(), **(extra or {}), "config": config}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    for f in (*files, STATE_FILE):
+        _fsync(tmp / f)
+    final = root / name
+    if final.exists():  # re-saving a step (e.g. after a corrupt copy): swap, then delete the old one
+        old = root / f"{_TEMP_PREFIX}{uuid.uuid4().hex}-old-{name}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync(root)
+    _write_text_atomic(root / RUN_LATEST_FILE, name + "\n")
+    prune(run_dir, keep_last=keep_last, milestone_every=milestone_every, current=step)
+    return final
+
+
+def prune(run_dir: str | os.PathLike, *, keep_last: int, milestone_every: int = 0,
+          current: int | None = None) -> None:
+    """Delete checkpoints but the last `keep_last`, multiples of `milestone_every`, and `current`."""
+    found = list_checkpoints(run_dir)
+    keep = {step for step, _ in found[-keep_last:]} if keep_last > 0 else set()
+    if milestone_every > 0:
+        keep |= {step for step, _ in found if step % milestone_every == 0}
+    if current is not None:
+        keep.add(current)
+    for step, path in found:
+        if step not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# Loading.
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint folder that cannot be read (truncated, missing files, bad JSON)."""
+
+
+def read_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """state.json of a checkpoint, after checking its schema and that its files have the recorded sizes."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        state = json.loads((ckpt_dir / STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise CorruptCheckpoint(f"{ckpt_dir}: unreadable {STATE_FILE} ({err})") from None
+    schema = state.get("schema") if isinstance(state, dict) else None
+    if schema != SCHEMA_VERSION:
+        raise CorruptCheckpoint(f"{ckpt_dir}: schema {schema}, expected {SCHEMA_VERSION}")
+    for name, size in state.get("files", {}).items():
+        path = ckpt_dir / name
+        if not path.is_file() or path.stat().st_size != size:
+            raise CorruptCheckpoint(f"{ckpt_dir}: {name} is missing or truncated")
+    return state
+
+
+def load(ckpt_dir: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None,
+         optimizer: torch.optim.Optimizer | None = None, *, restore_rng: bool = True) -> dict[str, Any]:
+    """Load one checkpoint into model / EMA / optimizer (strict keys); returns its state.json dict.
+
+    Raises CorruptCheckpoint when the files cannot be read (nothing is modified then) and ValueError when
+    they do not fit the model (another preset or resolution).
+    """
+    from safetensors.torch import load_file
+
+    ckpt_dir = Path(ckpt_dir)
+    state = read_state(ckpt_dir)
+    try:  # read everything before touching the model, so a bad file leaves it unchanged
+        weights = load_file(str(ckpt_dir / MODEL_FILE))
+        ema_weights = load_file(str(ckpt_dir / EMA_FILE)) if ema is not None else None
+        opt_state = (torch.load(ckpt_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+                     if optimizer is not None else None)
+    except Exception as err:  # noqa: BLE001 - safetensors/pickle/IO errors all mean "this copy is bad"
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise CorruptCheckpoint(f"{ckpt_dir}: {type(err).__name__}: {first_line}") from None
+    load_strict(model, weights, source=str(ckpt_dir / MODEL_FILE))  # type: ignore[arg-type]
+    if ema is not None and ema_weights is not None:
+        load_strict(ema, ema_weights, source=str(ckpt_dir / EMA_FILE))  # type: ignore[arg-type]
+    if optimizer is not None and opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    if restore_rng and "rng" in state:
+        set_rng_state(state["rng"])
+    return state
+
+
+def load_latest(run_dir: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None,
+                optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    """Load the newest readable checkpoint of a run; None when the run has none.
+
+    A corrupt or partial newest checkpoint is skipped with a warning and the previous one is used; when
+    checkpoints exist but none is readable, raise rather than silently start over.
+    """
+    found = list_checkpoints(run_dir)
+    problems = []
+    for _, path in reversed(found):
+        try:
+            state = load(path, model, ema, optimizer)
+        except CorruptCheckpoint as err:
+            logger.warning("skipping checkpoint %s: %s", path.name, err)
+            problems.append(str(err))
+            continue
+        if problems:
+            logger.warning("resumed from %s, the newest readable checkpoint", path.name)
+        return state
+    if problems:
+        raise ValueError(f"no readable checkpoint in {str(Path(run_dir) / CHECKPOINTS_DIR)!r} "
+                         f"({'; '.join(problems[:3])}); delete the broken folders or use a new --out-dir")
+    return None
+
+
+def newest_readable(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint folder whose state.json and file sizes check out."""
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            read_state(path)
+        except CorruptCheckpoint:
+            continue
+        return path
+    return None
+
+
+# Export.
+
+
+def export_ema(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write the EMA weights of a run folder (its newest readable checkpoint), checkpoint folder or
+    ema.safetensors file to `out_path`: one safetensors file with the model config, which `load_dit` reads."""
+    source = Path(source)
+    if (source / CHECKPOINTS_DIR).is_dir():
+        ckpt = newest_readable(source)
+        if ckpt is None:
+            raise ValueError(f"run folder {str(source)!r} has no readable checkpoint; train first")
+        source = ckpt / EMA_FILE
+    elif source.is_dir() and (source / EMA_FILE).is_file():
+        source = source / EMA_FILE
+    state_dict, config = read_state_dict(source)
+    if config is None:
+        raise ValueError(f"{str(source)!r} carries no ditkit model config; export from a ditkit run folder")
+    out = save_weights(state_dict, config, out_path)
+    logger.info("exported EMA weights of %s to %s", source, out)
+    return out

@@ -1,0 +1,617 @@
+"""Sample-quality metrics: FID, sFID, Inception Score, precision/recall and KID on uint8 NHWC images.
+
+Definitions follow the ADM evaluator (Dhariwal & Nichol 2021, openai/guided-diffusion `evaluations/`);
+statistics stream in float64 and the feature network is pluggable (`FeatureExtractor`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+FEATURE_KINDS: tuple[str, ...] = ("pool", "spatial", "logits")
+METRICS: tuple[str, ...] = ("fid", "sfid", "is", "precision", "recall", "kid")
+DEFAULT_METRICS: tuple[str, ...] = ("fid", "sfid", "is", "precision", "recall")
+_FEATURE_FOR_METRIC = {
+    "fid": "pool",
+    "sfid": "spatial",
+    "is": "logits",
+    "precision": "pool",
+    "recall": "pool",
+    "kid": "pool",
+}
+_STAT_KEYS = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}  # ADM reference-batch names
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+ImageSource = np.ndarray | Tensor | str | os.PathLike
+
+
+# Frechet distance and streaming statistics.
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
+    """Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (float64)."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = (
+        np.atleast_2d(np.asarray(sigma1, np.float64)),
+        np.atleast_2d(np.asarray(sigma2, np.float64)),
+    )
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(
+            f"frechet_distance needs mu (D,) and sigma (D, D) of one D; got {mu1.shape}, "
+            f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}: were both computed by the same extractor?"
+        )
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * _trace_sqrt_product(sigma1, sigma2))
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((S1 S2)^(1/2)) for covariance matrices, via two symmetric eigendecompositions.
+
+    (S1 S2)^(1/2) is similar to (S1^(1/2) S2 S1^(1/2))^(1/2), which is symmetric PSD, so its trace is the
+    sum of the square roots of that matrix's eigenvalues. Equal to ADM's scipy.linalg.sqrtm route to
+    ~1e-12 relative, 3-5x faster at 2048 dims, and singular (rank-deficient) statistics need no
+    regularisation: round-off negatives are clipped to 0 instead of producing complex roots.
+    """
+    w, v = linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^(1/2)
+    inner = root1 @ sigma2 @ root1
+    eigvals = linalg.eigvalsh((inner + inner.T) / 2)
+    return float(np.sqrt(np.clip(eigvals, 0, None)).sum())
+
+
+class ActivationStats:
+    """Running mean and covariance of feature vectors, accumulated in float64 batch by batch.
+
+    Sums are taken around a shift (the first batch's mean) so the covariance does not lose precision
+    when the mean is large; no feature array is ever kept.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift: np.ndarray | None = None  # (D,)
+        self.sum: np.ndarray | None = None  # (D,) sum of (x - shift)
+        self.sum_outer: np.ndarray | None = None  # (D, D) sum of (x - shift)(x - shift)^T
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.shift is None else int(self.shift.shape[0])
+
+    def update(self, feats: np.ndarray | Tensor) -> None:
+        """Add a batch of features (N, D)."""
+        x = _to_numpy(feats, np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"ActivationStats.update expects features (N, D); got shape {x.shape}")
+        if self.shift is None:
+            self.shift = x.mean(axis=0)
+            self.sum = np.zeros_like(self.shift)
+            self.sum_outer = np.zeros((x.shape[1], x.shape[1]))
+        elif x.shape[1] != self.dim:
+            raise ValueError(f"ActivationStats.update: feature dim changed from {self.dim} to {x.shape[1]}")
+        xc = x - self.shift
+        self.count += x.shape[0]
+        self.sum += xc.sum(axis=0)
+        self.sum_outer += xc.T @ xc
+
+    def merge(self, other: ActivationStats) -> None:
+        """Add another accumulator's samples (e.g. from another rank) into this one."""
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self.count, self.shift = other.count, other.shift.copy()
+            self.sum, self.sum_outer = other.sum.copy(), other.sum_outer.copy()
+            return
+        if other.dim != self.dim:
+            raise ValueError(f"ActivationStats.merge: dims differ ({self.dim} vs {other.dim})")
+        # Move other's sums from its shift to ours: x - s = (x - t) + (t - s).
+        delta = other.shift - self.shift
+        self.sum_outer += (
+            other.sum_outer
+            + np.outer(other.sum, delta)
+            + np.outer(delta, other.sum)
+            + other.count * np.outer(delta, delta)
+        )
+        self.sum += other.sum + other.count * delta
+        self.count += other.count
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(D,) sample mean."""
+        if self.count == 0:
+            raise ValueError("ActivationStats.mean: no features were added; call update() first")
+        return self.shift + self.sum / self.count
+
+    @property
+    def cov(self) -> np.ndarray:
+        """(D, D) unbiased sample covariance (as np.cov with rowvar=False)."""
+        if self.count < 2:
+            raise ValueError(f"ActivationStats.cov needs at least 2 samples; got {self.count}")
+        centered_sum = self.sum_outer - np.outer(self.sum, self.sum) / self.count
+        return centered_sum / (self.count - 1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the raw sums (resumable with `load` + `update`) to an .npz file."""
+        if self.count == 0:
+            raise ValueError(f"ActivationStats.save: nothing to save to {path}; call update() first")
+        np.savez(path, count=self.count, shift=self.shift, sum=self.sum, sum_outer=self.sum_outer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ActivationStats:
+        with np.load(path) as data:
+            missing = {"count", "shift", "sum", "sum_outer"} - set(data.files)
+            if missing:
+                raise ValueError(f"{path} is not an ActivationStats file (missing {sorted(missing)})")
+            stats = cls()
+            stats.count = int(data["count"])
+            stats.shift, stats.sum, stats.sum_outer = data["shift"], data["sum"], data["sum_outer"]
+        return stats
+
+
+# Inception Score, precision/recall, KID.
+
+
+def inception_score(logits: np.ndarray | Tensor, num_splits: int = 10) -> float:
+    """Inception Score exp(E_x KL(p(y|x) || p(y))), averaged over `num_splits` consecutive splits (ADM: 10)."""
+    x = _to_numpy(logits, np.float64)
+    if x.ndim != 2 or not 1 <= num_splits <= x.shape[0]:
+        raise ValueError(
+            f"inception_score needs logits (N, K) with N >= num_splits; got shape {x.shape}, "
+            f"num_splits={num_splits}: pass fewer splits or more samples"
+        )
+    log_p = x - x.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))  # log softmax
+    scores = []
+    for part in np.array_split(log_p, num_splits):
+        p = np.exp(part)
+        log_marginal = np.log(p.mean(axis=0, keepdims=True))
+        scores.append(np.exp(np.mean(np.sum(p * (part - log_marginal), axis=1))))
+    return float(np.mean(scores))
+
+
+def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
+    """(A, B) squared Euclidean distances, as the ADM evaluator computes them."""
+    d = (a * a).sum(1, keepdim=True) - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
+    return d.clamp_min_(0.0)
+
+
+def _row_block(num_cols: int, max_elems: int = 1 << 25) -> int:
+    return max(1, min(4096, max_elems // max(num_cols, 1)))  # caps a distance block near 128 MB (fp32)
+
+
+def manifold_radii(feats: np.ndarray | Tensor, k: int = 3) -> np.ndarray:
+    """(N,) squared distance from each point to its k-th nearest neighbour in the same set (self excluded)."""
+    x = torch.as_tensor(_to_numpy(feats, np.float32))
+    if x.ndim != 2 or x.shape[0] <= k:
+        raise ValueError(f"manifold_radii needs features (N, D) with N > k={k}; got shape {tuple(x.shape)}")
+    block = _row_block(x.shape[0])
+    radii = [_sq_dists(x[i : i + block], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), block)]
+    return torch.cat(radii).numpy()
+
+
+def _inside_manifold(queries: Tensor, feats: Tensor, radii: Tensor) -> Tensor:
+    """(Q,) bool: query lies within radii[j] of some feats[j]."""
+    block = _row_block(feats.shape[0])
+    inside = [
+        (_sq_dists(queries[i : i + block], feats) <= radii[None, :]).any(dim=1)
+        for i in range(0, len(queries), block)
+    ]
+    return torch.cat(inside)
+
+
+def precision_recall(
+    ref_feats: np.ndarray | Tensor, sample_feats: np.ndarray | Tensor, k: int = 3
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN manifolds, as the ADM evaluator.
+
+    Precision: fraction of samples inside the reference manifold; recall: fraction of reference points
+    inside the sample manifold. Distances are computed in row blocks, so 50K x 2048 fits in memory.
+    """
+    ref = torch.as_tensor(_to_numpy(ref_feats, np.float32))
+    sample = torch.as_tensor(_to_numpy(sample_feats, np.float32))
+    if ref.ndim != 2 or sample.ndim != 2 or ref.shape[1] != sample.shape[1]:
+        raise ValueError(
+            f"precision_recall needs (N, D) features of one D; got {tuple(ref.shape)} and "
+            f"{tuple(sample.shape)}"
+        )
+    ref_radii = torch.from_numpy(manifold_radii(ref, k))
+    sample_radii = torch.from_numpy(manifold_radii(sample, k))
+    precision = _inside_manifold(sample, ref, ref_radii).double().mean().item()
+    recall = _inside_manifold(ref, sample, sample_radii).double().mean().item()
+    return precision, recall
+
+
+def kernel_inception_distance(
+    feats1: np.ndarray | Tensor,
+    feats2: np.ndarray | Tensor,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> float:
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel (x.y / D + 1)^3, averaged over subsets."""
+    x_all, y_all = _to_numpy(feats1, np.float64), _to_numpy(feats2, np.float64)
+    m = min(len(x_all), len(y_all), subset_size)
+    if m < 2 or x_all.shape[1] != y_all.shape[1]:
+        raise ValueError(
+            f"kernel_inception_distance needs >= 2 samples per set of one dim; got "
+            f"{x_all.shape} and {y_all.shape}"
+        )
+    rng, d, total = np.random.default_rng(seed), x_all.shape[1], 0.0
+    for _ in range(num_subsets):
+        x = x_all[rng.choice(len(x_all), m, replace=False)]
+        y = y_all[rng.choice(len(y_all), m, replace=False)]
+        k_xx, k_yy, k_xy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+        within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+        total += within - 2.0 * k_xy.mean()
+    return float(total / num_subsets)
+
+
+# Feature extractors.
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """What the metrics need from a feature network.
+
+    `__call__` takes a uint8 batch (N, H, W, C), C in {1, 3}, and returns CPU or device tensors for a
+    subset of FEATURE_KINDS: "pool" (N, D) for FID / precision / recall / KID, "spatial" (N, Ds) for sFID,
+    "logits" (N, K) for IS. `available` names the kinds it returns. An optional `name` attribute is
+    stored in reference files so statistics from different networks are never compared.
+    """
+
+    available: AbstractSet[str]
+
+    def __call__(self, images: np.ndarray) -> dict[str, Tensor]: ...
+
+
+def extractor_name(extractor: FeatureExtractor) -> str:
+    return str(getattr(extractor, "name", type(extractor).__name__))
+
+
+class RandomFeatureExtractor(torch.nn.Module):
+    """A tiny seeded random conv net with pool/spatial/logits heads: a fast stand-in for Inception in tests."""
+
+    available = frozenset(FEATURE_KINDS)
+
+    def __init__(self, seed: int = 0, pool_dim: int = 32, num_classes: int = 10) -> None:
+        super().__init__()
+        self.name = f"random-{seed}-{pool_dim}-{num_classes}"
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("conv1", torch.randn(16, 3, 3, 3, generator=gen) / 27**0.5)
+        self.register_buffer("conv2", torch.randn(pool_dim, 16, 3, 3, generator=gen) / 144**0.5)
+        self.register_buffer("fc", torch.randn(num_classes, pool_dim, generator=gen))
+
+    @torch.no_grad()
+    def forward(self, images: np.ndarray) -> dict[str, Tensor]:
+        x = torch.as_tensor(_check_images(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = F.interpolate(x.expand(-1, 3, -1, -1), size=(16, 16), mode="bilinear", antialias=True)
+        h = F.relu(F.conv2d(x, self.conv1, stride=2, padding=1))  # (N, 16, 8, 8)
+        h = F.relu(F.conv2d(h, self.conv2, stride=2, padding=1))  # (N, pool_dim, 4, 4)
+        pool = h.mean(dim=(2, 3))
+        return {"pool": pool, "spatial": h[:, :2].flatten(1), "logits": 4.0 * pool @ self.fc.T}
+
+
+# Reading images: arrays, .npz (streamed, ADM `arr_0`), .npy, folders of images.
+
+
+@dataclass
+class _Images:
+    """A uint8 NHWC image source that can be read batch by batch."""
+
+    num_images: int
+    source: np.ndarray | Path
+    kind: str  # "array", "npz", "folder"
+    files: list[Path] = field(default_factory=list)
+
+    def batches(self, batch_size: int, limit: int) -> Iterator[np.ndarray]:
+        if self.kind == "array":
+            for i in range(0, limit, batch_size):
+                yield _check_images(np.asarray(self.source[i : min(i + batch_size, limit)]))
+        elif self.kind == "npz":
+            yield from _npz_batches(self.source, batch_size, limit)
+        else:
+            for i in range(0, limit, batch_size):
+                yield _check_images(
+                    np.stack([_read_image(p) for p in self.files[i : min(i + batch_size, limit)]])
+                )
+
+
+def _check_images(images: np.ndarray | Tensor) -> np.ndarray:
+    x = images.numpy(force=True) if isinstance(images, Tensor) else np.asarray(images)
+    if x.ndim == 3:
+        x = x[..., None]
+    if not x.flags.writeable:  # memory-mapped or streamed bytes; torch warns on read-only arrays
+        x = x.copy()
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be uint8 (N, H, W, C) with C in {{1, 3}} (the ADM npz layout); got "
+            f"dtype {x.dtype}, shape {x.shape}: convert with ((x + 1) * 127.5).round().clip(0, 255)"
+        )
+    return x
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L" if img.mode in ("L", "I", "I;16", "1") else "RGB"))
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = reader(f)
+    if fortran_order:
+        raise ValueError("Fortran-ordered image arrays are not supported; save with np.savez(path, arr_0=x)")
+    return shape, dtype
+
+
+def _npz_image_key(path: Path) -> str:
+    with zipfile.ZipFile(path) as zf:
+        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+    if "arr_0" in names:
+        return "arr_0"
+    if "images" in names:
+        return "images"
+    raise ValueError(
+        f"{path} holds no images under 'arr_0' or 'images' (keys: {names}); save with "
+        "np.savez(path, arr_0=uint8_nhwc)"
+    )
+
+
+def _npz_batches(path: Path, batch_size: int, limit: int) -> Iterator[np.ndarray]:
+    """Stream an .npz member batch by batch, so a 50K x 256 x 256 x 3 array never sits in memory."""
+    with zipfile.ZipFile(path) as zf, zf.open(f"{_npz_image_key(path)}.npy") as f:
+        shape, dtype = _read_npy_header(f)
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        for i in range(0, limit, batch_size):
+            n = min(batch_size, limit - i)
+            buf = f.read(n * row_bytes)
+            if len(buf) != n * row_bytes:
+                raise ValueError(f"{path}: array data ends early (corrupt or truncated file)")
+            yield _check_images(np.frombuffer(buf, dtype=dtype).reshape(n, *shape[1:]))
+
+
+def open_images(source: ImageSource) -> _Images:
+    """Wrap an array, an .npz (`arr_0`), an .npy or a folder of images as a batch-readable source."""
+    if isinstance(source, (np.ndarray, Tensor)):
+        arr = _check_images(source)
+        return _Images(num_images=len(arr), source=arr, kind="array")
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in folder {path}")
+        return _Images(num_images=len(files), source=path, kind="folder", files=files)
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r")
+        _check_images(arr[:1])
+        return _Images(num_images=len(arr), source=arr, kind="array")
+    if path.suffix == ".npz" and path.is_file():
+        with zipfile.ZipFile(path) as zf, zf.open(f"{_npz_image_key(path)}.npy") as f:
+            shape, _ = _read_npy_header(f)
+        return _Images(num_images=int(shape[0]), source=path, kind="npz")
+    raise ValueError(
+        f"cannot read images from {source!r}: pass a uint8 NHWC array, an .npz with arr_0, "
+        "an .npy, or a folder of PNG/JPEG files"
+    )
+
+
+# Feature extraction and the entry points.
+
+
+@dataclass
+class _Features:
+    stats: dict[str, ActivationStats]  # kind -> streamed statistics
+    pool: np.ndarray | None = None  # (M, D) float32 pool features kept for precision/recall/KID
+    logits: np.ndarray | None = None  # (N, K) float32
+
+
+def _extract(
+    images: _Images,
+    extractor: FeatureExtractor,
+    stat_kinds: Sequence[str],
+    batch_size: int,
+    *,
+    keep_pool: bool = False,
+    keep_logits: bool = False,
+    limit: int | None = None,
+    max_pool: int | None = None,
+    seed: int = 0,
+) -> _Features:
+    """Run the extractor over the first `limit` images, streaming statistics and keeping what is asked."""
+    limit = images.num_images if limit is None else limit
+    keep = np.ones(limit, dtype=bool)  # which images' pool features to keep: a seeded subset past max_pool
+    if max_pool is not None and limit > max_pool:
+        keep[:] = False
+        keep[np.random.default_rng(seed).choice(limit, max_pool, replace=False)] = True
+    out, pools, logits, start = _Features({k: ActivationStats() for k in stat_kinds}), [], [], 0
+    for batch in images.batches(batch_size, limit):
+        feats = {k: v.detach().float().cpu().numpy() for k, v in extractor(batch).items()}
+        for kind, stats in out.stats.items():
+            stats.update(feats[kind])
+        if keep_pool:
+            pools.append(feats["pool"][keep[start : start + len(batch)]].astype(np.float32))
+        if keep_logits:
+            logits.append(feats["logits"].astype(np.float32))
+        start += len(batch)
+        logger.debug("features: %d / %d images", start, limit)
+    out.pool = np.concatenate(pools) if keep_pool else None
+    out.logits = np.concatenate(logits) if keep_logits else None
+    return out
+
+
+def ref_stats(
+    images: ImageSource,
+    extractor: FeatureExtractor,
+    out_path: str | os.PathLike,
+    batch_size: int = 64,
+    max_features: int = 10_000,
+    seed: int = 0,
+) -> Path:
+    """Write a reference-statistics .npz for `evaluate_samples`.
+
+    Keys: `mu`/`sigma` (pool) and `mu_s`/`sigma_s` (spatial) with the ADM reference-batch names, as far as
+    the extractor gives them; `pool_features` (M, D) float32, a seeded random subset of at most
+    `max_features` images (ADM's reference batches hold 10K) for precision/recall/KID; `num_images`;
+    `extractor` (its name, checked when the file is used).
+    """
+    src = open_images(images)
+    kinds = [k for k in ("pool", "spatial") if k in extractor.available]
+    if not kinds:
+        raise ValueError(
+            f"extractor {extractor_name(extractor)} gives no pool or spatial features "
+            f"(available: {sorted(extractor.available)})"
+        )
+    feats = _extract(
+        src, extractor, kinds, batch_size, keep_pool="pool" in kinds, max_pool=max_features, seed=seed
+    )
+    arrays = {"num_images": np.int64(src.num_images), "extractor": np.array(extractor_name(extractor))}
+    for kind in kinds:
+        mu_key, sigma_key = _STAT_KEYS[kind]
+        arrays[mu_key], arrays[sigma_key] = feats.stats[kind].mean, feats.stats[kind].cov
+    if feats.pool is not None:
+        arrays["pool_features"] = feats.pool
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temp name
+        np.savez(f, **arrays)
+    tmp.replace(out_path)
+    logger.info("reference statistics of %d images (%s) -> %s", src.num_images, ", ".join(kinds), out_path)
+    return out_path
+
+
+def _load_reference(
+    ref: ImageSource,
+    extractor: FeatureExtractor,
+    kinds: list[str],
+    need_pool: bool,
+    batch_size: int,
+    max_features: int,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray | None]:
+    """({kind: (mu, sigma)}, pool features or None) from a stats file (ours or ADM's) or from images."""
+    stats, pool = {}, None
+    is_npz = not isinstance(ref, (np.ndarray, Tensor)) and Path(ref).suffix == ".npz" and Path(ref).is_file()
+    if is_npz:
+        with np.load(ref) as data:
+            if "extractor" in data.files and str(data["extractor"]) != extractor_name(extractor):
+                raise ValueError(
+                    f"{ref} was computed with extractor {str(data['extractor'])!r} but evaluation "
+                    f"uses {extractor_name(extractor)!r}: rebuild it with ref_stats (ditkit ref-stats)"
+                )
+            stats = {k: (data[m], data[s]) for k, (m, s) in _STAT_KEYS.items() if {m, s} <= set(data.files)}
+            pool = data["pool_features"] if "pool_features" in data.files else None
+            has_images = "arr_0" in data.files or "images" in data.files
+    if is_npz and stats:
+        if pool is None and need_pool and has_images:
+            # An ADM reference batch: mu/sigma are stored, its images give the precision/recall features.
+            pool = _extract(
+                open_images(ref), extractor, [], batch_size, keep_pool=True, max_pool=max_features
+            ).pool
+        return stats, pool
+    feats = _extract(
+        open_images(ref), extractor, kinds, batch_size, keep_pool=need_pool, max_pool=max_features
+    )
+    return {k: (s.mean, s.cov) for k, s in feats.stats.items()}, feats.pool
+
+
+def evaluate_samples(
+    samples: ImageSource,
+    ref: ImageSource,
+    extractor: FeatureExtractor,
+    batch_size: int = 64,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    num_samples: int | None = None,
+    max_ref_features: int = 10_000,
+    is_splits: int = 10,
+) -> dict:
+    """Score generated images against a reference.
+
+    Args:
+        samples: uint8 (N, H, W, C) array, .npz (`arr_0`, the ADM layout), .npy or folder of images.
+        ref: a `ref_stats` file, an ADM reference batch (arr_0 + mu/sigma/mu_s/sigma_s), or reference
+            images in any `samples` form (at most `max_ref_features` of them kept for precision/recall).
+        metrics: any of METRICS; "kid" is off by default (it costs 100 subset MMDs).
+        num_samples: use only the first this many samples (default: all). All their pool features are
+            kept for precision/recall (50K x 2048 float32 = 400 MB).
+    Returns:
+        {"fid", "sfid", "is", "precision", "recall", "kid"}: floats for the metrics computed, plus
+        "num_samples" and "unavailable": the requested metrics that the extractor or reference cannot give.
+    """
+    if set(metrics) - set(METRICS):
+        raise ValueError(
+            f"unknown metrics {sorted(set(metrics) - set(METRICS))}; choose from {', '.join(METRICS)}"
+        )
+    src = open_images(samples)
+    n = src.num_images if num_samples is None else num_samples
+    if not 2 <= n <= src.num_images:
+        raise ValueError(f"num_samples must be in [2, {src.num_images}] (the images available); got {n}")
+    wanted = [m for m in metrics if _FEATURE_FOR_METRIC[m] in extractor.available]
+    kinds = [kind for metric, kind in (("fid", "pool"), ("sfid", "spatial")) if metric in wanted]
+    need_pool = bool({"precision", "recall", "kid"} & set(wanted))
+    ref_moments, ref_pool = _load_reference(ref, extractor, kinds, need_pool, batch_size, max_ref_features)
+    for m in [m for m in wanted if m in ("fid", "sfid") and _FEATURE_FOR_METRIC[m] not in ref_moments]:
+        logger.warning("%s skipped: the reference has no %s statistics", m, _FEATURE_FOR_METRIC[m])
+        wanted.remove(m)
+    for m in [m for m in wanted if m in ("precision", "recall", "kid") and ref_pool is None]:
+        logger.warning("%s skipped: the reference has no pool_features (rebuild it with ref_stats)", m)
+        wanted.remove(m)
+    kinds = [k for k in kinds if k in ref_moments]
+    feats = _extract(
+        src,
+        extractor,
+        kinds,
+        batch_size,
+        keep_pool=need_pool and ref_pool is not None,
+        keep_logits="is" in wanted,
+        limit=n,
+    )
+    result: dict = {}
+    for metric, kind in (("fid", "pool"), ("sfid", "spatial")):
+        if metric in wanted:
+            result[metric] = frechet_distance(
+                feats.stats[kind].mean, feats.stats[kind].cov, *ref_moments[kind]
+            )
+    if "is" in wanted:
+        result["is"] = inception_score(feats.logits, num_splits=min(is_splits, n))
+    if "precision" in wanted or "recall" in wanted:
+        precision, recall = precision_recall(ref_pool, feats.pool)
+        result.update({m: v for m, v in (("precision", precision), ("recall", recall)) if m in wanted})
+    if "kid" in wanted:
+        result["kid"] = kernel_inception_distance(ref_pool, feats.pool)
+    result["num_samples"] = n
+    result["unavailable"] = [m for m in metrics if m not in wanted]
+    return result
+
+
+def fid(samples: ImageSource, ref: ImageSource, extractor: FeatureExtractor, batch_size: int = 64) -> float:
+    """FID of `samples` against `ref` (see `evaluate_samples` for the accepted forms)."""
+    result = evaluate_samples(samples, ref, extractor, batch_size=batch_size, metrics=("fid",))
+    if "fid" not in result:
+        raise ValueError(
+            f"extractor {extractor_name(extractor)} gives no pool features, so no FID; "
+            f"available: {sorted(extractor.available)}"
+        )
+    return result["fid"]
+
+
+def _to_numpy(x: np.ndarray | Tensor, dtype: type) -> np.ndarray:
+    arr = x.numpy(force=True) if isinstance(x, Tensor) else np.asarray(x)
+    return arr.astype(dtype, copy=False)

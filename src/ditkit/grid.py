@@ -1,0 +1,189 @@
+"""PNG image grids and a loss-curve plot drawn with PIL alone (no matplotlib)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+_BACKGROUND = (255, 255, 255)
+_AXIS = (60, 60, 60)
+_GRIDLINE = (225, 225, 225)
+_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def make_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, padding: int = 2,
+              pad_value: int = 0) -> Image.Image:
+    """Tile uint8 images (N, H, W[, C]), C in {1, 3}, into one picture with `nrow` images per row.
+
+    nrow defaults to ceil(sqrt(N)); gray images give an "L" picture, RGB an "RGB" one.
+    """
+    arr = images.numpy(force=True) if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3) or len(arr) == 0:
+        raise ValueError(f"make_grid needs uint8 images (N, H, W[, 1|3]) with N >= 1; got {arr.dtype} "
+                         f"{arr.shape}")
+    n, h, w, c = arr.shape
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), pad_value, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        canvas[top:top + h, left:left + w] = arr[i]
+    return Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode="L" if c == 1 else "RGB")
+
+
+def save_grid(images: np.ndarray | torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
+              scale: int = 1) -> Path:
+    """Write `make_grid(images, nrow)` as a PNG (enlarged `scale` times with nearest neighbours)."""
+    picture = make_grid(images, nrow)
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    return _save(picture, path)
+
+
+def save_labelled_grid(images: np.ndarray, labels: Sequence[int], out_dir: str | os.PathLike, *, nrow: int,
+                       num_classes: int, write_images: bool = True, scale: int | None = None) -> Path:
+    """Write `out_dir`/grid.png (rows of `nrow` images, each row captioned with its class) and, with
+    `write_images`, every image as `out_dir`/images/NNNNNN_classC.png. Returns the grid's path.
+
+    Captions are ImageNet names for 1000-class models and class ids otherwise.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(images)
+    if arr.ndim == 4 and arr.shape[-1] not in (1, 3):
+        arr = arr[..., :3] if arr.shape[-1] > 3 else arr[..., :1]  # latents without a VAE: first channels
+    if write_images:
+        (out_dir / "images").mkdir(exist_ok=True)
+        for i, (img, label) in enumerate(zip(arr, labels)):
+            Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img).save(
+                out_dir / "images" / f"{i:06d}_class{label}.png")
+    scale = scale or max(1, 96 // arr.shape[1])
+    picture = make_grid(arr, nrow).convert("RGB")
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    names = None
+    if num_classes == 1000:
+        from ditkit.generate import imagenet_class_names
+
+        names = imagenet_class_names()
+    row_labels = [labels[i] for i in range(0, len(labels), nrow)]
+    font = ImageFont.load_default()
+    caption_w = 12 + max(len(_caption(c, names)) for c in row_labels) * 7
+    canvas = Image.new("RGB", (picture.width + caption_w, picture.height), _BACKGROUND)
+    canvas.paste(picture, (caption_w, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_h = picture.height / max(1, len(row_labels))
+    for r, label in enumerate(row_labels):
+        draw.text((6, int(r * row_h + row_h / 2 - 6)), _caption(label, names), fill=_AXIS, font=font)
+    return _save(canvas, out_dir / "grid.png")
+
+
+def _caption(label: int, names: list[str] | None) -> str:
+    return f"{label} {names[label]}" if names else f"class {label}"
+
+
+def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's smoothing) of a series."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+def plot_curves(steps: Sequence[float], series: dict[str, Sequence[float]], path: str | os.PathLike, *,
+                title: str = "", log_y: bool = True, size: tuple[int, int] = (800, 450)) -> Path:
+    """Line plot of one or more series over `steps` (x axis) as a PNG; non-finite points are skipped.
+
+    A log y axis is used when `log_y` and every value is positive. Each series also gets a smoothed line.
+    """
+    width, height = size
+    left, right, top, bottom = 70, 20, 30 if title else 15, 40
+    image = Image.new("RGB", size, _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    xs = np.asarray(steps, dtype=np.float64)
+    finite = [np.asarray(v, dtype=np.float64) for v in series.values()]
+    every = np.concatenate([v[np.isfinite(v)] for v in finite]) if finite else np.zeros(0)
+    if len(xs) == 0 or every.size == 0:
+        draw.text((left, height // 2), "no data yet", fill=_AXIS, font=font)
+        return _save(image, path)
+    use_log = log_y and bool((every > 0).all())
+
+    def fy(v: np.ndarray | float) -> np.ndarray | float:
+        return np.log10(v) if use_log else v
+
+    y_lo, y_hi = float(fy(every.min())), float(fy(every.max()))
+    if y_hi - y_lo < 1e-12:
+        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+    x_lo, x_hi = float(xs.min()), float(xs.max())
+    if x_hi == x_lo:
+        x_hi = x_lo + 1.0
+
+    def px(x: float) -> float:
+        return left + (x - x_lo) / (x_hi - x_lo) * (width - left - right)
+
+    def py(y: float) -> float:
+        return height - bottom - (y - y_lo) / (y_hi - y_lo) * (height - top - bottom)
+
+    if use_log and y_hi - y_lo >= 1:  # a decade or more: powers of ten
+        y_ticks = [float(e) for e in range(math.ceil(y_lo), math.floor(y_hi) + 1)]
+    elif use_log:  # less than a decade: round values, placed on the log axis
+        y_ticks = [math.log10(v) for v in _nice_ticks(10**y_lo, 10**y_hi) if v > 0]
+    else:
+        y_ticks = _nice_ticks(y_lo, y_hi)
+    for y in y_ticks:
+        draw.line([(left, py(y)), (width - right, py(y))], fill=_GRIDLINE)
+        draw.text((4, py(y) - 6), _fmt(10**y if use_log else y), fill=_AXIS, font=font)
+    for x in _nice_ticks(x_lo, x_hi):
+        draw.line([(px(x), top), (px(x), height - bottom)], fill=_GRIDLINE)
+        draw.text((px(x) - 10, height - bottom + 6), _fmt(x), fill=_AXIS, font=font)
+    draw.rectangle([left, top, width - right, height - bottom], outline=_AXIS)
+    for k, (name, values) in enumerate(series.items()):
+        color = _COLORS[k % len(_COLORS)]
+        v = np.asarray(values, dtype=np.float64)
+        ok = np.isfinite(v)
+        pale = tuple(int(c + (255 - c) * 0.6) for c in color)
+        for line, shade in ((v, pale), (np.asarray(smooth(v[ok].tolist())), color)):
+            pts = [(px(x), py(float(fy(y)))) for x, y in zip(xs[ok], line[ok] if line is v else line)]
+            if len(pts) > 1:
+                draw.line(pts, fill=shade, width=1 if shade is pale else 2)
+            elif pts:
+                draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=shade)
+        draw.text((width - right - 150, top + 5 + 14 * k), name, fill=color, font=font)
+    if title:
+        draw.text((left, 8), title, fill=_AXIS, font=font)
+    draw.text((width // 2 - 10, height - 16), "step", fill=_AXIS, font=font)
+    return _save(image, path)
+
+
+def _save(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write a PNG atomically (temp file, then rename), so a reader never sees half a picture."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
