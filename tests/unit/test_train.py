@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ditkit import monitor as monitor_mod
 from ditkit import train as train_mod
 from ditkit.config import DiffusionConfig, ModelConfig, TrainConfig, get_preset, validate_for_world
 from ditkit.diffusion import diffusion_from_config
@@ -322,7 +323,7 @@ def test_eval_hook_logs_metrics(tmp_path, monkeypatch):
 
         return score
 
-    monkeypatch.setattr(train_mod, "make_scorer", fake_scorer)
+    monkeypatch.setattr(monitor_mod, "make_scorer", fake_scorer)
     cfg = tiny_cfg(
         tmp_path, max_steps=4, eval_every_steps=2, num_eval_samples=5, num_sampling_steps=2, eval_batch_size=2
     )
