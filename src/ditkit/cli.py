@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cfg-scale", type=float, default=4.0 if name == "sample" else 4.0, help="guidance scale")
         p.add_argument("--steps", type=int, default=250 if name == "sample" else 50, help="sampling steps")
         p.add_argument("--num-heads", type=int, help="head count, for weights that do not record it")
-        p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     sample = sub.choices["sample"]
     sample.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm++2m"])
     sample.add_argument("--cfg-channels", default="all", choices=["all", "3"], help="3 = the official DiT variant")
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--inception", help="pt_inception-2015-12-05 weights or fid-helper's default_1.pt")
         p.add_argument("--allow-download", action="store_true", help="fetch the Inception weights when online")
         p.add_argument("--batch-size", type=int, default=64)
-        p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
 
     p = add("demo", _demo, "the CPU demo: train on the embedded MNIST, sample with and without guidance, score")
     p.add_argument("--out", required=True, help="output folder (re-running resumes the training)")
@@ -400,15 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda() -> bool:
+def _resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "device", None) and args.command not in ("train", "extract-latents"):
+        args.device = _resolve_device(args.device)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         args.fn(args)

@@ -1,0 +1,68 @@
+"""Train -> resume -> sample -> evaluate -> export, end to end through the `ditkit` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ditkit.loading import load_dit
+
+from .test_cli import run
+
+TINY = ["--preset", "DiT-T/2", "--image-size", "32", "--global-batch-size", "8", "--log-every", "1",
+        "--sample-every", "0", "--num-workers", "0", "--deterministic"]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "mnist"
+    run("train", "--out", str(run_dir), *TINY, "--max-steps", "3", "--ckpt-every", "3")
+    assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3]
+    (run_dir / "checkpoints" / "latest").read_text()
+    run("train", "--out", str(run_dir), *TINY, "--max-steps", "6", "--ckpt-every", "3")  # resumes at 3
+    return run_dir
+
+
+def test_train_resumes_where_it_stopped(trained_run: Path, tmp_path: Path) -> None:
+    records = metrics(trained_run)
+    assert [m["step"] for m in records] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(m["loss"]) for m in records)
+    again = run("train", "--out", str(trained_run), *TINY, "--max-steps", "6")
+    assert "nothing to do" in again.stderr  # a finished run is a no-op
+    straight = tmp_path / "straight"
+    run("train", "--out", str(straight), *TINY, "--max-steps", "6", "--ckpt-every", "6")
+    assert [m["loss"] for m in metrics(straight)] == [m["loss"] for m in records]  # exact resume
+
+
+def test_changed_settings_on_resume_are_refused(trained_run: Path) -> None:
+    proc = run("train", "--out", str(trained_run), *TINY, "--max-steps", "7", "--lr", "0.5", check=False)
+    assert proc.returncode == 2 and "lr" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_sample_and_digits_metric_from_run_folder(trained_run: Path, tmp_path: Path) -> None:
+    npz = tmp_path / "s.npz"
+    run("sample", "--ckpt", str(trained_run), "--out", str(tmp_path), "--num", "20", "--npz", str(npz),
+        "--steps", "3", "--sampler", "dpm++2m", "--cfg-scale", "2", "--class-balanced")
+    result = json.loads(run("evaluate", str(npz), "--metric", "digits", "--json").stdout)
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["num_samples"] == 20 and np.isfinite(result["fd"])
+
+
+def test_export_loads_with_load_dit(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ema.safetensors"
+    run("export", str(trained_run), str(out))
+    model = load_dit(out)
+    assert model.config.in_channels == 1 and model.config.num_classes == 10 and model.config.input_size == 32
+
+
+def test_embedded_default_needs_only_an_output_folder(tmp_path: Path) -> None:
+    cfg = json.loads(run("train", "--out", str(tmp_path / "d"), "--dry-run").stdout)
+    assert cfg["data"] is None and cfg["vae"] == "none" and cfg["model"]["in_channels"] == 1
+    run("train", "--out", str(tmp_path / "d"), "--max-steps", "1", "--global-batch-size", "16")
+    assert metrics(tmp_path / "d")[-1]["step"] == 1
