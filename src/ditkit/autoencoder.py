@@ -108,9 +108,7 @@ def load_vae(
             raise ValueError(f"VAE {spec!r} is a file; pass the folder that holds config.json")
         if not (path / "config.json").is_file():
             if not (path / "vae" / "config.json").is_file():
-                raise ValueError(
-                    f"VAE folder {spec!r} has no config.json; pass a diffusers AutoencoderKL folder"
-                )
+                raise ValueError(f"VAE folder {spec!r} has no config.json; pass a diffusers AutoencoderKL folder")
             kwargs["subfolder"] = "vae"  # a whole pipeline folder
         source = str(path)
     elif _HUB_ID.match(spec):

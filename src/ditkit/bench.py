@@ -31,8 +31,9 @@ def matmul_probe(size: int = 2048, reps: int = 3) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def bench_train_step(config: ModelConfig, batch_size: int, steps: int = 5, warmup: int = 1,
-                     device: str = "cpu") -> dict[str, Any]:
+def bench_train_step(
+    config: ModelConfig, batch_size: int, steps: int = 5, warmup: int = 1, device: str = "cpu"
+) -> dict[str, Any]:
     """Time fwd + loss + bwd + fused AdamW + EMA of `config` at `batch_size` (random latents)."""
     from ditkit.train import update_ema
 
@@ -61,8 +62,9 @@ def bench_train_step(config: ModelConfig, batch_size: int, steps: int = 5, warmu
     return _report(config, batch_size, step_times, probes, passes=3)
 
 
-def bench_sampling_step(config: ModelConfig, batch_size: int, steps: int = 5, warmup: int = 1,
-                        device: str = "cpu") -> dict[str, Any]:
+def bench_sampling_step(
+    config: ModelConfig, batch_size: int, steps: int = 5, warmup: int = 1, device: str = "cpu"
+) -> dict[str, Any]:
     """Time one no-grad network evaluation at `batch_size` rows (a sampling step; CFG doubles rows)."""
     model = DiT(config).to(device).eval()
     x = torch.randn(batch_size, config.in_channels, config.input_size, config.input_size, device=device)
@@ -79,12 +81,20 @@ def bench_sampling_step(config: ModelConfig, batch_size: int, steps: int = 5, wa
     return _report(config, batch_size, step_times, probes, passes=1)
 
 
-def _report(config: ModelConfig, batch_size: int, step_times: list[float], probes: list[float],
-            passes: int) -> dict[str, Any]:
+def _report(
+    config: ModelConfig, batch_size: int, step_times: list[float], probes: list[float], passes: int
+) -> dict[str, Any]:
     step = statistics.median(step_times)
     gflops = model_cost(config).gflops
     achieved = passes * 2 * gflops * batch_size / step  # FLOPs = 2 x multiply-adds
     probe = statistics.median(probes)
-    return {"s_per_step": step, "img_per_s": batch_size / step, "achieved_gflop_s": achieved,
-            "probe_gflop_s": probe, "fraction_of_probe": achieved / probe, "batch_size": batch_size,
-            "threads": torch.get_num_threads(), "steps": len(step_times)}
+    return {
+        "s_per_step": step,
+        "img_per_s": batch_size / step,
+        "achieved_gflop_s": achieved,
+        "probe_gflop_s": probe,
+        "fraction_of_probe": achieved / probe,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "steps": len(step_times),
+    }

@@ -106,9 +106,18 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(run_dir: str | os.PathLike, *, step: int, model: nn.Module, ema: nn.Module,
-         optimizer: torch.optim.Optimizer, config: dict[str, Any], extra: dict[str, Any] | None = None,
-         keep_last: int = 2, milestone_every: int = 0) -> Path:
+def save(
+    run_dir: str | os.PathLike,
+    *,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    keep_last: int = 2,
+    milestone_every: int = 0,
+) -> Path:
     """Write checkpoint `step` (call on one rank; pass the unwrapped model, not DDP/compiled wrappers).
 
     Returns the checkpoint folder. `extra` (JSON-safe) goes into state.json beside step, RNG states and
@@ -126,8 +135,16 @@ def save(run_dir: str | os.PathLike, *, step: int, model: nn.Module, ema: nn.Mod
     save_weights(ema.state_dict(), model_config, tmp / EMA_FILE)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     files = {f: (tmp / f).stat().st_size for f in (MODEL_FILE, EMA_FILE, OPTIMIZER_FILE)}
-    state = {"schema": SCHEMA_VERSION, "step": step, "data_step": step, "time": time.time(), "files": files,
-             "rng": rng_state(), **(extra or {}), "config": config}
+    state = {
+        "schema": SCHEMA_VERSION,
+        "step": step,
+        "data_step": step,
+        "time": time.time(),
+        "files": files,
+        "rng": rng_state(),
+        **(extra or {}),
+        "config": config,
+    }
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     for f in (*files, STATE_FILE):
         _fsync(tmp / f)
@@ -145,8 +162,7 @@ def save(run_dir: str | os.PathLike, *, step: int, model: nn.Module, ema: nn.Mod
     return final
 
 
-def prune(run_dir: str | os.PathLike, *, keep_last: int, milestone_every: int = 0,
-          current: int | None = None) -> None:
+def prune(run_dir: str | os.PathLike, *, keep_last: int, milestone_every: int = 0, current: int | None = None) -> None:
     """Delete checkpoints but the last `keep_last`, multiples of `milestone_every`, and `current`."""
     found = list_checkpoints(run_dir)
     keep = {step for step, _ in found[-keep_last:]} if keep_last > 0 else set()
@@ -183,8 +199,14 @@ def read_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def load(ckpt_dir: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None,
-         optimizer: torch.optim.Optimizer | None = None, *, restore_rng: bool = True) -> dict[str, Any]:
+def load(
+    ckpt_dir: str | os.PathLike,
+    model: nn.Module,
+    ema: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
     """Load one checkpoint into model / EMA / optimizer (strict keys); returns its state.json dict.
 
     Raises CorruptCheckpoint when the files cannot be read (nothing is modified then) and ValueError when
@@ -197,9 +219,12 @@ def load(ckpt_dir: str | os.PathLike, model: nn.Module, ema: nn.Module | None = 
     try:  # read everything before touching the model, so a bad file leaves it unchanged
         weights = load_file(str(ckpt_dir / MODEL_FILE))
         ema_weights = load_file(str(ckpt_dir / EMA_FILE)) if ema is not None else None
-        opt_state = (torch.load(ckpt_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-                     if optimizer is not None else None)
-    except Exception as err:  # noqa: BLE001 - safetensors/pickle/IO errors all mean "this copy is bad"
+        opt_state = (
+            torch.load(ckpt_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+            if optimizer is not None
+            else None
+        )
+    except Exception as err:
         first_line = str(err).splitlines()[0] if str(err) else ""
         raise CorruptCheckpoint(f"{ckpt_dir}: {type(err).__name__}: {first_line}") from None
     load_strict(model, weights, source=str(ckpt_dir / MODEL_FILE))  # type: ignore[arg-type]
@@ -212,8 +237,12 @@ def load(ckpt_dir: str | os.PathLike, model: nn.Module, ema: nn.Module | None = 
     return state
 
 
-def load_latest(run_dir: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None,
-                optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+def load_latest(
+    run_dir: str | os.PathLike,
+    model: nn.Module,
+    ema: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict[str, Any] | None:
     """Load the newest readable checkpoint of a run; None when the run has none.
 
     A corrupt or partial newest checkpoint is skipped with a warning and the previous one is used; when
@@ -232,8 +261,10 @@ def load_latest(run_dir: str | os.PathLike, model: nn.Module, ema: nn.Module | N
             logger.warning("resumed from %s, the newest readable checkpoint", path.name)
         return state
     if problems:
-        raise ValueError(f"no readable checkpoint in {str(Path(run_dir) / CHECKPOINTS_DIR)!r} "
-                         f"({'; '.join(problems[:3])}); delete the broken folders or use a new --out-dir")
+        raise ValueError(
+            f"no readable checkpoint in {str(Path(run_dir) / CHECKPOINTS_DIR)!r} "
+            f"({'; '.join(problems[:3])}); delete the broken folders or use a new --out-dir"
+        )
     return None
 
 

@@ -72,9 +72,7 @@ def to_digit_tensor(images: np.ndarray | Tensor) -> Tensor:
     if x.shape[-1] == 28:
         x = F.pad(x, (2, 2, 2, 2))
     elif x.shape[-1] != DIGIT_SIZE:
-        x = F.interpolate(
-            x, size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", antialias=True, align_corners=False
-        )
+        x = F.interpolate(x, size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", antialias=True, align_corners=False)
     return x / 127.5 - 1.0
 
 
@@ -154,9 +152,7 @@ def train_classifier(
             order = torch.randperm(len(x_all), generator=gen)
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
-                loss = F.cross_entropy(
-                    model(_random_affine(x_all[idx], gen)), y_all[idx], label_smoothing=0.05
-                )
+                loss = F.cross_entropy(model(_random_affine(x_all[idx], gen)), y_all[idx], label_smoothing=0.05)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -172,20 +168,14 @@ def train_classifier(
                 time.perf_counter() - start,
             )
         if out_path is not None:
-            state = {
-                k: v.contiguous()
-                for k, v in model.state_dict().items()
-                if not k.endswith("num_batches_tracked")
-            }
+            state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
             save_file(state, str(out_path), metadata={"heldout_accuracy": f"{acc:.4f}", "seed": str(seed)})
         return model, acc
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def load_digit_classifier(
-    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-) -> DigitClassifier:
+def load_digit_classifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> DigitClassifier:
     """The digit classifier in eval mode, from `path` or the weights shipped in ditkit/assets."""
     from safetensors.torch import load_file
 
@@ -199,9 +189,7 @@ def load_digit_classifier(
         state = load_file(str(asset))
     else:
         if not Path(path).is_file():
-            raise ValueError(
-                f"classifier weights not found at {path}; train with scripts/train_mnist_classifier.py"
-            )
+            raise ValueError(f"classifier weights not found at {path}; train with scripts/train_mnist_classifier.py")
         state = load_file(str(path))
     model = DigitClassifier()
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -215,9 +203,7 @@ def load_digit_classifier(
 
 
 @torch.no_grad()
-def _predict(
-    classifier: nn.Module, images: np.ndarray | Tensor, batch_size: int = 1000
-) -> tuple[Tensor, Tensor]:
+def _predict(classifier: nn.Module, images: np.ndarray | Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
     """(features (N, 128), logits (N, 10)) on CPU, for uint8 digit images."""
     device = next(classifier.parameters()).device
     x = to_digit_tensor(images)

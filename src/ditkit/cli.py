@@ -34,9 +34,22 @@ def _flops(args: argparse.Namespace) -> None:
         overrides["block"] = args.block
     costs = [model_cost(get_preset(n, **overrides), n) for n in names]
     if args.json:
-        print(json.dumps([{"model": c.name, "params": c.params, "gflops": round(c.gflops, 4), "tokens": c.tokens,
-                           "image_size": args.image_size, "block": overrides.get("block", "adaln_zero")}
-                          for c in costs], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "model": c.name,
+                        "params": c.params,
+                        "gflops": round(c.gflops, 4),
+                        "tokens": c.tokens,
+                        "image_size": args.image_size,
+                        "block": overrides.get("block", "adaln_zero"),
+                    }
+                    for c in costs
+                ],
+                indent=1,
+            )
+        )
     else:
         print(f"Forward Gflops per image (multiply-adds, the paper's convention) at {args.image_size} px")
         print(format_table(costs))
@@ -79,17 +92,33 @@ def _sample(args: argparse.Namespace) -> None:
     from ditkit.grid import save_labelled_grid
 
     model, vae, pixel_space = _load_for_sampling(args)
-    settings = SampleSettings(sampler=args.sampler, num_steps=args.steps, cfg_scale=args.cfg_scale,
-                              cfg_channels=3 if args.cfg_channels == "3" else "all", eta=args.eta,
-                              clip_denoised=pixel_space if args.clip is None else args.clip,
-                              batch_size=args.batch_size)
+    settings = SampleSettings(
+        sampler=args.sampler,
+        num_steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        cfg_channels=3 if args.cfg_channels == "3" else "all",
+        eta=args.eta,
+        clip_denoised=pixel_space if args.clip is None else args.clip,
+        batch_size=args.batch_size,
+    )
     if args.num:
         from ditkit import distributed
 
         dist = distributed.init()
         npz = Path(args.npz or Path(args.out) / "samples.npz")
-        sample_npz(model.to(dist.device), npz, args.num, settings, seed=args.seed, class_balanced=args.class_balanced,
-                   vae=vae, device=dist.device, rank=dist.rank, world_size=dist.world_size, progress=dist.is_main)
+        sample_npz(
+            model.to(dist.device),
+            npz,
+            args.num,
+            settings,
+            seed=args.seed,
+            class_balanced=args.class_balanced,
+            vae=vae,
+            device=dist.device,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            progress=dist.is_main,
+        )
         distributed.barrier()
         if dist.is_main:
             print(f"wrote {assemble_npz(npz)}")
@@ -99,8 +128,9 @@ def _sample(args: argparse.Namespace) -> None:
     classes = parse_classes(args.classes, num_classes) if num_classes else [0] * args.per_class
     labels = [c for c in classes for _ in range(args.per_class)]
     seeds = [args.seed * 1000 + i for i in range(len(labels))]
-    images = generate(model, labels if num_classes else None, seeds, settings, vae=vae, device=args.device,
-                      progress=True)
+    images = generate(
+        model, labels if num_classes else None, seeds, settings, vae=vae, device=args.device, progress=True
+    )
     out = Path(args.out)
     paths = save_labelled_grid(images, labels, out, nrow=args.per_class, num_classes=num_classes)
     print(f"wrote {len(images)} images and the grid {paths}")
@@ -113,7 +143,7 @@ def _walk(args: argparse.Namespace) -> None:
     model, vae, pixel_space = _load_for_sampling(args)
     classes = parse_classes(args.classes, model.config.num_classes) if model.config.num_classes else [None, None]
     seeds = [int(s) for s in args.seeds.split(",")]
-    common = dict(num_steps=args.steps, cfg_scale=args.cfg_scale, clip_denoised=pixel_space, vae=vae)
+    common = {"num_steps": args.steps, "cfg_scale": args.cfg_scale, "clip_denoised": pixel_space, "vae": vae}
     made = {}
     if args.kind in ("noise", "both"):
         frames = noise_walk(model, classes[0], seeds[0], seeds[-1], args.frames, **common)
@@ -148,12 +178,26 @@ def _train_config(args: argparse.Namespace) -> Any:
     from ditkit.demo import demo_train_config
 
     flags = {  # flag -> TrainConfig field, for the flags the user gave
-        "data": "data", "image_size": "image_size", "vae": "vae", "max_steps": "max_steps",
-        "global_batch_size": "global_batch_size", "micro_batch_size": "micro_batch_size", "lr": "lr",
-        "warmup_steps": "warmup_steps", "ema_decay": "ema_decay", "ckpt_every": "ckpt_every_steps",
-        "log_every": "log_every_steps", "sample_every": "sample_every_steps", "eval_every": "eval_every_steps",
-        "num_eval_samples": "num_eval_samples", "seed": "seed", "precision": "precision",
-        "num_workers": "num_workers", "device": "device", "flip": "flip", "max_grad_norm": "max_grad_norm",
+        "data": "data",
+        "image_size": "image_size",
+        "vae": "vae",
+        "max_steps": "max_steps",
+        "global_batch_size": "global_batch_size",
+        "micro_batch_size": "micro_batch_size",
+        "lr": "lr",
+        "warmup_steps": "warmup_steps",
+        "ema_decay": "ema_decay",
+        "ckpt_every": "ckpt_every_steps",
+        "log_every": "log_every_steps",
+        "sample_every": "sample_every_steps",
+        "eval_every": "eval_every_steps",
+        "num_eval_samples": "num_eval_samples",
+        "seed": "seed",
+        "precision": "precision",
+        "num_workers": "num_workers",
+        "device": "device",
+        "flip": "flip",
+        "max_grad_norm": "max_grad_norm",
     }
     fields = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
     for flag in ("deterministic", "compile", "grad_checkpointing"):
@@ -196,15 +240,24 @@ def _export(args: argparse.Namespace) -> None:
 def _extract_latents(args: argparse.Namespace) -> None:
     from ditkit import distributed
     from ditkit.autoencoder import load_vae
-    from ditkit.data import extract_latents, open_dataset, store_progress
+    from ditkit.data import open_dataset
+    from ditkit.latents import extract_latents, store_progress
 
     info = distributed.init(args.device)
     vae = load_vae(args.vae, info.device)
     if vae is None:
         raise ValueError("extract-latents needs a VAE: --vae FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)")
     dataset = open_dataset(args.data, args.image_size, flip=False)
-    extract_latents(dataset, vae, args.out, batch_size=args.batch_size, rank=info.rank,
-                    world_size=info.world_size, device=info.device, num_workers=args.num_workers)
+    extract_latents(
+        dataset,
+        vae,
+        args.out,
+        batch_size=args.batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=info.device,
+        num_workers=args.num_workers,
+    )
     distributed.barrier()
     if info.is_main:
         written, total = store_progress(args.out)
@@ -233,8 +286,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         with np.load(args.samples) as data:
             if "labels" not in data.files:
-                raise ValueError(f"{args.samples} has no 'labels' array: the digits metric needs the requested "
-                                 "classes (ditkit sample --num writes them)")
+                raise ValueError(
+                    f"{args.samples} has no 'labels' array: the digits metric needs the requested "
+                    "classes (ditkit sample --num writes them)"
+                )
             result.update(digits_metrics(data["arr_0"], data["labels"]))
     if args.ref or args.metric == "inception":
         if not args.ref:
@@ -260,9 +315,11 @@ def _demo(args: argparse.Namespace) -> None:
     overrides = {"max_steps": args.max_steps} if args.max_steps else {}
     report = run_demo(args.out, settings, **overrides)
     out = Path(args.out)
-    print(f"demo finished in {report['seconds']:.0f} s: accuracy on the requested digit "
-          f"{report['accuracy_cfg']:.3f} with guidance (scale {report['cfg_scale']}), "
-          f"{report['accuracy_nocfg']:.3f} without, over {report['num_samples']} samples each")
+    print(
+        f"demo finished in {report['seconds']:.0f} s: accuracy on the requested digit "
+        f"{report['accuracy_cfg']:.3f} with guidance (scale {report['cfg_scale']}), "
+        f"{report['accuracy_nocfg']:.3f} without, over {report['num_samples']} samples each"
+    )
     print(f"  grids:      {out / 'grid_cfg' / 'grid.png'}  {out / 'grid_nocfg' / 'grid.png'}")
     print(f"  loss curve: {out / 'loss_curve.png'}")
     print(f"  report:     {out / 'demo_report.json'}")
@@ -293,14 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("classes", _classes, "list ImageNet class ids and names")
     p.add_argument("--search", help="only names containing this text")
 
-    for name, fn, help_ in (("sample", _sample, "sample images (grid, or --num N into an .npz for evaluation)"),
-                            ("walk", _walk, "latent walks: noise slerp and class-embedding interpolation")):
+    for name, fn, help_ in (
+        ("sample", _sample, "sample images (grid, or --num N into an .npz for evaluation)"),
+        ("walk", _walk, "latent walks: noise slerp and class-embedding interpolation"),
+    ):
         p = add(name, fn, help_)
         p.add_argument("--ckpt", required=True, help="weights file (.pt/.safetensors) or a ditkit run folder")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--vae", help="VAE folder or hub id ('none' = pixel space); default: the run's, else none")
         p.add_argument("--classes", help="class ids or ImageNet names, comma separated")
-        p.add_argument("--cfg-scale", type=float, default=4.0 if name == "sample" else 4.0, help="guidance scale")
+        p.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale")
         p.add_argument("--steps", type=int, default=250 if name == "sample" else 50, help="sampling steps")
         p.add_argument("--num-heads", type=int, help="head count, for weights that do not record it")
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -311,8 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--per-class", type=int, default=4, help="grid images per class")
     sample.add_argument("--batch-size", type=int, default=32)
-    sample.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
-                        help="clamp x0 predictions to [-1, 1] (default: on in pixel space)")
+    sample.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clamp x0 predictions to [-1, 1] (default: on in pixel space)",
+    )
     sample.add_argument("--num", type=int, help="sample N images into --npz (resumable, shards under torchrun)")
     sample.add_argument("--npz", help="output .npz for --num (default OUT/samples.npz)")
     sample.add_argument("--class-balanced", action="store_true", help="each class equally often with --num")
@@ -366,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    for name, fn, help_ in (("evaluate", _evaluate, "FID / sFID / IS / precision / recall, or the digits metric"),
-                            ("ref-stats", _ref_stats, "reference statistics for FID from an image folder or .npz")):
+    for name, fn, help_ in (
+        ("evaluate", _evaluate, "FID / sFID / IS / precision / recall, or the digits metric"),
+        ("ref-stats", _ref_stats, "reference statistics for FID from an image folder or .npz"),
+    ):
         p = add(name, fn, help_)
         if name == "evaluate":
             p.add_argument("samples", help="samples .npz (arr_0 uint8 NHWC, + labels for the digits metric)")
@@ -392,8 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["train", "sample"])
     p.add_argument("--preset", default="DiT-S/2", choices=list(PRESETS))
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--vae-latents", action=argparse.BooleanOptionalAction, default=True,
-                   help="model latents of image-size/8 (default) or pixels")
+    p.add_argument(
+        "--vae-latents",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="model latents of image-size/8 (default) or pixels",
+    )
     p.add_argument("--channels", type=int, help="override input channels")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)

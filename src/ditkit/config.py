@@ -112,7 +112,13 @@ PRESETS: dict[str, ModelConfig] = {
 PRESETS["DiT-T/2"] = ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=2, input_size=8, num_classes=10)
 PRESETS["DiT-T/4"] = ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=8, num_classes=10)
 PRESETS["DiT-Demo/4"] = ModelConfig(
-    depth=6, hidden_size=192, num_heads=6, patch_size=4, input_size=32, in_channels=1, num_classes=10,
+    depth=6,
+    hidden_size=192,
+    num_heads=6,
+    patch_size=4,
+    input_size=32,
+    in_channels=1,
+    num_classes=10,
     learn_sigma=False,
 )
 
@@ -149,13 +155,36 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 NO_VAE = "none"  # TrainConfig.vae value for pixel-space training
 PAPER_VAE = "stabilityai/sd-vae-ft-ema"  # the paper's VAE (same encoder as sd-vae-ft-mse)
 # Fields that may differ when a run resumes: cadence, length and speed knobs that leave the math alone.
-RESUMABLE_FIELDS: frozenset[str] = frozenset({
-    "out_dir", "max_steps", "num_workers", "micro_batch_size", "deterministic", "precision", "tf32", "compile",
-    "grad_checkpointing", "device", "num_threads", "log_every_steps", "ckpt_every_steps", "keep_last_ckpts",
-    "milestone_every_steps", "sample_every_steps", "num_grid_images", "grid_seed", "sampler",
-    "num_sampling_steps", "cfg_scale", "eval_every_steps", "num_eval_samples", "eval_seed", "eval_batch_size",
-    "eval_ref",
-})
+RESUMABLE_FIELDS: frozenset[str] = frozenset(
+    {
+        "out_dir",
+        "max_steps",
+        "num_workers",
+        "micro_batch_size",
+        "deterministic",
+        "precision",
+        "tf32",
+        "compile",
+        "grad_checkpointing",
+        "device",
+        "num_threads",
+        "log_every_steps",
+        "ckpt_every_steps",
+        "keep_last_ckpts",
+        "milestone_every_steps",
+        "sample_every_steps",
+        "num_grid_images",
+        "grid_seed",
+        "sampler",
+        "num_sampling_steps",
+        "cfg_scale",
+        "eval_every_steps",
+        "num_eval_samples",
+        "eval_seed",
+        "eval_batch_size",
+        "eval_ref",
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,11 +260,28 @@ class TrainConfig:
                 f"{self.diffusion.learn_sigma}; they must agree (set both, e.g. "
                 "DiffusionConfig(learn_sigma=model.learn_sigma))"
             )
-        for name in ("image_size", "max_steps", "global_batch_size", "log_every_steps", "ckpt_every_steps",
-                     "keep_last_ckpts", "num_grid_images", "num_sampling_steps", "eval_batch_size"):
+        for name in (
+            "image_size",
+            "max_steps",
+            "global_batch_size",
+            "log_every_steps",
+            "ckpt_every_steps",
+            "keep_last_ckpts",
+            "num_grid_images",
+            "num_sampling_steps",
+            "eval_batch_size",
+        ):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("num_workers", "warmup_steps", "milestone_every_steps", "sample_every_steps",
-                     "eval_every_steps", "grid_seed", "eval_seed", "seed"):
+        for name in (
+            "num_workers",
+            "warmup_steps",
+            "milestone_every_steps",
+            "sample_every_steps",
+            "eval_every_steps",
+            "grid_seed",
+            "eval_seed",
+            "seed",
+        ):
             _check_int(name, getattr(self, name), minimum=0)
         if self.micro_batch_size is not None:
             _check_int("micro_batch_size", self.micro_batch_size, minimum=1)
@@ -248,8 +294,7 @@ class TrainConfig:
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1); got {self.adam_betas} "
-                             "(default 0.9 0.999)")
+            raise ValueError(f"adam_betas must be two numbers in [0, 1); got {self.adam_betas} (default 0.9 0.999)")
         if not self.adam_eps > 0:
             raise ValueError(f"adam_eps must be > 0; got {self.adam_eps}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

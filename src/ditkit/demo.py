@@ -37,22 +37,50 @@ class DemoSettings:
 
 
 def demo_model_config() -> ModelConfig:
-    return ModelConfig(input_size=DEMO_IMAGE_SIZE, patch_size=4, in_channels=1, hidden_size=128, depth=6,
-                       num_heads=4, num_classes=10, class_dropout_prob=0.1, learn_sigma=False)
+    return ModelConfig(
+        input_size=DEMO_IMAGE_SIZE,
+        patch_size=4,
+        in_channels=1,
+        hidden_size=128,
+        depth=6,
+        num_heads=4,
+        num_classes=10,
+        class_dropout_prob=0.1,
+        learn_sigma=False,
+    )
 
 
 def demo_train_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
     """The demo's training run on the embedded MNIST (pixel space, no VAE); `overrides` replace fields."""
     model = demo_model_config()
-    fields: dict[str, Any] = dict(
-        out_dir=str(out_dir), model=model,
-        diffusion=DiffusionConfig(learn_sigma=False, noise_schedule="cosine", predict_xstart=True),
-        data=None, image_size=DEMO_IMAGE_SIZE, vae="none", flip=False, num_workers=0,
-        max_steps=1500, global_batch_size=128, lr=2e-3, warmup_steps=100, adam_betas=(0.9, 0.99),
-        ema_decay=0.999, ema_warmup=True, log_every_steps=50, ckpt_every_steps=250, keep_last_ckpts=1,
-        sample_every_steps=500, num_grid_images=20, sampler="dpm++2m", num_sampling_steps=20, cfg_scale=3.0,
-        eval_every_steps=0, num_eval_samples=200, eval_batch_size=200,
-    )
+    fields: dict[str, Any] = {
+        "out_dir": str(out_dir),
+        "model": model,
+        "diffusion": DiffusionConfig(learn_sigma=False, noise_schedule="cosine", predict_xstart=True),
+        "data": None,
+        "image_size": DEMO_IMAGE_SIZE,
+        "vae": "none",
+        "flip": False,
+        "num_workers": 0,
+        "max_steps": 1500,
+        "global_batch_size": 128,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "adam_betas": (0.9, 0.99),
+        "ema_decay": 0.999,
+        "ema_warmup": True,
+        "log_every_steps": 50,
+        "ckpt_every_steps": 250,
+        "keep_last_ckpts": 1,
+        "sample_every_steps": 500,
+        "num_grid_images": 20,
+        "sampler": "dpm++2m",
+        "num_sampling_steps": 20,
+        "cfg_scale": 3.0,
+        "eval_every_steps": 0,
+        "num_eval_samples": 200,
+        "eval_batch_size": 200,
+    }
     fields.update(overrides)
     return TrainConfig(**fields)
 
@@ -78,8 +106,13 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, **train_
     seeds = [image_seed(settings.seed, i) for i in range(settings.num_samples)]
     for key, scale in (("cfg", settings.cfg_scale), ("nocfg", 1.0)):
         t0 = time.perf_counter()
-        sample_settings = SampleSettings(sampler=settings.sampler, num_steps=settings.num_steps, cfg_scale=scale,  # type: ignore[arg-type]
-                                         clip_denoised=True, batch_size=settings.batch_size)
+        sample_settings = SampleSettings(
+            sampler=settings.sampler,
+            num_steps=settings.num_steps,
+            cfg_scale=scale,  # type: ignore[arg-type]
+            clip_denoised=True,
+            batch_size=settings.batch_size,
+        )
         images = generate(model, labels.tolist(), seeds, sample_settings)
         metrics = digits_metrics(images, labels, classifier)
         np.savez(out_dir / f"samples_{key}.npz", arr_0=images, labels=labels)
@@ -88,9 +121,20 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None, **train_
         report[f"accuracy_per_class_{key}"] = metrics["accuracy_per_class"]
         report[f"sampling_seconds_{key}"] = round(time.perf_counter() - t0, 1)
         grid_idx = np.concatenate([np.flatnonzero(labels == c)[:10] for c in range(10)])
-        save_labelled_grid(images[grid_idx], labels[grid_idx].tolist(), out_dir / f"grid_{key}", nrow=10,
-                           num_classes=10, write_images=False)
-    report.update(num_samples=settings.num_samples, cfg_scale=settings.cfg_scale, sampler=settings.sampler,
-                  num_sampling_steps=settings.num_steps, seconds=round(time.perf_counter() - start, 1))
+        save_labelled_grid(
+            images[grid_idx],
+            labels[grid_idx].tolist(),
+            out_dir / f"grid_{key}",
+            nrow=10,
+            num_classes=10,
+            write_images=False,
+        )
+    report.update(
+        num_samples=settings.num_samples,
+        cfg_scale=settings.cfg_scale,
+        sampler=settings.sampler,
+        num_sampling_steps=settings.num_steps,
+        seconds=round(time.perf_counter() - start, 1),
+    )
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
     return report

@@ -136,8 +136,14 @@ class GaussianDiffusion:
     `timestep_map[t]`, the step of the original training chain.
     """
 
-    def __init__(self, betas: Tensor, *, timestep_map: list[int] | None = None, learn_sigma: bool = True,
-                 predict_xstart: bool = False):
+    def __init__(
+        self,
+        betas: Tensor,
+        *,
+        timestep_map: list[int] | None = None,
+        learn_sigma: bool = True,
+        predict_xstart: bool = False,
+    ):
         betas = betas.to(torch.float64)
         if betas.ndim != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
@@ -192,13 +198,16 @@ class GaussianDiffusion:
 
     # Forward process.
 
-    def q_sample(self, x_start: Tensor, t: Tensor, noise: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def q_sample(
+        self, x_start: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Draw x_t ~ q(x_t | x_0) = N(sqrt(abar) x_0, (1 - abar) I)."""
         if noise is None:
             noise = torch.randn(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
-        return (self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
-                + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
+            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        )
 
     def q_mean_variance(self, x_start: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mean = self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
@@ -208,29 +217,40 @@ class GaussianDiffusion:
 
     def q_posterior_mean_variance(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = (self._extract(self.posterior_mean_coef1, t, x_t) * x_start
-                + self._extract(self.posterior_mean_coef2, t, x_t) * x_t)
-        return (mean, self._extract(self.posterior_variance, t, x_t),
-                self._extract(self.posterior_log_variance_clipped, t, x_t))
+        mean = (
+            self._extract(self.posterior_mean_coef1, t, x_t) * x_start
+            + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
+        )
+        return (
+            mean,
+            self._extract(self.posterior_variance, t, x_t),
+            self._extract(self.posterior_log_variance_clipped, t, x_t),
+        )
 
     # Reverse process.
 
     def predict_xstart_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        return (
+            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
 
     def predict_eps_from_xstart(self, x_t: Tensor, t: Tensor, pred_xstart: Tensor) -> Tensor:
-        return ((self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart)
-                / self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t))
+        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart) / self._extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        )
 
-    def p_mean_variance_from_output(self, model_output: Tensor, x_t: Tensor, t: Tensor,
-                                    clip_denoised: bool = False) -> dict[str, Tensor]:
+    def p_mean_variance_from_output(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = False
+    ) -> dict[str, Tensor]:
         """Mean, variance, log-variance and x_0 prediction of p(x_{t-1} | x_t) from a model output."""
         channels = x_t.shape[1]
         if self.learn_sigma:
             if model_output.shape[1] != 2 * channels:
-                raise ValueError(f"a learned-sigma diffusion needs {2 * channels} output channels; "
-                                 f"got {model_output.shape[1]} (set learn_sigma to match the model)")
+                raise ValueError(
+                    f"a learned-sigma diffusion needs {2 * channels} output channels; "
+                    f"got {model_output.shape[1]} (set learn_sigma to match the model)"
+                )
             model_output, var_values = model_output[:, :channels], model_output[:, channels:]
             min_log = self._extract(self.posterior_log_variance_clipped, t, x_t)
             max_log = self._extract(self.log_betas, t, x_t)
@@ -250,8 +270,14 @@ class GaussianDiffusion:
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
         return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_xstart": pred_xstart}
 
-    def p_mean_variance(self, model: ModelFn, x_t: Tensor, t: Tensor, model_kwargs: dict[str, Any] | None = None,
-                        clip_denoised: bool = False) -> dict[str, Tensor]:
+    def p_mean_variance(
+        self,
+        model: ModelFn,
+        x_t: Tensor,
+        t: Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        clip_denoised: bool = False,
+    ) -> dict[str, Tensor]:
         return self.p_mean_variance_from_output(self.run_model(model, x_t, t, model_kwargs), x_t, t, clip_denoised)
 
     # Training.
@@ -264,8 +290,15 @@ class GaussianDiffusion:
         decoder_nll = mean_flat(nll) / math.log(2.0)
         return torch.where(t == 0, decoder_nll, kl)
 
-    def training_losses(self, model: ModelFn, x_start: Tensor, t: Tensor, model_kwargs: dict[str, Any] | None = None,
-                        noise: Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def training_losses(
+        self,
+        model: ModelFn,
+        x_start: Tensor,
+        t: Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         """Per-sample losses (N,): "loss" = "mse" (+ "vb" with learned sigma, mean prediction detached)."""
         if noise is None:
             noise = torch.randn(x_start.shape, generator=generator, device=x_start.device, dtype=x_start.dtype)
@@ -286,11 +319,21 @@ class GaussianDiffusion:
         return terms
 
 
-def create_diffusion(timestep_respacing: str | int = "", *, noise_schedule: str = "linear", learn_sigma: bool = True,
-                     predict_xstart: bool = False, diffusion_steps: int = NUM_DIFFUSION_STEPS) -> GaussianDiffusion:
+def create_diffusion(
+    timestep_respacing: str | int = "",
+    *,
+    noise_schedule: str = "linear",
+    learn_sigma: bool = True,
+    predict_xstart: bool = False,
+    diffusion_steps: int = NUM_DIFFUSION_STEPS,
+) -> GaussianDiffusion:
     """The diffusion DiT trains and samples with; timestep_respacing "" keeps all steps ("250", "ddim50")."""
-    config = DiffusionConfig(num_steps=diffusion_steps, noise_schedule=noise_schedule,  # type: ignore[arg-type]
-                             learn_sigma=learn_sigma, predict_xstart=predict_xstart)
+    config = DiffusionConfig(
+        num_steps=diffusion_steps,
+        noise_schedule=noise_schedule,  # type: ignore[arg-type]
+        learn_sigma=learn_sigma,
+        predict_xstart=predict_xstart,
+    )
     return diffusion_from_config(config, str(timestep_respacing))
 
 
@@ -303,5 +346,6 @@ def diffusion_from_config(config: DiffusionConfig, timestep_respacing: str = "")
     # Always through the respacing, even when every step is kept: ADM's SpacedDiffusion recomputes
     # betas = 1 - abar_t / abar_{t-1}, which differs from the linspace by ~1e-13 (relative).
     betas = respace_betas(torch.cumprod(1.0 - betas, dim=0), kept)
-    return GaussianDiffusion(betas, timestep_map=kept, learn_sigma=config.learn_sigma,
-                             predict_xstart=config.predict_xstart)
+    return GaussianDiffusion(
+        betas, timestep_map=kept, learn_sigma=config.learn_sigma, predict_xstart=config.predict_xstart
+    )

@@ -49,8 +49,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value) if value.strip() else default
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer; launch with torchrun") \
-            from None
+        raise ValueError(f"environment variable {name}={value!r} is not an integer; launch with torchrun") from None
 
 
 def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
@@ -60,15 +59,16 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
     """
     rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world_size}; launch with torchrun "
-                         "--nproc_per_node N")
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world_size}; launch with torchrun --nproc_per_node N")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu (or auto)")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs; "
-                             "use --nproc_per_node <= the GPU count")
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs; "
+                "use --nproc_per_node <= the GPU count"
+            )
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:

@@ -42,9 +42,7 @@ ImageSource = np.ndarray | Tensor | str | os.PathLike
 # Frechet distance and streaming statistics.
 
 
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
-) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (float64)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = (
@@ -208,8 +206,7 @@ def _inside_manifold(queries: Tensor, feats: Tensor, radii: Tensor) -> Tensor:
     """(Q,) bool: query lies within radii[j] of some feats[j]."""
     block = _row_block(feats.shape[0])
     inside = [
-        (_sq_dists(queries[i : i + block], feats) <= radii[None, :]).any(dim=1)
-        for i in range(0, len(queries), block)
+        (_sq_dists(queries[i : i + block], feats) <= radii[None, :]).any(dim=1) for i in range(0, len(queries), block)
     ]
     return torch.cat(inside)
 
@@ -226,8 +223,7 @@ def precision_recall(
     sample = torch.as_tensor(_to_numpy(sample_feats, np.float32))
     if ref.ndim != 2 or sample.ndim != 2 or ref.shape[1] != sample.shape[1]:
         raise ValueError(
-            f"precision_recall needs (N, D) features of one D; got {tuple(ref.shape)} and "
-            f"{tuple(sample.shape)}"
+            f"precision_recall needs (N, D) features of one D; got {tuple(ref.shape)} and {tuple(sample.shape)}"
         )
     ref_radii = torch.from_numpy(manifold_radii(ref, k))
     sample_radii = torch.from_numpy(manifold_radii(sample, k))
@@ -248,8 +244,7 @@ def kernel_inception_distance(
     m = min(len(x_all), len(y_all), subset_size)
     if m < 2 or x_all.shape[1] != y_all.shape[1]:
         raise ValueError(
-            f"kernel_inception_distance needs >= 2 samples per set of one dim; got "
-            f"{x_all.shape} and {y_all.shape}"
+            f"kernel_inception_distance needs >= 2 samples per set of one dim; got {x_all.shape} and {y_all.shape}"
         )
     rng, d, total = np.random.default_rng(seed), x_all.shape[1], 0.0
     for _ in range(num_subsets):
@@ -326,9 +321,7 @@ class _Images:
             yield from _npz_batches(self.source, batch_size, limit)
         else:
             for i in range(0, limit, batch_size):
-                yield _check_images(
-                    np.stack([_read_image(p) for p in self.files[i : min(i + batch_size, limit)]])
-                )
+                yield _check_images(np.stack([_read_image(p) for p in self.files[i : min(i + batch_size, limit)]]))
 
 
 def _check_images(images: np.ndarray | Tensor) -> np.ndarray:
@@ -370,8 +363,7 @@ def _npz_image_key(path: Path) -> str:
     if "images" in names:
         return "images"
     raise ValueError(
-        f"{path} holds no images under 'arr_0' or 'images' (keys: {names}); save with "
-        "np.savez(path, arr_0=uint8_nhwc)"
+        f"{path} holds no images under 'arr_0' or 'images' (keys: {names}); save with np.savez(path, arr_0=uint8_nhwc)"
     )
 
 
@@ -479,9 +471,7 @@ def ref_stats(
             f"extractor {extractor_name(extractor)} gives no pool or spatial features "
             f"(available: {sorted(extractor.available)})"
         )
-    feats = _extract(
-        src, extractor, kinds, batch_size, keep_pool="pool" in kinds, max_pool=max_features, seed=seed
-    )
+    feats = _extract(src, extractor, kinds, batch_size, keep_pool="pool" in kinds, max_pool=max_features, seed=seed)
     arrays = {"num_images": np.int64(src.num_images), "extractor": np.array(extractor_name(extractor))}
     for kind in kinds:
         mu_key, sigma_key = _STAT_KEYS[kind]
@@ -522,13 +512,9 @@ def _load_reference(
     if is_npz and stats:
         if pool is None and need_pool and has_images:
             # An ADM reference batch: mu/sigma are stored, its images give the precision/recall features.
-            pool = _extract(
-                open_images(ref), extractor, [], batch_size, keep_pool=True, max_pool=max_features
-            ).pool
+            pool = _extract(open_images(ref), extractor, [], batch_size, keep_pool=True, max_pool=max_features).pool
         return stats, pool
-    feats = _extract(
-        open_images(ref), extractor, kinds, batch_size, keep_pool=need_pool, max_pool=max_features
-    )
+    feats = _extract(open_images(ref), extractor, kinds, batch_size, keep_pool=need_pool, max_pool=max_features)
     return {k: (s.mean, s.cov) for k, s in feats.stats.items()}, feats.pool
 
 
@@ -556,9 +542,7 @@ def evaluate_samples(
         "num_samples" and "unavailable": the requested metrics that the extractor or reference cannot give.
     """
     if set(metrics) - set(METRICS):
-        raise ValueError(
-            f"unknown metrics {sorted(set(metrics) - set(METRICS))}; choose from {', '.join(METRICS)}"
-        )
+        raise ValueError(f"unknown metrics {sorted(set(metrics) - set(METRICS))}; choose from {', '.join(METRICS)}")
     src = open_images(samples)
     n = src.num_images if num_samples is None else num_samples
     if not 2 <= n <= src.num_images:
@@ -586,9 +570,7 @@ def evaluate_samples(
     result: dict = {}
     for metric, kind in (("fid", "pool"), ("sfid", "spatial")):
         if metric in wanted:
-            result[metric] = frechet_distance(
-                feats.stats[kind].mean, feats.stats[kind].cov, *ref_moments[kind]
-            )
+            result[metric] = frechet_distance(feats.stats[kind].mean, feats.stats[kind].cov, *ref_moments[kind])
     if "is" in wanted:
         result["is"] = inception_score(feats.logits, num_splits=min(is_splits, n))
     if "precision" in wanted or "recall" in wanted:

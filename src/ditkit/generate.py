@@ -74,8 +74,10 @@ def parse_classes(spec: str | Sequence[int | str] | None, num_classes: int) -> l
         names = [n.lower() for n in imagenet_class_names()] if num_classes == 1000 else []
         matches = [i for i, n in enumerate(names) if n == str(item).lower()]
         if not matches:
-            raise ValueError(f"unknown class {item!r}: give ids in 0..{num_classes - 1}"
-                             + (" or ImageNet class names (see `ditkit classes`)" if num_classes == 1000 else ""))
+            raise ValueError(
+                f"unknown class {item!r}: give ids in 0..{num_classes - 1}"
+                + (" or ImageNet class names (see `ditkit classes`)" if num_classes == 1000 else "")
+            )
         ids.append(matches[0])
     bad = [i for i in ids if not 0 <= i < num_classes]
     if bad:
@@ -101,23 +103,41 @@ def job_labels(num: int, num_classes: int, seed: int, class_balanced: bool) -> n
 # Sampling.
 
 
-def generate(model: nn.Module, labels: Sequence[int] | None, seeds: Sequence[int], settings: SampleSettings,
-             *, vae: Any = None, device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+def generate(
+    model: nn.Module,
+    labels: Sequence[int] | None,
+    seeds: Sequence[int],
+    settings: SampleSettings,
+    *,
+    vae: Any = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
     """Sample one image per seed (uint8 (N, H, W, C)), decoded through `vae` when the model is latent."""
     config = model.config  # type: ignore[attr-defined]
     diffusion = DiffusionConfig(learn_sigma=config.learn_sigma)
     shape = (config.in_channels, config.input_size, config.input_size)
     out = []
     for start in range(0, len(seeds), settings.batch_size):
-        batch_seeds = list(seeds[start:start + settings.batch_size])
+        batch_seeds = list(seeds[start : start + settings.batch_size])
         noise = initial_noise(batch_seeds, shape, device)
         y = None
         if labels is not None and config.num_classes > 0:
-            y = torch.as_tensor(list(labels[start:start + settings.batch_size]), device=device, dtype=torch.long)
-        x = sample_loop(model, noise, y, sampler=settings.sampler, timestep_respacing=str(settings.num_steps),
-                        cfg_scale=settings.cfg_scale, cfg_channels=settings.cfg_channels, eta=settings.eta,
-                        seeds=batch_seeds, diffusion=diffusion, clip_denoised=settings.clip_denoised,
-                        progress=progress)
+            y = torch.as_tensor(list(labels[start : start + settings.batch_size]), device=device, dtype=torch.long)
+        x = sample_loop(
+            model,
+            noise,
+            y,
+            sampler=settings.sampler,
+            timestep_respacing=str(settings.num_steps),
+            cfg_scale=settings.cfg_scale,
+            cfg_channels=settings.cfg_channels,
+            eta=settings.eta,
+            seeds=batch_seeds,
+            diffusion=diffusion,
+            clip_denoised=settings.clip_denoised,
+            progress=progress,
+        )
         if vae is not None:
             with torch.no_grad():
                 x = vae.decode(x)
@@ -125,9 +145,21 @@ def generate(model: nn.Module, labels: Sequence[int] | None, seeds: Sequence[int
     return np.concatenate(out) if out else np.zeros((0, *shape[1:], 3), np.uint8)
 
 
-def sample_npz(model: nn.Module, out_path: str | Path, num: int, settings: SampleSettings, *, seed: int = 0,
-               class_balanced: bool = False, vae: Any = None, device: torch.device | str = "cpu",
-               rank: int = 0, world_size: int = 1, chunk_size: int | None = None, progress: bool = False) -> Path:
+def sample_npz(
+    model: nn.Module,
+    out_path: str | Path,
+    num: int,
+    settings: SampleSettings,
+    *,
+    seed: int = 0,
+    class_balanced: bool = False,
+    vae: Any = None,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> Path:
     """Write `num` samples to an ADM-layout .npz (arr_0 uint8 NHWC + labels); resumable and shardable.
 
     Work is cut into fixed chunks of indices; rank r does the chunks c with c % world_size == r and saves
@@ -150,7 +182,9 @@ def sample_npz(model: nn.Module, out_path: str | Path, num: int, settings: Sampl
         if path.exists():
             continue
         seeds = [image_seed(seed, i) for i in range(start, stop)]
-        images = generate(model, labels[start:stop].tolist(), seeds, settings, vae=vae, device=device, progress=progress)
+        images = generate(
+            model, labels[start:stop].tolist(), seeds, settings, vae=vae, device=device, progress=progress
+        )
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, images=images, labels=labels[start:stop], start=start)
         tmp.replace(path)
@@ -188,8 +222,10 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(job)):
-            raise ValueError(f"{parts} holds chunks of a different sampling job ({old}); "
-                             "delete that folder or use another --npz path")
+            raise ValueError(
+                f"{parts} holds chunks of a different sampling job ({old}); "
+                "delete that folder or use another --npz path"
+            )
     elif rank == 0:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(job, indent=1))

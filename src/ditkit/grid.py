@@ -17,8 +17,9 @@ _GRIDLINE = (225, 225, 225)
 _COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
-def make_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, padding: int = 2,
-              pad_value: int = 0) -> Image.Image:
+def make_grid(
+    images: np.ndarray | torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 0
+) -> Image.Image:
     """Tile uint8 images (N, H, W[, C]), C in {1, 3}, into one picture with `nrow` images per row.
 
     nrow defaults to ceil(sqrt(N)); gray images give an "L" picture, RGB an "RGB" one.
@@ -27,8 +28,7 @@ def make_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, paddin
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3) or len(arr) == 0:
-        raise ValueError(f"make_grid needs uint8 images (N, H, W[, 1|3]) with N >= 1; got {arr.dtype} "
-                         f"{arr.shape}")
+        raise ValueError(f"make_grid needs uint8 images (N, H, W[, 1|3]) with N >= 1; got {arr.dtype} {arr.shape}")
     n, h, w, c = arr.shape
     cols = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -36,12 +36,13 @@ def make_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, paddin
     for i in range(n):
         r, q = divmod(i, cols)
         top, left = padding + r * (h + padding), padding + q * (w + padding)
-        canvas[top:top + h, left:left + w] = arr[i]
+        canvas[top : top + h, left : left + w] = arr[i]
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode="L" if c == 1 else "RGB")
 
 
-def save_grid(images: np.ndarray | torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
-              scale: int = 1) -> Path:
+def save_grid(
+    images: np.ndarray | torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1
+) -> Path:
     """Write `make_grid(images, nrow)` as a PNG (enlarged `scale` times with nearest neighbours)."""
     picture = make_grid(images, nrow)
     if scale > 1:
@@ -49,8 +50,16 @@ def save_grid(images: np.ndarray | torch.Tensor, path: str | os.PathLike, nrow: 
     return _save(picture, path)
 
 
-def save_labelled_grid(images: np.ndarray, labels: Sequence[int], out_dir: str | os.PathLike, *, nrow: int,
-                       num_classes: int, write_images: bool = True, scale: int | None = None) -> Path:
+def save_labelled_grid(
+    images: np.ndarray,
+    labels: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    nrow: int,
+    num_classes: int,
+    write_images: bool = True,
+    scale: int | None = None,
+) -> Path:
     """Write `out_dir`/grid.png (rows of `nrow` images, each row captioned with its class) and, with
     `write_images`, every image as `out_dir`/images/NNNNNN_classC.png. Returns the grid's path.
 
@@ -65,7 +74,8 @@ def save_labelled_grid(images: np.ndarray, labels: Sequence[int], out_dir: str |
         (out_dir / "images").mkdir(exist_ok=True)
         for i, (img, label) in enumerate(zip(arr, labels)):
             Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img).save(
-                out_dir / "images" / f"{i:06d}_class{label}.png")
+                out_dir / "images" / f"{i:06d}_class{label}.png"
+            )
     scale = scale or max(1, 96 // arr.shape[1])
     picture = make_grid(arr, nrow).convert("RGB")
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
@@ -113,8 +123,15 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
-def plot_curves(steps: Sequence[float], series: dict[str, Sequence[float]], path: str | os.PathLike, *,
-                title: str = "", log_y: bool = True, size: tuple[int, int] = (800, 450)) -> Path:
+def plot_curves(
+    steps: Sequence[float],
+    series: dict[str, Sequence[float]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    log_y: bool = True,
+    size: tuple[int, int] = (800, 450),
+) -> Path:
     """Line plot of one or more series over `steps` (x axis) as a PNG; non-finite points are skipped.
 
     A log y axis is used when `log_y` and every value is positive. Each series also gets a smoothed line.

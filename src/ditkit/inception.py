@@ -363,9 +363,7 @@ class InceptionExtractor:
 
     name = EXTRACTOR_NAME
 
-    def __init__(
-        self, net: FIDInceptionV3, device: str | torch.device = "cpu", optimize: bool = True
-    ) -> None:
+    def __init__(self, net: FIDInceptionV3, device: str | torch.device = "cpu", optimize: bool = True) -> None:
         self.device = torch.device(device)
         self.available: AbstractSet[str] = frozenset(
             {"pool", "spatial"} | ({"logits"} if net.fc is not None else set())
@@ -422,9 +420,7 @@ def load_inception(
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
     if path is not None:
         if not Path(path).is_file():
-            raise ValueError(
-                f"Inception weights not found at {path}; pass {FID_WEIGHTS_NAME} or {FID_HELPER_FILE}"
-            )
+            raise ValueError(f"Inception weights not found at {path}; pass {FID_WEIGHTS_NAME} or {FID_HELPER_FILE}")
         state, source = _read_weights(Path(path)), str(path)
     elif hub_file.is_file():
         state, source = _read_weights(hub_file), str(hub_file)

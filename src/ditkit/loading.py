@@ -59,8 +59,9 @@ def resolve_weights_path(path: str | Path) -> Path:
             return candidate
     if (ckpt_dir / EMA_WEIGHTS_FILE).is_file():
         return ckpt_dir / EMA_WEIGHTS_FILE
-    raise ValueError(f"{str(path)!r} holds no checkpoint (no checkpoints/{RUN_LATEST_FILE}): "
-                     "train first, or pass a weights file")
+    raise ValueError(
+        f"{str(path)!r} holds no checkpoint (no checkpoints/{RUN_LATEST_FILE}): train first, or pass a weights file"
+    )
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | None]:
@@ -82,9 +83,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | 
         allow = getattr(torch.serialization, "safe_globals", None)
         with allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext():
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise ValueError(f"cannot read {str(path)!r} as weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                         "ditkit loads only plain tensors (weights_only) from .pt files") from None
+    except Exception as err:
+        raise ValueError(
+            f"cannot read {str(path)!r} as weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "ditkit loads only plain tensors (weights_only) from .pt files"
+        ) from None
     if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
         obj = obj["ema"]  # official train.py checkpoint: sample from the EMA weights
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
@@ -124,8 +127,12 @@ def infer_config(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig
     elif hidden % 64 == 0:
         fields["num_heads"] = hidden // 64
         if "num_heads" not in overrides:
-            log.warning("the weights do not record the head count: assuming %d (head dim 64) for width %d; "
-                        "pass num_heads=... (--num-heads) if that is wrong", hidden // 64, hidden)
+            log.warning(
+                "the weights do not record the head count: assuming %d (head dim 64) for width %d; "
+                "pass num_heads=... (--num-heads) if that is wrong",
+                hidden // 64,
+                hidden,
+            )
     elif "num_heads" not in overrides:
         raise ValueError(f"cannot infer the head count of width {hidden}: pass num_heads=... (--num-heads)")
     fields.update(overrides)
@@ -155,12 +162,15 @@ def load_strict(model: DiT, state_dict: dict[str, Tensor], source: str = "weight
     unexpected = sorted(set(state_dict) - set(own))
     wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(f"{source} does not fit this DiT: {_mismatch_summary(missing, unexpected, wrong, own, state_dict)}")
+        raise ValueError(
+            f"{source} does not fit this DiT: {_mismatch_summary(missing, unexpected, wrong, own, state_dict)}"
+        )
     model.load_state_dict(state_dict, strict=True)
 
 
-def _mismatch_summary(missing: list[str], unexpected: list[str], wrong: list[str], own: dict[str, Tensor],
-                      other: dict[str, Tensor]) -> str:
+def _mismatch_summary(
+    missing: list[str], unexpected: list[str], wrong: list[str], own: dict[str, Tensor], other: dict[str, Tensor]
+) -> str:
     parts = []
     if missing:
         parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -180,8 +190,9 @@ def _mismatch_summary(missing: list[str], unexpected: list[str], wrong: list[str
     else:
         own_depth, other_depth = _depth(own), _depth(other)
         if own_depth != other_depth:
-            hints.append(f"the depth differs ({other_depth} blocks in the file, {own_depth} in the model: "
-                         "wrong preset)")
+            hints.append(
+                f"the depth differs ({other_depth} blocks in the file, {own_depth} in the model: wrong preset)"
+            )
         # Design keys only count inside blocks both sides have: extra blocks are a depth difference.
         shared = min(own_depth, other_depth)
         in_shared = [k for k in missing + unexpected if (i := _block_index(k)) is None or i < shared]

@@ -33,8 +33,17 @@ class RunMonitor:
     "step" and "loss"), TensorBoard scalars, loss_curve.png and samples/step_XXXXXXX.png, and shows a
     progress bar with ETA; evaluation samples on every rank and scores on rank 0."""
 
-    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, run_dir: Path, start_step: int,
-                 dataset: Any, shape: tuple[int, int, int], decoder: Any, image_shape: tuple[int, int, int]):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        info: distributed.DistInfo,
+        run_dir: Path,
+        start_step: int,
+        dataset: Any,
+        shape: tuple[int, int, int],
+        decoder: Any,
+        image_shape: tuple[int, int, int],
+    ):
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -45,8 +54,15 @@ class RunMonitor:
             self._keep_metrics_up_to(start_step)
             self.tb = _tensorboard_writer(run_dir, start_step)
         self.scorer = _scorer_on_main(cfg, dataset, image_shape, run_dir, info) if decoder is not False else None
-        self.progress = tqdm(total=cfg.max_steps, initial=start_step, disable=not info.is_main, desc="train",
-                             unit="step", dynamic_ncols=True, mininterval=1.0)
+        self.progress = tqdm(
+            total=cfg.max_steps,
+            initial=start_step,
+            disable=not info.is_main,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         self._redirect = logging_redirect_tqdm(loggers=[logging.root, logging.getLogger("ditkit")])
         if info.is_main:
             self._redirect.__enter__()  # log lines print above the bar instead of through it
@@ -100,8 +116,9 @@ class RunMonitor:
             seeds = [self.cfg.grid_seed + i for i in range(self.cfg.num_grid_images)]
             labels = _class_labels(self.cfg, range(len(seeds)))
             images = sample_images(ema, self.cfg, seeds, labels, self.shape, self.decoder, self.info.device)
-            path = save_grid(images, self.run_dir / SAMPLES_DIR / f"step_{step:07d}.png",
-                             scale=max(1, 64 // images.shape[1]))
+            path = save_grid(
+                images, self.run_dir / SAMPLES_DIR / f"step_{step:07d}.png", scale=max(1, 64 // images.shape[1])
+            )
             logger.info("samples %s", path)
         distributed.barrier()
 
@@ -124,8 +141,15 @@ def _tensorboard_writer(run_dir: Path, start_step: int) -> Any:
 
 
 @torch.no_grad()
-def sample_images(ema: nn.Module, cfg: TrainConfig, seeds: list[int], labels: list[int] | None,
-                  shape: tuple[int, int, int], decoder: Any, device: torch.device) -> Tensor:
+def sample_images(
+    ema: nn.Module,
+    cfg: TrainConfig,
+    seeds: list[int],
+    labels: list[int] | None,
+    shape: tuple[int, int, int],
+    decoder: Any,
+    device: torch.device,
+) -> Tensor:
     """uint8 (N, H, W, C) images of the EMA model for fixed seeds (decoded when a VAE is given)."""
     from ditkit.autoencoder import to_uint8
     from ditkit.sample import initial_noise, sample_loop
@@ -133,12 +157,19 @@ def sample_images(ema: nn.Module, cfg: TrainConfig, seeds: list[int], labels: li
     pixel_space = decoder is None and cfg.vae == "none"  # images live in [-1, 1]: clip x_0 predictions
     out = []
     for i in range(0, len(seeds), cfg.eval_batch_size):
-        chunk = seeds[i:i + cfg.eval_batch_size]
-        y = torch.tensor(labels[i:i + len(chunk)], device=device) if labels is not None else None
-        x = sample_loop(ema, initial_noise(chunk, shape, device), y,
-                        sampler=cfg.sampler,  # type: ignore[arg-type]
-                        timestep_respacing=str(cfg.num_sampling_steps), cfg_scale=cfg.cfg_scale, seeds=chunk,
-                        diffusion=cfg.diffusion, clip_denoised=pixel_space)
+        chunk = seeds[i : i + cfg.eval_batch_size]
+        y = torch.tensor(labels[i : i + len(chunk)], device=device) if labels is not None else None
+        x = sample_loop(
+            ema,
+            initial_noise(chunk, shape, device),
+            y,
+            sampler=cfg.sampler,  # type: ignore[arg-type]
+            timestep_respacing=str(cfg.num_sampling_steps),
+            cfg_scale=cfg.cfg_scale,
+            seeds=chunk,
+            diffusion=cfg.diffusion,
+            clip_denoised=pixel_space,
+        )
         if decoder is not None:
             x = decoder.decode(x)
         out.append(to_uint8(x).cpu())
@@ -149,8 +180,9 @@ def _class_labels(cfg: TrainConfig, indices: range | list[int]) -> list[int] | N
     return [i % cfg.model.num_classes for i in indices] if cfg.model.num_classes > 0 else None
 
 
-def make_scorer(cfg: TrainConfig, dataset: Any, image_shape: tuple[int, ...], run_dir: Path,
-                device: torch.device) -> Scorer | None:
+def make_scorer(
+    cfg: TrainConfig, dataset: Any, image_shape: tuple[int, ...], run_dir: Path, device: torch.device
+) -> Scorer | None:
     """The evaluation metric: digits accuracy + FD for 10-class 32x32 gray images, else Inception FID.
 
     None (with a logged note) when the classifier / Inception weights or a FID reference are unavailable.
@@ -181,8 +213,10 @@ def make_scorer(cfg: TrainConfig, dataset: Any, image_shape: tuple[int, ...], ru
     ref: Any = cfg.eval_ref
     if ref is None:
         if dataset.is_latent:
-            logger.warning("evaluation off: a latent store has no images for FID reference statistics; "
-                           "pass eval_ref (--eval-ref, a ref-stats .npz or reference images)")
+            logger.warning(
+                "evaluation off: a latent store has no images for FID reference statistics; "
+                "pass eval_ref (--eval-ref, a ref-stats .npz or reference images)"
+            )
             return None
         ref = run_dir / "eval" / f"ref_stats_{cfg.num_eval_samples}.npz"
         if not ref.is_file():
@@ -190,14 +224,16 @@ def make_scorer(cfg: TrainConfig, dataset: Any, image_shape: tuple[int, ...], ru
 
             count = min(len(dataset), max(cfg.num_eval_samples, 2))
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))
-            images = to_uint8(torch.stack([dataset.get(i, torch.Generator().manual_seed(i))[0]
-                                           for i in order[:count].tolist()]))
+            images = to_uint8(
+                torch.stack([dataset.get(i, torch.Generator().manual_seed(i))[0] for i in order[:count].tolist()])
+            )
             ref_stats(images.numpy(), extractor, ref)
     return lambda images, labels: {"eval_fid": fid(images, ref, extractor)}
 
 
-def _scorer_on_main(cfg: TrainConfig, dataset: Any, image_shape: tuple[int, int, int], run_dir: Path,
-                    info: distributed.DistInfo) -> Scorer | None:
+def _scorer_on_main(
+    cfg: TrainConfig, dataset: Any, image_shape: tuple[int, int, int], run_dir: Path, info: distributed.DistInfo
+) -> Scorer | None:
     """The evaluation scorer on rank 0; every rank learns whether evaluation is on (placeholder elsewhere)."""
     if not cfg.eval_every_steps:
         return None
@@ -207,8 +243,14 @@ def _scorer_on_main(cfg: TrainConfig, dataset: Any, image_shape: tuple[int, int,
     return scorer or (lambda images, labels: {})
 
 
-def evaluate_ema(ema: nn.Module, cfg: TrainConfig, shape: tuple[int, int, int], decoder: Any, scorer: Scorer,
-                 info: distributed.DistInfo) -> dict[str, float]:
+def evaluate_ema(
+    ema: nn.Module,
+    cfg: TrainConfig,
+    shape: tuple[int, int, int],
+    decoder: Any,
+    scorer: Scorer,
+    info: distributed.DistInfo,
+) -> dict[str, float]:
     """Sample num_eval_samples class-balanced images over all ranks, score them on rank 0 ({} elsewhere)."""
     indices = list(range(info.rank, cfg.num_eval_samples, info.world_size))
     seeds = [cfg.eval_seed + i for i in indices]

@@ -38,8 +38,9 @@ class SeedNoise:
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
         """(len(seeds), *shape) standard normal noise, row i from generator i."""
-        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        return torch.stack(
+            [torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        )
 
 
 class GlobalNoise:
@@ -73,8 +74,9 @@ def model_denoiser(model: Callable[..., Tensor], labels: Tensor | None) -> Denoi
     return lambda x, t: model(x, t, labels)
 
 
-def guided_denoiser(model: Callable[..., Tensor], labels: Tensor, null_labels: Tensor, cfg_scale: float,
-                    guided_channels: int) -> DenoiseFn:
+def guided_denoiser(
+    model: Callable[..., Tensor], labels: Tensor, null_labels: Tensor, cfg_scale: float, guided_channels: int
+) -> DenoiseFn:
     """Classifier-free guidance: eps = eps_u + s (eps_c - eps_u) on the first `guided_channels` channels.
 
     The batch is doubled internally (conditional half, then null-label half); channels past
@@ -92,8 +94,9 @@ def guided_denoiser(model: Callable[..., Tensor], labels: Tensor, null_labels: T
     return denoise
 
 
-def make_denoiser(model: nn.Module, labels: Tensor | None, *, cfg_scale: float = 1.0,
-                  cfg_channels: Literal["all", 3] | int = "all") -> DenoiseFn:
+def make_denoiser(
+    model: nn.Module, labels: Tensor | None, *, cfg_scale: float = 1.0, cfg_channels: Literal["all", 3] | int = "all"
+) -> DenoiseFn:
     """The denoise callable for a DiT: plain at cfg_scale 1 (no doubled batch), guided otherwise."""
     config = getattr(model, "config", None)
     num_classes = getattr(config, "num_classes", None)
@@ -102,8 +105,10 @@ def make_denoiser(model: nn.Module, labels: Tensor | None, *, cfg_scale: float =
             log.warning("cfg_scale=%s has no effect on an unconditional model; sampling without guidance", cfg_scale)
         return model_denoiser(model, labels)
     if config is not None and not config.has_null_class:
-        raise ValueError(f"cfg_scale={cfg_scale} needs a model trained with label dropout (a null class); "
-                         "this one has none: use --cfg-scale 1")
+        raise ValueError(
+            f"cfg_scale={cfg_scale} needs a model trained with label dropout (a null class); "
+            "this one has none: use --cfg-scale 1"
+        )
     in_channels = getattr(model, "in_channels", None) or 4
     if cfg_channels == "all":
         guided = in_channels
@@ -131,8 +136,9 @@ def _indices(diffusion: GaussianDiffusion, progress: bool) -> list[int] | object
     return steps
 
 
-def ddpm_step(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, t: Tensor, noise: Tensor,
-              clip_denoised: bool = False) -> dict[str, Tensor]:
+def ddpm_step(
+    diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, t: Tensor, noise: Tensor, clip_denoised: bool = False
+) -> dict[str, Tensor]:
     """One ancestral step x_t -> x_{t-1} with the model's (learned) variance; no noise at t = 0."""
     out = diffusion.p_mean_variance(lambda x_, t_: denoise(x_, t_), x, t, clip_denoised=clip_denoised)
     nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
@@ -140,16 +146,29 @@ def ddpm_step(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, t: Te
     return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
 
-def ddpm_sample(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, noise: SeedNoise | GlobalNoise,
-                clip_denoised: bool = False, progress: bool = False) -> Tensor:
+def ddpm_sample(
+    diffusion: GaussianDiffusion,
+    denoise: DenoiseFn,
+    x: Tensor,
+    noise: SeedNoise | GlobalNoise,
+    clip_denoised: bool = False,
+    progress: bool = False,
+) -> Tensor:
     """Ancestral sampling over every step of `diffusion` (respaced or not)."""
     for i in _indices(diffusion, progress):  # type: ignore[union-attr]
         x = ddpm_step(diffusion, denoise, x, _batch_t(i, x), _step_noise(noise, x), clip_denoised)["sample"]
     return x
 
 
-def ddim_step(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, t: Tensor, noise: Tensor | None,
-              eta: float = 0.0, clip_denoised: bool = False) -> dict[str, Tensor]:
+def ddim_step(
+    diffusion: GaussianDiffusion,
+    denoise: DenoiseFn,
+    x: Tensor,
+    t: Tensor,
+    noise: Tensor | None,
+    eta: float = 0.0,
+    clip_denoised: bool = False,
+) -> dict[str, Tensor]:
     """One DDIM step (Eq. 12 of Song et al.); eta = 0 is deterministic, eta = 1 is DDPM-like."""
     out = diffusion.p_mean_variance(denoise, x, t, clip_denoised=clip_denoised)
     eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
@@ -163,16 +182,28 @@ def ddim_step(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, t: Te
     return {"sample": mean, "pred_xstart": out["pred_xstart"]}
 
 
-def ddim_sample(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, noise: SeedNoise | GlobalNoise,
-                eta: float = 0.0, clip_denoised: bool = False, progress: bool = False) -> Tensor:
+def ddim_sample(
+    diffusion: GaussianDiffusion,
+    denoise: DenoiseFn,
+    x: Tensor,
+    noise: SeedNoise | GlobalNoise,
+    eta: float = 0.0,
+    clip_denoised: bool = False,
+    progress: bool = False,
+) -> Tensor:
     for i in _indices(diffusion, progress):  # type: ignore[union-attr]
         step_noise = _step_noise(noise, x) if eta > 0 else None
         x = ddim_step(diffusion, denoise, x, _batch_t(i, x), step_noise, eta, clip_denoised)["sample"]
     return x
 
 
-def ddim_invert(diffusion: GaussianDiffusion, denoise: DenoiseFn, x_start: Tensor, clip_denoised: bool = False,
-                progress: bool = False) -> Tensor:
+def ddim_invert(
+    diffusion: GaussianDiffusion,
+    denoise: DenoiseFn,
+    x_start: Tensor,
+    clip_denoised: bool = False,
+    progress: bool = False,
+) -> Tensor:
     """Deterministic DDIM inversion: run the eta = 0 ODE forward, image x_0 -> noise x_T."""
     x = x_start
     steps = range(diffusion.num_timesteps)
@@ -185,8 +216,9 @@ def ddim_invert(diffusion: GaussianDiffusion, denoise: DenoiseFn, x_start: Tenso
     return x
 
 
-def dpm_solver_sample(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, clip_denoised: bool = False,
-                      progress: bool = False) -> Tensor:
+def dpm_solver_sample(
+    diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, clip_denoised: bool = False, progress: bool = False
+) -> Tensor:
     """DPM-Solver++(2M), data prediction, over the steps of `diffusion`; one model call per step.
 
     Steps go t_K-1 -> ... -> t_0 with the multistep second-order update, first order on the first
@@ -221,11 +253,22 @@ def dpm_solver_sample(diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tenso
 # The public entry point.
 
 
-def sample_loop(model: nn.Module, noise: Tensor, labels: Tensor | None, *, sampler: SamplerName = "ddpm",
-                timestep_respacing: str | int = "250", cfg_scale: float = 1.0,
-                cfg_channels: Literal["all", 3] | int = "all", eta: float = 0.0, seeds: Sequence[int] | None = None,
-                generator: torch.Generator | None = None, diffusion: DiffusionConfig | None = None,
-                clip_denoised: bool = False, progress: bool = False) -> Tensor:
+def sample_loop(
+    model: nn.Module,
+    noise: Tensor,
+    labels: Tensor | None,
+    *,
+    sampler: SamplerName = "ddpm",
+    timestep_respacing: str | int = "250",
+    cfg_scale: float = 1.0,
+    cfg_channels: Literal["all", 3] | int = "all",
+    eta: float = 0.0,
+    seeds: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    diffusion: DiffusionConfig | None = None,
+    clip_denoised: bool = False,
+    progress: bool = False,
+) -> Tensor:
     """Sample N images from x_T = noise (N, C, H, W) -> x_0 (N, C, H, W); guidance doubles the batch inside.
 
     With `seeds` (one per image) every random draw of image i comes from seeds[i], so it does not depend

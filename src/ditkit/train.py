@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ditkit import checkpoint, distributed
 from ditkit.config import RESUMABLE_FIELDS, TrainConfig, validate_for_world
 from ditkit.diffusion import GaussianDiffusion, diffusion_from_config
+from ditkit.latents import LatentStore
 from ditkit.model import DiT
 from ditkit.monitor import RunMonitor
 
@@ -97,17 +98,26 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
-def draw_step(generator: torch.Generator | None, batch_size: int, shape: tuple[int, ...], num_timesteps: int,
-              *, label_dropout: float = 0.0, latent_noise: bool = False,
-              device: torch.device | str = "cpu") -> dict[str, Tensor]:
+def draw_step(
+    generator: torch.Generator | None,
+    batch_size: int,
+    shape: tuple[int, ...],
+    num_timesteps: int,
+    *,
+    label_dropout: float = 0.0,
+    latent_noise: bool = False,
+    device: torch.device | str = "cpu",
+) -> dict[str, Tensor]:
     """All random draws of one optimizer step for `batch_size` rows, in a fixed order.
 
     "t" (N,) timesteps, "noise" (N, *shape), "drop" (N,) bool label-dropout mask when label_dropout > 0,
     "latent_noise" (N, *shape) VAE posterior noise when asked. generator None: torch's global RNG.
     """
     device = generator.device if generator is not None else torch.device(device)
-    draws = {"t": torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device),
-             "noise": torch.randn((batch_size, *shape), generator=generator, device=device)}
+    draws = {
+        "t": torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device),
+        "noise": torch.randn((batch_size, *shape), generator=generator, device=device),
+    }
     if label_dropout > 0:
         draws["drop"] = torch.rand((batch_size,), generator=generator, device=device) < label_dropout
     if latent_noise:
@@ -128,11 +138,19 @@ def take_over_label_dropout(model: nn.Module) -> float:
     return prob
 
 
-def train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: torch.optim.Optimizer, x: Tensor,
-               y: Tensor | None = None, *, generator: torch.Generator | None = None,
-               draws: dict[str, Tensor] | None = None, micro_batch_size: int | None = None,
-               max_grad_norm: float | None = None,
-               autocast_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+def train_step(
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    draws: dict[str, Tensor] | None = None,
+    micro_batch_size: int | None = None,
+    max_grad_norm: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
     """One optimizer step on x (N, C, H, W), labels y (N,): forward, MSE + VLB, backward, clip, AdamW.
 
     Randomness: `draws` from `draw_step` ("t", "noise", optional "drop" replacing labels by the null class,
@@ -149,8 +167,7 @@ def train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: torch.
         y = torch.where(draws["drop"], torch.full_like(y, null_class), y)
     micro = micro_batch_size or n
     starts = range(0, n, micro)
-    autocast = (torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else nullcontext())
+    autocast = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
 
     def forward(x_t: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
         return model(x_t, t, **kwargs).float()  # loss math in fp32 even under autocast
@@ -161,11 +178,12 @@ def train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: torch.
         rows = slice(start, start + micro)
         last = i == len(starts) - 1
         no_sync = getattr(model, "no_sync", None)
-        with (no_sync() if no_sync is not None and not last else nullcontext()):
+        with no_sync() if no_sync is not None and not last else nullcontext():
             kwargs = {"y": y[rows]} if y is not None else {}
             with autocast:
-                terms = diffusion.training_losses(forward, x[rows], draws["t"][rows], kwargs,
-                                                  noise=draws["noise"][rows])
+                terms = diffusion.training_losses(
+                    forward, x[rows], draws["t"][rows], kwargs, noise=draws["noise"][rows]
+                )
             (terms["loss"].mean() * (terms["loss"].shape[0] / n)).backward()
         for k in sums:
             sums[k] += terms[k].detach().sum()
@@ -177,8 +195,7 @@ def train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: torch.
     return {**{k: v / n for k, v in sums.items()}, "grad_norm": grad_norm.detach()}
 
 
-def build_model_and_optimizer(cfg: TrainConfig,
-                              device: torch.device) -> tuple[DiT, DiT, torch.optim.Optimizer]:
+def build_model_and_optimizer(cfg: TrainConfig, device: torch.device) -> tuple[DiT, DiT, torch.optim.Optimizer]:
     """The DiT (seeded init, identical on every rank), its EMA copy (eval, no grad) and AdamW (fused)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -209,8 +226,11 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
 def resume_conflicts(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """'field: old -> new' for every setting that may not change when a run resumes."""
     new = cfg.to_dict()
-    return [f"{k}: {stored[k]!r} -> {new[k]!r}" for k in sorted(new)
-            if k not in RESUMABLE_FIELDS and k in stored and json.loads(json.dumps(new[k])) != stored[k]]
+    return [
+        f"{k}: {stored[k]!r} -> {new[k]!r}"
+        for k in sorted(new)
+        if k not in RESUMABLE_FIELDS and k in stored and json.loads(json.dumps(new[k])) != stored[k]
+    ]
 
 
 def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
@@ -223,9 +243,11 @@ def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
             stored = {}
         conflicts = resume_conflicts(stored, cfg)
         if conflicts:
-            raise ValueError(f"run folder {str(run_dir)!r} was started with other settings "
-                             f"({'; '.join(conflicts)}); rerun with the original settings to resume, "
-                             "or pass a new --out-dir")
+            raise ValueError(
+                f"run folder {str(run_dir)!r} was started with other settings "
+                f"({'; '.join(conflicts)}); rerun with the original settings to resume, "
+                "or pass a new --out-dir"
+            )
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / f".tmp-{os.getpid()}-{CONFIG_FILE}"
@@ -250,7 +272,7 @@ def open_training_data(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any
     digits = spec is None or spec.strip().lower().partition(":")[0] in ("mnist", "digits")
     flip = not digits if cfg.flip is None else cfg.flip
     if cfg.flip is None and spec and (Path(spec) / "meta.json").is_file():
-        flip = bool(data.LatentStore(spec, flip=False).meta.get("mirror", False))  # auto: if mirrors exist
+        flip = bool(LatentStore(spec, flip=False).meta.get("mirror", False))  # auto: if mirrors exist
     dataset = data.open_dataset(spec, cfg.image_size, flip)
     data.check_num_classes(dataset, cfg.model.num_classes)
     encoder = None
@@ -262,12 +284,16 @@ def open_training_data(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any
         assert encoder is not None
         vae_in = int(encoder.vae.config.in_channels)
         if dataset.channels != vae_in:
-            raise ValueError(f"VAE {cfg.vae!r} encodes {vae_in}-channel images but the data have "
-                             f"{dataset.channels} channels; use --vae none (pixel space) or another VAE")
+            raise ValueError(
+                f"VAE {cfg.vae!r} encodes {vae_in}-channel images but the data have "
+                f"{dataset.channels} channels; use --vae none (pixel space) or another VAE"
+            )
         size = dataset.image_size // encoder.downsample
         if dataset.image_size % encoder.downsample:
-            raise ValueError(f"image_size {dataset.image_size} is not a multiple of the VAE downsampling "
-                             f"{encoder.downsample}; pass --image-size {size * encoder.downsample}")
+            raise ValueError(
+                f"image_size {dataset.image_size} is not a multiple of the VAE downsampling "
+                f"{encoder.downsample}; pass --image-size {size * encoder.downsample}"
+            )
         shape = (encoder.latent_channels, size, size)
         what = f"VAE latents of {dataset.image_size} px images"
     else:
@@ -275,9 +301,11 @@ def open_training_data(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any
         what = f"{dataset.image_size} px images (pixel space)"
     m = cfg.model
     if shape != (m.in_channels, m.input_size, m.input_size):
-        raise ValueError(f"the model takes {m.in_channels}x{m.input_size}x{m.input_size} inputs but the data "
-                         f"give {'x'.join(map(str, shape))} ({what}); pass --in-channels {shape[0]} "
-                         f"--input-size {shape[1]} (or a preset / --image-size / --vae that match)")
+        raise ValueError(
+            f"the model takes {m.in_channels}x{m.input_size}x{m.input_size} inputs but the data "
+            f"give {'x'.join(map(str, shape))} ({what}); pass --in-channels {shape[0]} "
+            f"--input-size {shape[1]} (or a preset / --image-size / --vae that match)"
+        )
     return dataset, encoder, shape  # type: ignore[return-value]
 
 
@@ -286,8 +314,8 @@ def _encode(encoder: Any, x: Tensor, noise: Tensor, chunk: int) -> Tensor:
     out = []
     with torch.no_grad():
         for i in range(0, x.shape[0], chunk):
-            mean, std = encoder.encode_moments(x[i:i + chunk])
-            out.append((mean + std * noise[i:i + chunk]) * encoder.scale)
+            mean, std = encoder.encode_moments(x[i : i + chunk])
+            out.append((mean + std * noise[i : i + chunk]) * encoder.scale)
     return torch.cat(out)
 
 
@@ -314,14 +342,21 @@ class _Running:
             if not math.isfinite(row[0]):
                 last = checkpoint.newest_readable(run_dir)
                 kept = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint yet"
-                raise NonFiniteLoss(f"loss is {row[0]} at step {self.first_step + i + 1}; training stopped "
-                                    f"({kept}). Lower --lr, set --max-grad-norm or use --precision fp32, "
-                                    "then rerun to resume")
+                raise NonFiniteLoss(
+                    f"loss is {row[0]} at step {self.first_step + i + 1}; training stopped "
+                    f"({kept}). Lower --lr, set --max-grad-norm or use --precision fp32, "
+                    "then rerun to resume"
+                )
         elapsed = time.perf_counter() - self.t0
         means = np.asarray(table).mean(axis=0).tolist()
         self.rows, self.t0 = [], time.perf_counter()
-        return {"loss": means[0], "mse": means[1], "vb": means[2], "grad_norm": means[3],
-                "steps_per_sec": len(table) / elapsed if elapsed > 0 else 0.0}
+        return {
+            "loss": means[0],
+            "mse": means[1],
+            "vb": means[2],
+            "grad_norm": means[3],
+            "steps_per_sec": len(table) / elapsed if elapsed > 0 else 0.0,
+        }
 
 
 class _StopSignal:
@@ -340,8 +375,9 @@ class _StopSignal:
             return
         self.signum = signum
         self.restore()
-        logger.warning("got %s: checkpointing after this step (send it again to stop at once)",
-                       signal.Signals(signum).name)
+        logger.warning(
+            "got %s: checkpointing after this step (send it again to stop at once)", signal.Signals(signum).name
+        )
 
     def requested(self) -> int:
         """The signal number if any rank got one (a CPU-side collective under DDP), else 0."""
@@ -394,15 +430,30 @@ def train(cfg: TrainConfig) -> Path:
 
         stop = _StopSignal()  # before the loader: forked workers inherit it and survive Ctrl-C
         teardown.callback(stop.restore)
-        loader = data.build_loader(dataset, batch_size=cfg.global_batch_size, rank=info.rank,
-                                   world_size=info.world_size, seed=cfg.seed, start_step=start,
-                                   num_workers=cfg.num_workers, pin_memory=info.device.type == "cuda")
+        loader = data.build_loader(
+            dataset,
+            batch_size=cfg.global_batch_size,
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=cfg.seed,
+            start_step=start,
+            num_workers=cfg.num_workers,
+            pin_memory=info.device.type == "cuda",
+        )
         monitor = RunMonitor(cfg, info, run_dir, start, dataset, shape, decoder, image_shape)
         teardown.callback(monitor.close)
         micro = cfg.micro_batch_size or cfg.global_batch_size // info.world_size
-        logger.info("training %s from step %d to %d: %d process(es), %s, global batch %d (micro-batch %d), "
-                    "%.2fM parameters", run_dir, start, cfg.max_steps, info.world_size, info.device,
-                    cfg.global_batch_size, micro, sum(p.numel() for p in model.parameters()) / 1e6)
+        logger.info(
+            "training %s from step %d to %d: %d process(es), %s, global batch %d (micro-batch %d), %.2fM parameters",
+            run_dir,
+            start,
+            cfg.max_steps,
+            info.world_size,
+            info.device,
+            cfg.global_batch_size,
+            micro,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
 
         # Loop.
         step, running = start, _Running()
@@ -414,9 +465,17 @@ def train(cfg: TrainConfig) -> Path:
             _seed_global_rng(mix_seed(cfg.seed, _GLOBAL_STREAM, info.rank, step), info.device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
-            stats = train_step(net, diffusion, optimizer, x, y if cfg.model.num_classes else None,
-                               draws=draws, micro_batch_size=micro, max_grad_norm=cfg.max_grad_norm,
-                               autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None)
+            stats = train_step(
+                net,
+                diffusion,
+                optimizer,
+                x,
+                y if cfg.model.num_classes else None,
+                draws=draws,
+                micro_batch_size=micro,
+                max_grad_norm=cfg.max_grad_norm,
+                autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
+            )
             update_ema(ema, model, ema_decay_at(cfg, step))
             running.add(step, stats)
             step += 1
@@ -424,15 +483,22 @@ def train(cfg: TrainConfig) -> Path:
             signum = stop.requested()
             due = _due(cfg, step, signum)
             if due:
-                record = {"step": step, **running.flush(run_dir), "lr": lr_at(cfg, step - 1),
-                          "ema_decay": ema_decay_at(cfg, step - 1)}
+                record = {
+                    "step": step,
+                    **running.flush(run_dir),
+                    "lr": lr_at(cfg, step - 1),
+                    "ema_decay": ema_decay_at(cfg, step - 1),
+                }
                 record["img_per_sec"] = record["steps_per_sec"] * cfg.global_batch_size
                 if "ckpt" in due:
                     _save_checkpoint(run_dir, step, model, ema, optimizer, cfg, info)
                 monitor.report(step, due, record, ema)
             if signum:
-                raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
-                                  "written. Rerun the same command to resume", signum)
+                raise Interrupted(
+                    f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
+                    "written. Rerun the same command to resume",
+                    signum,
+                )
         logger.info("done: %s reached step %d", run_dir, step)
         clean = True
         return run_dir
@@ -447,19 +513,26 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
     newest = checkpoint.newest_readable(run_dir)
     done = checkpoint.read_state(newest)["step"] if newest is not None else 0
     if done >= cfg.max_steps:
-        logger.info("%s is complete at step %d (max_steps %d): nothing to do; raise max_steps to "
-                    "continue", run_dir, done, cfg.max_steps)
+        logger.info(
+            "%s is complete at step %d (max_steps %d): nothing to do; raise max_steps to continue",
+            run_dir,
+            done,
+            cfg.max_steps,
+        )
     return done >= cfg.max_steps
 
 
-def _resume(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
-            info: distributed.DistInfo) -> int:
+def _resume(
+    run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, info: distributed.DistInfo
+) -> int:
     """Load the newest good checkpoint (if any) and return its step, the same on every rank."""
     state = checkpoint.load_latest(run_dir, model, ema, optimizer)
     start = int(state["step"]) if state else 0
     if distributed.broadcast_object(start) != start:
-        raise RuntimeError(f"rank {info.rank} resumed at step {start}, rank 0 elsewhere: the ranks see "
-                           "different checkpoint folders (out_dir must be on a shared file system)")
+        raise RuntimeError(
+            f"rank {info.rank} resumed at step {start}, rank 0 elsewhere: the ranks see "
+            "different checkpoint folders (out_dir must be on a shared file system)"
+        )
     if start:
         logger.info("resumed from step %d", start)
     return start
@@ -479,9 +552,15 @@ def _wrap(model: nn.Module, cfg: TrainConfig, info: distributed.DistInfo) -> nn.
 def _configure_torch(cfg: TrainConfig) -> Callable[[], None]:
     """Threads, deterministic kernels and TF32 for this run; returns a function restoring the old settings."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.benchmark, cudnn.deterministic,
-             matmul.allow_tf32, cudnn.allow_tf32)
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+        matmul.allow_tf32,
+        cudnn.allow_tf32,
+    )
     threads = cfg.num_threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
@@ -519,12 +598,25 @@ def _to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tens
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _rank_draws(cfg: TrainConfig, step: int, shape: tuple[int, int, int], num_timesteps: int,
-                label_dropout: float, encoder: Any, info: distributed.DistInfo) -> dict[str, Tensor]:
+def _rank_draws(
+    cfg: TrainConfig,
+    step: int,
+    shape: tuple[int, int, int],
+    num_timesteps: int,
+    label_dropout: float,
+    encoder: Any,
+    info: distributed.DistInfo,
+) -> dict[str, Tensor]:
     """This rank's rows of the step's draws over the global batch (same numbers for any process count)."""
     generator = torch.Generator(info.device).manual_seed(mix_seed(cfg.seed, _STEP_STREAM, step))
-    draws = draw_step(generator, cfg.global_batch_size, shape, num_timesteps, label_dropout=label_dropout,
-                      latent_noise=encoder is not None)
+    draws = draw_step(
+        generator,
+        cfg.global_batch_size,
+        shape,
+        num_timesteps,
+        label_dropout=label_dropout,
+        latent_noise=encoder is not None,
+    )
     per_rank = cfg.global_batch_size // info.world_size
     rows = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
     return {k: v[rows] for k, v in draws.items()}
@@ -540,19 +632,35 @@ def _seed_global_rng(seed: int, device: torch.device) -> None:
         torch.cuda.default_generators[device.index or 0].manual_seed(seed)
 
 
-def _save_checkpoint(run_dir: Path, step: int, model: nn.Module, ema: nn.Module,
-                     optimizer: torch.optim.Optimizer, cfg: TrainConfig, info: distributed.DistInfo) -> None:
+def _save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    info: distributed.DistInfo,
+) -> None:
     if info.is_main:
         extra = {"world_size": info.world_size, "images_seen": step * cfg.global_batch_size}
-        path = checkpoint.save(run_dir, step=step, model=model, ema=ema, optimizer=optimizer,
-                               config=cfg.to_dict(), extra=extra, keep_last=cfg.keep_last_ckpts,
-                               milestone_every=cfg.milestone_every_steps)
+        path = checkpoint.save(
+            run_dir,
+            step=step,
+            model=model,
+            ema=ema,
+            optimizer=optimizer,
+            config=cfg.to_dict(),
+            extra=extra,
+            keep_last=cfg.keep_last_ckpts,
+            milestone_every=cfg.milestone_every_steps,
+        )
         logger.info("checkpoint %s", path)
     distributed.barrier()  # no rank runs ahead of a checkpoint it might need
 
 
-def _decoder_for(cfg: TrainConfig, dataset: Any, encoder: Any, shape: tuple[int, int, int],
-                 device: torch.device) -> tuple[Any, tuple[int, int, int]]:
+def _decoder_for(
+    cfg: TrainConfig, dataset: Any, encoder: Any, shape: tuple[int, int, int], device: torch.device
+) -> tuple[Any, tuple[int, int, int]]:
     """(VAE to decode samples, None for pixel space, or False when samples cannot be shown) and the
     (H, W, C) of decoded images. A latent store's own VAE is loaded only when grids or evaluation are on."""
     if encoder is not None:
@@ -568,8 +676,9 @@ def _decoder_for(cfg: TrainConfig, dataset: Any, encoder: Any, shape: tuple[int,
     try:
         return load_vae(spec, device, scale=dataset.scale), image_shape
     except ValueError as err:
-        logger.warning("sample grids and evaluation off: cannot load the latent store's VAE %r (%s); "
-                       "pass --vae", spec, err)
+        logger.warning(
+            "sample grids and evaluation off: cannot load the latent store's VAE %r (%s); pass --vae", spec, err
+        )
         return False, image_shape
 
 
@@ -579,5 +688,6 @@ def _check_sampling_settings(cfg: TrainConfig) -> None:
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {cfg.sampler!r} (--sampler)")
     if cfg.cfg_scale != 1.0 and not cfg.model.has_null_class:
-        raise ValueError(f"cfg_scale {cfg.cfg_scale} needs a class-conditional model with label dropout; "
-                         "use --cfg-scale 1")
+        raise ValueError(
+            f"cfg_scale {cfg.cfg_scale} needs a class-conditional model with label dropout; use --cfg-scale 1"
+        )

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ditkit.autoencoder import to_uint8
 from ditkit.config import DiffusionConfig
 from ditkit.diffusion import diffusion_from_config
-from ditkit.autoencoder import to_uint8
 from ditkit.generate import image_seed
 from ditkit.sample import GlobalNoise, ddim_sample, guided_denoiser, initial_noise, model_denoiser
 
@@ -35,8 +35,16 @@ def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
     return (torch.sin((1 - weight) * omega) * a + torch.sin(weight * omega) * b) / torch.sin(omega)
 
 
-def _decode_frames(model: nn.Module, noise: Tensor, soft_labels: Tensor | None, *, num_steps: int, cfg_scale: float,
-                   clip_denoised: bool, vae: Any) -> np.ndarray:
+def _decode_frames(
+    model: nn.Module,
+    noise: Tensor,
+    soft_labels: Tensor | None,
+    *,
+    num_steps: int,
+    cfg_scale: float,
+    clip_denoised: bool,
+    vae: Any,
+) -> np.ndarray:
     config = model.config  # type: ignore[attr-defined]
     diffusion = diffusion_from_config(DiffusionConfig(learn_sigma=config.learn_sigma), str(num_steps))
     if soft_labels is None:
@@ -62,8 +70,18 @@ def _one_hot_rows(config: Any, classes: list[int]) -> Tensor:
     return out
 
 
-def noise_walk(model: nn.Module, class_id: int | None, seed_a: int, seed_b: int, num_frames: int = 16, *,
-               num_steps: int = 50, cfg_scale: float = 4.0, clip_denoised: bool = False, vae: Any = None) -> np.ndarray:
+def noise_walk(
+    model: nn.Module,
+    class_id: int | None,
+    seed_a: int,
+    seed_b: int,
+    num_frames: int = 16,
+    *,
+    num_steps: int = 50,
+    cfg_scale: float = 4.0,
+    clip_denoised: bool = False,
+    vae: Any = None,
+) -> np.ndarray:
     """Frames (F, H, W, C) uint8 decoded from slerp(noise(seed_a), noise(seed_b), w), w in [0, 1]."""
     config = model.config  # type: ignore[attr-defined]
     shape = (config.in_channels, config.input_size, config.input_size)
@@ -71,12 +89,23 @@ def noise_walk(model: nn.Module, class_id: int | None, seed_a: int, seed_b: int,
     weights = np.linspace(0.0, 1.0, num_frames)
     noise = torch.stack([slerp(a, b, float(w)) for w in weights])
     labels = _one_hot_rows(config, [class_id] * num_frames) if config.num_classes > 0 and class_id is not None else None
-    return _decode_frames(model, noise, labels, num_steps=num_steps, cfg_scale=cfg_scale,
-                          clip_denoised=clip_denoised, vae=vae)
+    return _decode_frames(
+        model, noise, labels, num_steps=num_steps, cfg_scale=cfg_scale, clip_denoised=clip_denoised, vae=vae
+    )
 
 
-def class_walk(model: nn.Module, class_a: int, class_b: int, seed: int, num_frames: int = 16, *,
-               num_steps: int = 50, cfg_scale: float = 4.0, clip_denoised: bool = False, vae: Any = None) -> np.ndarray:
+def class_walk(
+    model: nn.Module,
+    class_a: int,
+    class_b: int,
+    seed: int,
+    num_frames: int = 16,
+    *,
+    num_steps: int = 50,
+    cfg_scale: float = 4.0,
+    clip_denoised: bool = False,
+    vae: Any = None,
+) -> np.ndarray:
     """Frames decoded from one noise with the label embedding moved linearly from class_a to class_b."""
     config = model.config  # type: ignore[attr-defined]
     if config.num_classes == 0:
@@ -86,8 +115,9 @@ def class_walk(model: nn.Module, class_a: int, class_b: int, seed: int, num_fram
     ends = _one_hot_rows(config, [class_a, class_b])
     weights = torch.linspace(0.0, 1.0, num_frames)[:, None]
     labels = (1 - weights) * ends[0] + weights * ends[1]
-    return _decode_frames(model, noise, labels, num_steps=num_steps, cfg_scale=cfg_scale,
-                          clip_denoised=clip_denoised, vae=vae)
+    return _decode_frames(
+        model, noise, labels, num_steps=num_steps, cfg_scale=cfg_scale, clip_denoised=clip_denoised, vae=vae
+    )
 
 
 def save_walk(frames: np.ndarray, out_dir: str | Path, name: str, fps: int = 8) -> dict[str, Path]:
@@ -105,8 +135,21 @@ def save_walk(frames: np.ndarray, out_dir: str | Path, name: str, fps: int = 8) 
             for i, img in enumerate(images):
                 img.convert("RGB").save(Path(tmp) / f"{i:05d}.png")
             mp4 = out_dir / f"{name}.mp4"
-            cmd = [ffmpeg, "-y", "-loglevel", "error", "-framerate", str(fps), "-i", str(Path(tmp) / "%05d.png"),
-                   "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p", str(mp4)]
+            cmd = [
+                ffmpeg,
+                "-y",
+                "-loglevel",
+                "error",
+                "-framerate",
+                str(fps),
+                "-i",
+                str(Path(tmp) / "%05d.png"),
+                "-vf",
+                "scale=trunc(iw/2)*2:trunc(ih/2)*2",
+                "-pix_fmt",
+                "yuv420p",
+                str(mp4),
+            ]
             if subprocess.run(cmd, check=False).returncode == 0:
                 paths["mp4"] = mp4
     return paths

@@ -43,9 +43,7 @@ def test_q_sample_matches_official(ref):
 
 
 def test_q_posterior_matches_official(ref):
-    mean, variance, log_variance = create_diffusion("").q_posterior_mean_variance(
-        ref["x_start"], ref["x_t"], ref["t"]
-    )
+    mean, variance, log_variance = create_diffusion("").q_posterior_mean_variance(ref["x_start"], ref["x_t"], ref["t"])
     torch.testing.assert_close(mean, ref["q_post_mean"], **TOL)
     torch.testing.assert_close(variance.expand_as(mean), ref["q_post_variance"], **TOL)
     torch.testing.assert_close(log_variance.expand_as(mean), ref["q_post_log_variance_clipped"], **TOL)
@@ -53,9 +51,7 @@ def test_q_posterior_matches_official(ref):
 
 def test_p_mean_variance_matches_official(ref, model):
     with torch.no_grad():
-        out = create_diffusion("").p_mean_variance(
-            model, ref["x_t"], ref["t"], {"y": ref["y"]}, clip_denoised=False
-        )
+        out = create_diffusion("").p_mean_variance(model, ref["x_t"], ref["t"], {"y": ref["y"]}, clip_denoised=False)
     for key in ("mean", "variance", "log_variance", "pred_xstart"):
         torch.testing.assert_close(out[key], ref[f"p_{key}"], **TOL, msg=key)
 
@@ -75,9 +71,7 @@ def test_respacing_matches_official(spec, fixtures_dir):
     assert space_timesteps(1000, spec) == official["timestep_map"]
     diffusion = create_diffusion(spec)
     assert diffusion.timestep_map.tolist() == official["timestep_map"]
-    torch.testing.assert_close(
-        diffusion.betas, torch.tensor(official["betas"], dtype=torch.float64), rtol=0, atol=0
-    )
+    torch.testing.assert_close(diffusion.betas, torch.tensor(official["betas"], dtype=torch.float64), rtol=0, atol=0)
 
 
 def test_ddpm250_step_matches_official(load_fixture, model):

@@ -20,9 +20,7 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 def official_model(fixtures_dir, reference_configs):
     def load(name: str) -> DiT:
         model = DiT(reference_configs[name]).eval()
-        model.load_state_dict(
-            torch.load(fixtures_dir / f"{name}.official.pt", weights_only=True), strict=True
-        )
+        model.load_state_dict(torch.load(fixtures_dir / f"{name}.official.pt", weights_only=True), strict=True)
         return model
 
     return load
@@ -40,9 +38,7 @@ def test_forward_matches_official(name, official_model, load_fixture):
 def test_load_dit_forward_matches_official(name, fixtures_dir, reference_configs, load_fixture):
     """The same through load_dit: config inferred from the weights plus the head count (and class count)."""
     config = reference_configs[name]
-    model = load_dit(
-        fixtures_dir / f"{name}.official.pt", num_heads=config.num_heads, num_classes=config.num_classes
-    )
+    model = load_dit(fixtures_dir / f"{name}.official.pt", num_heads=config.num_heads, num_classes=config.num_classes)
     assert model.config == config
     ref = load_fixture(f"{name}.forward.safetensors")
     with torch.no_grad():

@@ -17,8 +17,20 @@ from ditkit.loading import save_weights
 from ditkit.model import DiT
 
 DITKIT = shutil.which("ditkit") or str(Path(sys.executable).with_name("ditkit"))
-SUBCOMMANDS = ["flops", "presets", "classes", "sample", "walk", "bench", "train", "extract-latents", "export",
-               "evaluate", "ref-stats", "demo"]
+SUBCOMMANDS = [
+    "flops",
+    "presets",
+    "classes",
+    "sample",
+    "walk",
+    "bench",
+    "train",
+    "extract-latents",
+    "export",
+    "evaluate",
+    "ref-stats",
+    "demo",
+]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -75,19 +87,51 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sample_grid_and_npz(tiny_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "grid"
-    run("sample", "--ckpt", str(tiny_weights), "--out", str(out), "--classes", "1,2", "--per-class", "2",
-        "--steps", "5", "--sampler", "dpm++2m", "--cfg-scale", "3")
+    run(
+        "sample",
+        "--ckpt",
+        str(tiny_weights),
+        "--out",
+        str(out),
+        "--classes",
+        "1,2",
+        "--per-class",
+        "2",
+        "--steps",
+        "5",
+        "--sampler",
+        "dpm++2m",
+        "--cfg-scale",
+        "3",
+    )
     assert (out / "grid.png").is_file() and len(list((out / "images").glob("*.png"))) == 4
     npz = tmp_path / "s.npz"
-    run("sample", "--ckpt", str(tiny_weights), "--out", str(tmp_path), "--num", "10", "--npz", str(npz),
-        "--steps", "4", "--sampler", "ddim", "--batch-size", "3", "--class-balanced")
+    run(
+        "sample",
+        "--ckpt",
+        str(tiny_weights),
+        "--out",
+        str(tmp_path),
+        "--num",
+        "10",
+        "--npz",
+        str(npz),
+        "--steps",
+        "4",
+        "--sampler",
+        "ddim",
+        "--batch-size",
+        "3",
+        "--class-balanced",
+    )
     with np.load(npz) as data:
         assert data["arr_0"].shape == (10, 8, 8, 1) and data["arr_0"].dtype == np.uint8
         assert sorted(np.bincount(data["labels"], minlength=10)) == [1] * 10
 
 
 def test_walk_writes_gif_and_strip(tiny_weights: Path, tmp_path: Path) -> None:
-    run("walk", "--ckpt", str(tiny_weights), "--out", str(tmp_path), "--classes", "1,7", "--frames", "3",
-        "--steps", "3")
+    run(
+        "walk", "--ckpt", str(tiny_weights), "--out", str(tmp_path), "--classes", "1,7", "--frames", "3", "--steps", "3"
+    )
     for name in ("noise_walk.gif", "noise_walk_strip.png", "class_walk.gif", "class_walk_strip.png"):
         assert (tmp_path / name).is_file()

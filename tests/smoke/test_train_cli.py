@@ -12,8 +12,21 @@ from ditkit.loading import load_dit
 
 from .test_cli import run
 
-TINY = ["--preset", "DiT-T/2", "--image-size", "32", "--global-batch-size", "8", "--log-every", "1",
-        "--sample-every", "0", "--num-workers", "0", "--deterministic"]
+TINY = [
+    "--preset",
+    "DiT-T/2",
+    "--image-size",
+    "32",
+    "--global-batch-size",
+    "8",
+    "--log-every",
+    "1",
+    "--sample-every",
+    "0",
+    "--num-workers",
+    "0",
+    "--deterministic",
+]
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -48,8 +61,24 @@ def test_changed_settings_on_resume_are_refused(trained_run: Path) -> None:
 
 def test_sample_and_digits_metric_from_run_folder(trained_run: Path, tmp_path: Path) -> None:
     npz = tmp_path / "s.npz"
-    run("sample", "--ckpt", str(trained_run), "--out", str(tmp_path), "--num", "20", "--npz", str(npz),
-        "--steps", "3", "--sampler", "dpm++2m", "--cfg-scale", "2", "--class-balanced")
+    run(
+        "sample",
+        "--ckpt",
+        str(trained_run),
+        "--out",
+        str(tmp_path),
+        "--num",
+        "20",
+        "--npz",
+        str(npz),
+        "--steps",
+        "3",
+        "--sampler",
+        "dpm++2m",
+        "--cfg-scale",
+        "2",
+        "--class-balanced",
+    )
     result = json.loads(run("evaluate", str(npz), "--metric", "digits", "--json").stdout)
     assert 0.0 <= result["accuracy"] <= 1.0 and result["num_samples"] == 20 and np.isfinite(result["fd"])
 

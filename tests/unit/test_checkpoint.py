@@ -28,9 +28,7 @@ def _trained_triplet(seed: int = 0) -> tuple[DiT, DiT, torch.optim.Optimizer]:
 
 
 def _save(run_dir, step: int, model, ema, opt, **kwargs):
-    return checkpoint.save(
-        run_dir, step=step, model=model, ema=ema, optimizer=opt, config={"note": "test"}, **kwargs
-    )
+    return checkpoint.save(run_dir, step=step, model=model, ema=ema, optimizer=opt, config={"note": "test"}, **kwargs)
 
 
 def _same_tensors(a: dict, b: dict) -> bool:

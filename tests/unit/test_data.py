@@ -3,9 +3,8 @@
 import json
 import pickle
 import warnings
-from pathlib import Path
-
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,17 +17,15 @@ from ditkit.data import (
     DigitsDataset,
     EmbeddedMNIST,
     ImageFolderDataset,
-    LatentStore,
     NpzDataset,
     build_loader,
     center_crop_arr,
     check_num_classes,
-    extract_latents,
     load_mnist_arrays,
     open_dataset,
     steps_per_epoch,
-    store_progress,
 )
+from ditkit.latents import LatentStore, extract_latents, store_progress
 
 N_ITEMS, SIZE = 20, 16
 
@@ -95,9 +92,7 @@ def _write_messy_folder(root: Path) -> None:
 def test_image_folder_converts_modes_and_skips_bad_files(tmp_path: Path):
     _write_messy_folder(tmp_path)
     ds = ImageFolderDataset(tmp_path, SIZE, flip=False)
-    assert (
-        ds.classes == ["a", "b"] and ds.num_classes == 2 and len(ds) == 9 and ds.item_shape == (3, SIZE, SIZE)
-    )
+    assert ds.classes == ["a", "b"] and ds.num_classes == 2 and len(ds) == 9 and ds.item_shape == (3, SIZE, SIZE)
     names = [p.name for p, _ in ds.samples]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. PIL's palette-transparency warning must not fire
@@ -168,9 +163,7 @@ def test_mnist_split_is_fixed_and_disjoint():
     all_images, all_labels = load_mnist_arrays("all")
     train_images, train_labels = load_mnist_arrays("train")
     test_images, test_labels = load_mnist_arrays("test")
-    assert (
-        all_images.shape == (10000, 28, 28) and all_images.dtype == np.uint8 and all_labels.dtype == np.int64
-    )
+    assert all_images.shape == (10000, 28, 28) and all_images.dtype == np.uint8 and all_labels.dtype == np.int64
     assert len(train_images) == 9000 and len(test_images) == 1000
     with np.load(resources.files("ditkit").joinpath("assets/mnist10k.npz").open("rb")) as f:
         test_indices = f["test_indices"].astype(np.int64)
@@ -209,9 +202,7 @@ def test_check_num_classes_and_open_dataset(tmp_path: Path, npz_path: Path, fake
     assert isinstance(mnist, EmbeddedMNIST) and len(mnist) == 9000
     check_num_classes(mnist, 10)
     check_num_classes(mnist, 0)  # unconditional models take any data
-    with pytest.raises(
-        ValueError, match="dataset has 10 classes but the model has 1000; pass --num-classes 10"
-    ):
+    with pytest.raises(ValueError, match="dataset has 10 classes but the model has 1000; pass --num-classes 10"):
         check_num_classes(mnist, 1000)
     assert isinstance(open_dataset("mnist:test", 28), EmbeddedMNIST)
     assert isinstance(open_dataset(str(npz_path), flip=False), NpzDataset)
@@ -248,9 +239,7 @@ def test_loader_is_deterministic_and_resumes_exactly(kind: str, npz_path: Path, 
 def test_loader_splits_global_batches_across_ranks(fake_store: Path):
     ds = LatentStore(fake_store, flip=True)
     full = _take(build_loader(ds, batch_size=8, seed=1, start_step=3), 4)
-    ranks = [
-        _take(build_loader(ds, batch_size=8, rank=r, world_size=2, seed=1, start_step=3), 4) for r in (0, 1)
-    ]
+    ranks = [_take(build_loader(ds, batch_size=8, rank=r, world_size=2, seed=1, start_step=3), 4) for r in (0, 1)]
     merged = [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(*ranks, strict=True)]
     assert ranks[0][0][0].shape == (4, 3, 8, 8)
     _assert_same_batches(full, merged)
@@ -264,10 +253,7 @@ def test_loader_epochs_are_permutations_with_fresh_augmentation(fake_store: Path
     labels = [torch.cat([y for _, y in epoch]) for epoch in epochs]
     assert sorted(labels[0].tolist()) == list(range(N_ITEMS)) == sorted(labels[1].tolist())
     assert not torch.equal(labels[0], labels[1])
-    x = [
-        torch.cat([b[0] for b in epoch])[labels_e.argsort()]
-        for epoch, labels_e in zip(epochs, labels, strict=True)
-    ]
+    x = [torch.cat([b[0] for b in epoch])[labels_e.argsort()] for epoch, labels_e in zip(epochs, labels, strict=True)]
     assert not torch.allclose(x[0], x[1])  # same items, new posterior draws (and flips) each epoch
 
 
@@ -301,9 +287,7 @@ def test_loader_errors(npz_path: Path):
 
 def test_store_draws_fresh_posterior_samples_and_flips(fake_store: Path):
     meta = json.loads((fake_store / "meta.json").read_text())
-    assert (
-        meta["count"] == N_ITEMS and meta["latent_shape"] == [3, 8, 8] and meta["scale"] == VAE_LATENT_SCALE
-    )
+    assert meta["count"] == N_ITEMS and meta["latent_shape"] == [3, 8, 8] and meta["scale"] == VAE_LATENT_SCALE
     assert meta["image_size"] == SIZE and meta["dtype"] == "float16" and meta["mirror"] is True
     store = LatentStore(fake_store, flip=False)
     mean, _ = store.moments(3)
@@ -389,9 +373,7 @@ def test_store_resumes_an_interrupted_extraction(tmp_path: Path, npz_path: Path,
     resuming = _Interrupting(tiny_vae)
     extract_latents(ds, resuming, tmp_path / "partial", **kwargs)
     assert resuming.images == 1 + 2 * (N_ITEMS - 6)  # probe + the missing images and their mirrors
-    for (name, a), (_, b) in zip(
-        _stored(reference).items(), _stored(tmp_path / "partial").items(), strict=True
-    ):
+    for (name, a), (_, b) in zip(_stored(reference).items(), _stored(tmp_path / "partial").items(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
     with pytest.raises(ValueError, match="was made with shard_size=8, now 4"):
         extract_latents(ds, tiny_vae, tmp_path / "partial", batch_size=3, shard_size=4, vae_id="tiny")

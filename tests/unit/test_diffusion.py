@@ -102,9 +102,7 @@ def test_posterior_matches_bayes_rule():
     beta = diffusion.betas[t].reshape(3, 1, 1, 1)
     abar_prev = diffusion.alphas_cumprod_prev[t].reshape(3, 1, 1, 1)
     precision = (1 - beta) / beta + 1 / (1 - abar_prev)  # 1/var of the product of the two Gaussians
-    expected_mean = (1 - beta).sqrt() / beta * x_t.double() + abar_prev.sqrt() / (
-        1 - abar_prev
-    ) * x_start.double()
+    expected_mean = (1 - beta).sqrt() / beta * x_t.double() + abar_prev.sqrt() / (1 - abar_prev) * x_start.double()
     torch.testing.assert_close(
         variance.double().expand(3, 1, 2, 2), (1 / precision).expand(3, 1, 2, 2), rtol=1e-6, atol=0
     )

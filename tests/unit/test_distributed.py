@@ -60,8 +60,9 @@ def _free_port() -> int:
 def test_two_process_ddp_matches_one_process(tmp_path):
     """Global batch 8 on 2 gloo ranks ends with the parameters of a 1-process batch-8 run (to 1e-5).
 
-    The ranks also accumulate 2 micro-batches of 2 (DDP no_sync on the first). Label dropout stays ON: every step's draws (t, noise, dropout mask) are made for the global batch from
-    a (seed, step) generator and each rank takes its rows, so both runs see identical numbers by design.
+    The ranks also accumulate 2 micro-batches of 2 (DDP no_sync on the first). Label dropout stays ON: every
+    step's draws (t, noise, dropout mask) are made for the global batch from a (seed, step) generator and each
+    rank takes its rows, so both runs see identical numbers by design.
     """
     cfg = TrainConfig(
         out_dir=str(tmp_path / "ddp"),

@@ -146,9 +146,7 @@ def test_precision_recall_toy_clouds() -> None:
     precision, recall = precision_recall(ref, part)
     assert precision == 1.0 and 0.3 < recall < 1.0
     sample = rng.normal(size=(150, 8)) * 1.3 + 0.3
-    assert precision_recall(ref, sample) == pytest.approx(
-        _brute_force_precision_recall(ref, sample), abs=1e-12
-    )
+    assert precision_recall(ref, sample) == pytest.approx(_brute_force_precision_recall(ref, sample), abs=1e-12)
 
 
 def _brute_force_precision_recall(ref: np.ndarray, sample: np.ndarray, k: int = 3) -> tuple[float, float]:
@@ -207,9 +205,7 @@ def test_evaluate_samples_end_to_end(tmp_path) -> None:
     assert result["unavailable"] == [] and result["num_samples"] == 64
     assert result["fid"] > 0 and result["sfid"] > 0 and result["is"] >= 1.0
     # Against itself: FID ~ 0; precision/recall 1 with the reference features being the images themselves.
-    same = evaluate_samples(
-        real, real, extractor, batch_size=16, metrics=("fid", "precision", "recall", "kid")
-    )
+    same = evaluate_samples(real, real, extractor, batch_size=16, metrics=("fid", "precision", "recall", "kid"))
     assert abs(same["fid"]) < 1e-6 and same["precision"] == 1.0 and same["recall"] == 1.0
     assert abs(same["kid"]) < 0.05
     assert fid(fake, stats_path, extractor) == pytest.approx(result["fid"], rel=1e-6)
@@ -270,11 +266,7 @@ def test_fid_inception_layout_and_loading(tmp_path) -> None:
     extractor = inception.load_inception(tmp_path / inception.FID_WEIGHTS_NAME, optimize=False)
     assert extractor.available == {"pool", "spatial", "logits"}
     out = extractor(_images(6, n=1, size=32, channels=1))  # gray 32x32 -> RGB 299x299
-    assert (
-        out["pool"].shape == (1, 2048)
-        and out["spatial"].shape == (1, 2023)
-        and out["logits"].shape == (1, 1008)
-    )
+    assert out["pool"].shape == (1, 2048) and out["spatial"].shape == (1, 2023) and out["logits"].shape == (1, 1008)
     bad = {k: v for k, v in state.items() if not k.startswith("Mixed_7c")}
     with pytest.raises(ValueError, match="missing"):
         inception.build_fid_inception(bad)

@@ -49,9 +49,7 @@ def test_smooth_is_debiased():
 
 @pytest.mark.parametrize("values", [[1.0, 0.5, 0.2, 0.1, 0.05], [0.3, -0.1, math.nan, 0.2], [0.7], []])
 def test_plot_curves_writes_a_png(tmp_path, values):
-    path = plot_curves(
-        list(range(len(values))), {"loss": values}, tmp_path / "curve.png", title="t", size=(320, 200)
-    )
+    path = plot_curves(list(range(len(values))), {"loss": values}, tmp_path / "curve.png", title="t", size=(320, 200))
     with Image.open(path) as image:
         assert image.size == (320, 200) and image.mode == "RGB"
         assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 1  # something was drawn

@@ -71,9 +71,7 @@ def test_train_checkpoint_dict_takes_ema(tmp_path, make_model, tiny_config):
     opt.step()
     args = argparse.Namespace(model="DiT-T/2", image_size=64, num_classes=10, global_batch_size=256)
     path = tmp_path / "0001000.pt"
-    torch.save(
-        {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "args": args}, path
-    )
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "args": args}, path)
     loaded = load_dit(path, num_heads=2)
     _assert_same_weights(loaded, ema.state_dict())
 
@@ -141,9 +139,7 @@ def test_infer_config_errors():
     with pytest.raises(ValueError, match="not a DiT state dict"):
         infer_config({"weight": torch.zeros(2)})
     state = DiT(get_preset("DiT-T/2", hidden_size=36, num_heads=2)).state_dict()
-    with pytest.raises(
-        ValueError, match=re.escape("cannot infer the head count of width 36: pass num_heads=")
-    ):
+    with pytest.raises(ValueError, match=re.escape("cannot infer the head count of width 36: pass num_heads=")):
         infer_config(state)
 
 

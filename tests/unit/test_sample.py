@@ -79,9 +79,7 @@ def test_step_noise_is_independent_of_initial_noise():
 
     config = DiffusionConfig(learn_sigma=False)
     sample_loop(model, x_T, None, sampler="ddpm", timestep_respacing="2", seeds=seeds, diffusion=config)
-    out = create_diffusion("2", learn_sigma=False).p_mean_variance(
-        model, x_T, torch.ones(8, dtype=torch.long)
-    )
+    out = create_diffusion("2", learn_sigma=False).p_mean_variance(model, x_T, torch.ones(8, dtype=torch.long))
     z = (seen[1] - out["mean"]) / torch.exp(0.5 * out["log_variance"])
     correlation = torch.corrcoef(torch.stack([z.flatten(), x_T.flatten()]))[0, 1]
     assert abs(correlation) < 0.2
@@ -91,9 +89,7 @@ def test_global_generator_is_deterministic(tiny_model):
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1, 2])
     runs = [
-        sample_loop(
-            tiny_model, noise, labels, timestep_respacing="5", generator=torch.Generator().manual_seed(1)
-        )
+        sample_loop(tiny_model, noise, labels, timestep_respacing="5", generator=torch.Generator().manual_seed(1))
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -317,9 +313,7 @@ def test_guided_denoiser_formula(guided):
     out = guided_denoiser(_analytic_conditional_model, labels, null, 4.0, guided)(x, t)
     cond = _analytic_conditional_model(x, t, labels)
     uncond = _analytic_conditional_model(x, t, null)
-    expected = torch.cat(
-        [uncond[:, :guided] + 4.0 * (cond[:, :guided] - uncond[:, :guided]), cond[:, guided:]], 1
-    )
+    expected = torch.cat([uncond[:, :guided] + 4.0 * (cond[:, :guided] - uncond[:, :guided]), cond[:, guided:]], 1)
     torch.testing.assert_close(out, expected)
 
 

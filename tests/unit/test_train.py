@@ -71,9 +71,7 @@ def test_train_config_defaults_are_the_paper_run():
     assert (cfg.model.depth, cfg.model.hidden_size, cfg.model.patch_size) == (28, 1152, 2)
     assert (cfg.image_size, cfg.latent_size, cfg.global_batch_size) == (256, 32, 256)
     assert (cfg.lr, cfg.weight_decay, cfg.ema_decay, cfg.warmup_steps) == (1e-4, 0.0, 0.9999, 0)
-    assert (
-        cfg.diffusion.num_steps == 1000 and cfg.diffusion.learn_sigma and cfg.model.class_dropout_prob == 0.1
-    )
+    assert cfg.diffusion.num_steps == 1000 and cfg.diffusion.learn_sigma and cfg.model.class_dropout_prob == 0.1
 
 
 def test_train_config_round_trips_through_json():
@@ -171,9 +169,7 @@ def test_train_step_returns_finite_stats_and_updates_params():
 def test_micro_batches_accumulate_to_the_full_batch_gradient():
     diffusion = diffusion_from_config(DiffusionConfig())
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    draws = draw_step(
-        torch.Generator().manual_seed(1), 8, (1, 8, 8), diffusion.num_timesteps, label_dropout=0.5
-    )
+    draws = draw_step(torch.Generator().manual_seed(1), 8, (1, 8, 8), diffusion.num_timesteps, label_dropout=0.5)
     results = []
     for micro in (8, 2):
         model, opt = _tiny_model()
@@ -199,9 +195,7 @@ def test_max_grad_norm_clips():
     diffusion = diffusion_from_config(DiffusionConfig())
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
     model, opt = _tiny_model()
-    stats = train_step(
-        model, diffusion, opt, x, y, generator=torch.Generator().manual_seed(0), max_grad_norm=1e-3
-    )
+    stats = train_step(model, diffusion, opt, x, y, generator=torch.Generator().manual_seed(0), max_grad_norm=1e-3)
     assert float(stats["grad_norm"]) > 1e-3  # reported before clipping
     total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     assert float(total) == pytest.approx(1e-3, rel=1e-3)
@@ -281,9 +275,7 @@ def test_recorded_tiny_run_losses_are_reproduced_bit_for_bit(tmp_path):
 
 def test_non_finite_loss_stops_and_names_the_step(tmp_path):
     cfg = tiny_cfg(tmp_path, lr=1e30, ckpt_every_steps=1, log_every_steps=5)
-    with pytest.raises(
-        NonFiniteLoss, match=r"at step 2; training stopped \(the last good checkpoint step_0000001"
-    ):
+    with pytest.raises(NonFiniteLoss, match=r"at step 2; training stopped \(the last good checkpoint step_0000001"):
         train(cfg)
     steps = sorted(p.name for p in (Path(cfg.out_dir) / "checkpoints").glob("step_*"))
     assert steps == ["step_0000001"]
@@ -342,9 +334,7 @@ def test_micro_batch_run_matches_full_batch_run(tmp_path):
 def test_unconditional_model_trains(tmp_path):
     model = dataclasses.replace(get_preset("DiT-T/2", in_channels=1), num_classes=0)
     run_dir = train(
-        tiny_cfg(
-            tmp_path, model=model, max_steps=2, sample_every_steps=2, num_grid_images=2, num_sampling_steps=2
-        )
+        tiny_cfg(tmp_path, model=model, max_steps=2, sample_every_steps=2, num_grid_images=2, num_sampling_steps=2)
     )
     assert (run_dir / "samples" / "step_0000002.png").is_file()
     assert isinstance(model, ModelConfig)
@@ -354,7 +344,8 @@ def test_extract_latents_then_train_and_online_vae(tmp_path):
     """Latent space end to end with a tiny random VAE (downsample 2): a latent store, then online encoding."""
     pytest.importorskip("diffusers")
     from ditkit.autoencoder import load_vae, make_tiny_vae
-    from ditkit.data import DigitsDataset, extract_latents
+    from ditkit.data import DigitsDataset
+    from ditkit.latents import extract_latents
 
     vae_dir = make_tiny_vae(tmp_path / "vae", in_channels=1)
     vae = load_vae(str(vae_dir))
@@ -413,8 +404,17 @@ def test_digits_metrics_are_logged_for_mnist(tmp_path):
     if not resources.files("ditkit").joinpath("assets/mnist_classifier.safetensors").is_file():
         pytest.skip("the digit classifier weights are not shipped in this checkout")
     model = get_preset("DiT-T/4", in_channels=1, input_size=32)
-    cfg = tiny_cfg(tmp_path, data=None, model=model, image_size=32, max_steps=2, eval_every_steps=2,
-                   num_eval_samples=20, num_sampling_steps=2, ckpt_every_steps=2)
+    cfg = tiny_cfg(
+        tmp_path,
+        data=None,
+        model=model,
+        image_size=32,
+        max_steps=2,
+        eval_every_steps=2,
+        num_eval_samples=20,
+        num_sampling_steps=2,
+        ckpt_every_steps=2,
+    )
     lines = metrics(train(cfg))
     assert 0.0 <= lines[-1]["eval_accuracy"] <= 1.0 and lines[-1]["eval_fd"] > 0
     assert "eval_accuracy" not in lines[0]
@@ -449,9 +449,15 @@ def test_inception_fid_is_logged_for_rgb_images(tmp_path):
     except ValueError as err:
         pytest.skip(str(err))
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "rgb.npz", images=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8),
-             labels=np.arange(64) % 4)
-    cfg = tiny_cfg(tmp_path, data=str(tmp_path / "rgb.npz"), model=get_preset("DiT-T/2", num_classes=4, in_channels=3),
-                   max_steps=2, eval_every_steps=2, num_eval_samples=16, num_sampling_steps=2)
+    np.savez(tmp_path / "rgb.npz", images=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), labels=np.arange(64) % 4)
+    cfg = tiny_cfg(
+        tmp_path,
+        data=str(tmp_path / "rgb.npz"),
+        model=get_preset("DiT-T/2", num_classes=4, in_channels=3),
+        max_steps=2,
+        eval_every_steps=2,
+        num_eval_samples=16,
+        num_sampling_steps=2,
+    )
     lines = metrics(train(cfg))
     assert lines[-1]["eval_fid"] > 0 and (Path(cfg.out_dir) / "eval" / "ref_stats_16.npz").is_file()
