@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ditkit.data import load_mnist_arrays
+from ditkit.data import MNIST_MIN_FRAME, load_mnist_arrays
 from ditkit.evaluate import ActivationStats, frechet_distance
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,10 @@ class DigitClassifier(nn.Module):
 
 
 def to_digit_tensor(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 (N, 28, 28), (N, H, W) or (N, H, W, 1|3) -> float (N, 1, 32, 32) in [-1, 1] (RGB -> luma)."""
+    """uint8 (N, H, W) or (N, H, W, 1|3) -> float (N, 1, 32, 32) in [-1, 1] (RGB -> luma).
+
+    Digits framed like MNIST (28x28, or 20..30 px crops of it) are zero-padded to 32; other sizes are resized.
+    """
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
     if x.ndim == 3:
         x = x[..., None]
@@ -69,9 +72,10 @@ def to_digit_tensor(images: np.ndarray | Tensor) -> Tensor:
     x = x.permute(0, 3, 1, 2).float()
     if x.shape[1] == 3:
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)  # ITU-R 601
-    if x.shape[-1] == 28:
-        x = F.pad(x, (2, 2, 2, 2))
-    elif x.shape[-1] != DIGIT_SIZE:
+    size = x.shape[-1]
+    if MNIST_MIN_FRAME <= size < DIGIT_SIZE and (DIGIT_SIZE - size) % 2 == 0:
+        x = F.pad(x, ((DIGIT_SIZE - size) // 2,) * 4)  # a framed digit (28, 24, ...): pad, never rescale
+    elif size != DIGIT_SIZE:
         x = F.interpolate(x, size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", antialias=True, align_corners=False)
     return x / 127.5 - 1.0
 

@@ -232,19 +232,35 @@ def load_mnist_arrays(split: Literal["train", "test", "all"] = "train") -> tuple
     return images[masks[split]].copy(), labels[masks[split]].copy()
 
 
+MNIST_MIN_FRAME = 20  # MNIST digits are centred in a 20x20 box of the 28x28 image
+
+
+def frame_digits(images: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop or zero-pad square images (N, S, S[, C]) to (N, size, size[, C]) without resampling."""
+    diff = size - images.shape[1]
+    if diff % 2:
+        raise ValueError(f"can only frame to a size that differs by an even number; got {images.shape[1]} -> {size}")
+    if diff >= 0:
+        pad = [(0, 0), (diff // 2, diff // 2), (diff // 2, diff // 2)] + [(0, 0)] * (images.ndim - 3)
+        return np.pad(images, pad)
+    cut = -diff // 2
+    return images[:, cut : images.shape[1] - cut, cut : images.shape[2] - cut].copy()
+
+
 class EmbeddedMNIST(BaseDataset):
     """The shipped MNIST digits, 1 channel, [-1, 1], never flipped (digits are not mirror symmetric).
 
-    pad=True zero-pads 28 -> 32 (2 px a side) first; the result (or the raw 28x28 when pad=False) is then
-    resized bilinearly when image_size differs.
+    With pad=True, sizes from 20 to 32 (differing from 28 by an even number) are framed without resampling:
+    MNIST digits sit in a centred 20x20 box, so 32 zero-pads 2 px a side and 24 crops 2 px a side, both
+    keeping every digit whole. Other sizes (or pad=False) resize the 28x28 digits bilinearly.
     """
 
     def __init__(
         self, split: Literal["train", "test", "all"] = "train", image_size: int = 32, pad: bool = True
     ) -> None:
         images, self.labels = load_mnist_arrays(split)
-        if pad:
-            images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+        if pad and MNIST_MIN_FRAME <= image_size <= 32 and (image_size - 28) % 2 == 0:
+            images = frame_digits(images, image_size)
         if images.shape[1] != image_size:
             size = (image_size, image_size)
             images = np.stack([np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR)) for a in images])

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ditkit import distributed
 from ditkit.config import TrainConfig
+from ditkit.data import MNIST_MIN_FRAME
 
 logger = logging.getLogger(__name__)
 
@@ -183,12 +184,13 @@ def _class_labels(cfg: TrainConfig, indices: range | list[int]) -> list[int] | N
 def make_scorer(
     cfg: TrainConfig, dataset: Any, image_shape: tuple[int, ...], run_dir: Path, device: torch.device
 ) -> Scorer | None:
-    """The evaluation metric: digits accuracy + FD for 10-class 32x32 gray images, else Inception FID.
+    """The evaluation metric: digits accuracy + FD for 10-class gray MNIST-framed images, else Inception FID.
 
     None (with a logged note) when the classifier / Inception weights or a FID reference are unavailable.
     The FID reference defaults to statistics of num_eval_samples training images (run_dir/eval/).
     """
-    if cfg.model.num_classes == 10 and tuple(image_shape) == (32, 32, 1):
+    height, width, channels = image_shape
+    if cfg.model.num_classes == 10 and channels == 1 and height == width and MNIST_MIN_FRAME <= height <= 32:
         from ditkit.classifier import digits_metrics, load_digit_classifier
 
         try:

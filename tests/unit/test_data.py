@@ -21,6 +21,7 @@ from ditkit.data import (
     build_loader,
     center_crop_arr,
     check_num_classes,
+    frame_digits,
     load_mnist_arrays,
     open_dataset,
     steps_per_epoch,
@@ -379,3 +380,16 @@ def test_store_resumes_an_interrupted_extraction(tmp_path: Path, npz_path: Path,
         extract_latents(ds, tiny_vae, tmp_path / "partial", batch_size=3, shard_size=4, vae_id="tiny")
     with pytest.raises(ValueError, match="un-flipped dataset"):
         extract_latents(NpzDataset(npz_path, flip=True), tiny_vae, tmp_path / "x", batch_size=3)
+
+
+def test_mnist_framing_crops_and_pads_without_resampling():
+    small, large = EmbeddedMNIST("test", 24), EmbeddedMNIST("test", 32)
+    x24, y24 = small.get(5)
+    x32, y32 = large.get(5)
+    assert x24.shape == (1, 24, 24) and y24 == y32
+    torch.testing.assert_close(x32[:, 4:28, 4:28], x24)  # the same pixels, 4 px less frame on each side
+    assert float(x32[:, :4].max()) == -1.0  # the frame is background
+    images = np.arange(2 * 6 * 6, dtype=np.uint8).reshape(2, 6, 6)
+    np.testing.assert_array_equal(frame_digits(frame_digits(images, 10), 6), images)
+    with pytest.raises(ValueError, match="even number"):
+        frame_digits(images, 7)
