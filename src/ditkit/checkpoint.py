@@ -26,7 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ditkit.loading import EMA_WEIGHTS_FILE, RUN_LATEST_FILE, load_strict, read_state_dict, save_weights
+from ditkit.config import DiffusionConfig
+from ditkit.loading import (
+    EMA_WEIGHTS_FILE,
+    RUN_LATEST_FILE,
+    load_strict,
+    read_diffusion_config,
+    read_state_dict,
+    save_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +139,9 @@ def save(
     tmp = root / f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
     tmp.mkdir()
     model_config = model.config
-    save_weights(model.state_dict(), model_config, tmp / MODEL_FILE)
-    save_weights(ema.state_dict(), model_config, tmp / EMA_FILE)
+    diffusion = DiffusionConfig(**config["diffusion"]) if isinstance(config.get("diffusion"), dict) else None
+    save_weights(model.state_dict(), model_config, tmp / MODEL_FILE, diffusion)
+    save_weights(ema.state_dict(), model_config, tmp / EMA_FILE, diffusion)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     files = {f: (tmp / f).stat().st_size for f in (MODEL_FILE, EMA_FILE, OPTIMIZER_FILE)}
     state = {
@@ -296,6 +305,6 @@ def export_ema(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     state_dict, config = read_state_dict(source)
     if config is None:
         raise ValueError(f"{str(source)!r} carries no ditkit model config; export from a ditkit run folder")
-    out = save_weights(state_dict, config, out_path)
+    out = save_weights(state_dict, config, out_path, read_diffusion_config(source, config))
     logger.info("exported EMA weights of %s to %s", source, out)
     return out

@@ -72,10 +72,10 @@ def _classes(args: argparse.Namespace) -> None:
             print(i, name)
 
 
-def _load_for_sampling(args: argparse.Namespace) -> tuple[Any, Any, bool]:
-    """Model, VAE (or None) and whether x_0 predictions are clipped (pixel space) for --ckpt."""
+def _load_for_sampling(args: argparse.Namespace) -> tuple[Any, Any, bool, Any]:
+    """Model, VAE (or None), whether x_0 predictions are clipped (pixel space), and the training diffusion."""
     from ditkit.autoencoder import load_vae
-    from ditkit.loading import load_dit
+    from ditkit.loading import load_dit, read_diffusion_config
 
     overrides = {"num_heads": args.num_heads} if args.num_heads else {}
     model = load_dit(args.ckpt, device=args.device, **overrides)
@@ -84,14 +84,19 @@ def _load_for_sampling(args: argparse.Namespace) -> tuple[Any, Any, bool]:
     if vae_spec is None and run_config.is_file():
         vae_spec = json.loads(run_config.read_text()).get("vae", "none")
     vae = load_vae(vae_spec or "none", args.device)
-    return model, vae, vae is None
+    if vae is None and model.config.in_channels not in (1, 3):
+        raise ValueError(
+            f"this model works in a {model.config.in_channels}-channel latent space: pass --vae FOLDER_OR_HUB_ID "
+            "(e.g. a local copy of stabilityai/sd-vae-ft-mse) to decode its samples"
+        )
+    return model, vae, vae is None, read_diffusion_config(args.ckpt, model.config)
 
 
 def _sample(args: argparse.Namespace) -> None:
     from ditkit.generate import SampleSettings, assemble_npz, generate, parse_classes, sample_npz
     from ditkit.grid import save_labelled_grid
 
-    model, vae, pixel_space = _load_for_sampling(args)
+    model, vae, pixel_space, diffusion = _load_for_sampling(args)
     settings = SampleSettings(
         sampler=args.sampler,
         num_steps=args.steps,
@@ -100,6 +105,7 @@ def _sample(args: argparse.Namespace) -> None:
         eta=args.eta,
         clip_denoised=pixel_space if args.clip is None else args.clip,
         batch_size=args.batch_size,
+        diffusion=diffusion,
     )
     if args.num:
         from ditkit import distributed
@@ -140,10 +146,16 @@ def _walk(args: argparse.Namespace) -> None:
     from ditkit.generate import parse_classes
     from ditkit.walk import class_walk, noise_walk, save_walk
 
-    model, vae, pixel_space = _load_for_sampling(args)
+    model, vae, pixel_space, diffusion = _load_for_sampling(args)
     classes = parse_classes(args.classes, model.config.num_classes) if model.config.num_classes else [None, None]
     seeds = [int(s) for s in args.seeds.split(",")]
-    common = {"num_steps": args.steps, "cfg_scale": args.cfg_scale, "clip_denoised": pixel_space, "vae": vae}
+    common = {
+        "num_steps": args.steps,
+        "cfg_scale": args.cfg_scale,
+        "clip_denoised": pixel_space,
+        "vae": vae,
+        "diffusion": diffusion,
+    }
     made = {}
     if args.kind in ("noise", "both"):
         frames = noise_walk(model, classes[0], seeds[0], seeds[-1], args.frames, **common)

@@ -111,12 +111,13 @@ PRESETS: dict[str, ModelConfig] = {
 # Tiny presets for tests and CPU demos (torchtitan's "debugmodel" idea).
 PRESETS["DiT-T/2"] = ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=2, input_size=8, num_classes=10)
 PRESETS["DiT-T/4"] = ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=8, num_classes=10)
+# The CPU demo's model (ditkit.demo): 1.9M parameters on 24x24 MNIST digits, 36 tokens, no learned sigma.
 PRESETS["DiT-Demo/4"] = ModelConfig(
     depth=6,
-    hidden_size=192,
-    num_heads=6,
+    hidden_size=128,
+    num_heads=4,
     patch_size=4,
-    input_size=32,
+    input_size=24,
     in_channels=1,
     num_classes=10,
     learn_sigma=False,

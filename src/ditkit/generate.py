@@ -38,6 +38,7 @@ class SampleSettings:
     eta: float = 0.0  # DDIM noise (0 = deterministic)
     clip_denoised: bool = False  # clamp x_0 predictions to [-1, 1] (pixel-space models)
     batch_size: int = 32  # images per forward pass (guidance doubles it)
+    diffusion: DiffusionConfig | None = None  # the process the model was trained with; None = the paper's
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -115,7 +116,7 @@ def generate(
 ) -> np.ndarray:
     """Sample one image per seed (uint8 (N, H, W, C)), decoded through `vae` when the model is latent."""
     config = model.config  # type: ignore[attr-defined]
-    diffusion = DiffusionConfig(learn_sigma=config.learn_sigma)
+    diffusion = settings.diffusion or DiffusionConfig(learn_sigma=config.learn_sigma)
     shape = (config.in_channels, config.input_size, config.input_size)
     out = []
     for start in range(0, len(seeds), settings.batch_size):

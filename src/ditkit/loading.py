@@ -19,29 +19,54 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ditkit.config import ModelConfig
+from ditkit.config import DiffusionConfig, ModelConfig
 from ditkit.model import DiT
 
 log = logging.getLogger(__name__)
 
 CONFIG_METADATA_KEY = "ditkit_config"
+DIFFUSION_METADATA_KEY = "ditkit_diffusion"
 # Heads of the paper's sizes (a state dict does not record them): S 6, B 12, L 16, XL 16.
 PAPER_HEADS: dict[int, int] = {384: 6, 768: 12, 1024: 16, 1152: 16}
 RUN_LATEST_FILE = "latest"  # run_dir/checkpoints/latest names the newest checkpoint folder
 EMA_WEIGHTS_FILE = "ema.safetensors"
 
 
-def save_weights(state_dict: dict[str, Tensor], config: ModelConfig, path: str | Path) -> Path:
-    """Write weights as safetensors with the model config in the metadata (atomic: temp file + rename)."""
+def save_weights(
+    state_dict: dict[str, Tensor], config: ModelConfig, path: str | Path, diffusion: DiffusionConfig | None = None
+) -> Path:
+    """Write weights as safetensors with the model config (and the diffusion it was trained with) in the
+    metadata, atomically (temp file + rename). Samplers need the diffusion: a model trained with x_0
+    prediction or a cosine schedule is garbage under the default process."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(dataclasses.asdict(config))})
+    metadata = {CONFIG_METADATA_KEY: json.dumps(dataclasses.asdict(config))}
+    if diffusion is not None:
+        metadata[DIFFUSION_METADATA_KEY] = json.dumps(dataclasses.asdict(diffusion))
+    save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
+
+
+def read_diffusion_config(path: str | Path, model_config: ModelConfig) -> DiffusionConfig:
+    """The diffusion a model was trained with: from a ditkit file's metadata, else the paper's process
+    (DiT's official checkpoints: 1000 linear steps, eps prediction) with the model's learned sigma."""
+    run_config = Path(path) / "config.json"  # a run folder records its whole TrainConfig
+    weights = resolve_weights_path(path)
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+        if DIFFUSION_METADATA_KEY in metadata:
+            return DiffusionConfig(**json.loads(metadata[DIFFUSION_METADATA_KEY]))
+    if run_config.is_file() and isinstance(json.loads(run_config.read_text()).get("diffusion"), dict):
+        return DiffusionConfig(**json.loads(run_config.read_text())["diffusion"])
+    return DiffusionConfig(learn_sigma=model_config.learn_sigma)
 
 
 def resolve_weights_path(path: str | Path) -> Path:

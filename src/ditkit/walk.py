@@ -44,9 +44,11 @@ def _decode_frames(
     cfg_scale: float,
     clip_denoised: bool,
     vae: Any,
+    diffusion: DiffusionConfig | None,
 ) -> np.ndarray:
     config = model.config  # type: ignore[attr-defined]
-    diffusion = diffusion_from_config(DiffusionConfig(learn_sigma=config.learn_sigma), str(num_steps))
+    process = diffusion or DiffusionConfig(learn_sigma=config.learn_sigma)
+    diffusion_chain = diffusion_from_config(process, str(num_steps))
     if soft_labels is None:
         denoise = model_denoiser(model, None)
     elif cfg_scale != 1.0 and config.has_null_class:
@@ -57,7 +59,7 @@ def _decode_frames(
         denoise = model_denoiser(model, soft_labels)
     with torch.no_grad():
         # eta = 0 draws no noise, so the noise source is never used.
-        x = ddim_sample(diffusion, denoise, noise, GlobalNoise(None), eta=0.0, clip_denoised=clip_denoised)
+        x = ddim_sample(diffusion_chain, denoise, noise, GlobalNoise(None), eta=0.0, clip_denoised=clip_denoised)
         if vae is not None:
             x = vae.decode(x)
     return to_uint8(x).cpu().numpy()
@@ -81,6 +83,7 @@ def noise_walk(
     cfg_scale: float = 4.0,
     clip_denoised: bool = False,
     vae: Any = None,
+    diffusion: DiffusionConfig | None = None,
 ) -> np.ndarray:
     """Frames (F, H, W, C) uint8 decoded from slerp(noise(seed_a), noise(seed_b), w), w in [0, 1]."""
     config = model.config  # type: ignore[attr-defined]
@@ -90,7 +93,14 @@ def noise_walk(
     noise = torch.stack([slerp(a, b, float(w)) for w in weights])
     labels = _one_hot_rows(config, [class_id] * num_frames) if config.num_classes > 0 and class_id is not None else None
     return _decode_frames(
-        model, noise, labels, num_steps=num_steps, cfg_scale=cfg_scale, clip_denoised=clip_denoised, vae=vae
+        model,
+        noise,
+        labels,
+        num_steps=num_steps,
+        cfg_scale=cfg_scale,
+        clip_denoised=clip_denoised,
+        vae=vae,
+        diffusion=diffusion,
     )
 
 
@@ -105,6 +115,7 @@ def class_walk(
     cfg_scale: float = 4.0,
     clip_denoised: bool = False,
     vae: Any = None,
+    diffusion: DiffusionConfig | None = None,
 ) -> np.ndarray:
     """Frames decoded from one noise with the label embedding moved linearly from class_a to class_b."""
     config = model.config  # type: ignore[attr-defined]
@@ -116,7 +127,14 @@ def class_walk(
     weights = torch.linspace(0.0, 1.0, num_frames)[:, None]
     labels = (1 - weights) * ends[0] + weights * ends[1]
     return _decode_frames(
-        model, noise, labels, num_steps=num_steps, cfg_scale=cfg_scale, clip_denoised=clip_denoised, vae=vae
+        model,
+        noise,
+        labels,
+        num_steps=num_steps,
+        cfg_scale=cfg_scale,
+        clip_denoised=clip_denoised,
+        vae=vae,
+        diffusion=diffusion,
     )
 
 

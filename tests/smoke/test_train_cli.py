@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ditkit.loading import load_dit
+from ditkit.loading import load_dit, read_diffusion_config
 
 from .test_cli import run
 
@@ -88,6 +89,10 @@ def test_export_loads_with_load_dit(trained_run: Path, tmp_path: Path) -> None:
     run("export", str(trained_run), str(out))
     model = load_dit(out)
     assert model.config.in_channels == 1 and model.config.num_classes == 10 and model.config.input_size == 32
+    trained_with = json.loads((trained_run / "config.json").read_text())["diffusion"]
+    assert trained_with["predict_xstart"] and trained_with["noise_schedule"] == "cosine"  # not the paper's
+    for source in (out, trained_run):  # samplers must use the process the model was trained with
+        assert dataclasses.asdict(read_diffusion_config(source, model.config)) == trained_with
 
 
 def test_embedded_default_needs_only_an_output_folder(tmp_path: Path) -> None:

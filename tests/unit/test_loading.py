@@ -195,3 +195,25 @@ def test_resolve_run_folder(tmp_path, tiny_config):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no checkpoint"):
         resolve_weights_path(tmp_path / "empty")
+
+
+def test_public_api_is_exported_from_the_package():
+    import ditkit
+
+    assert ditkit.load_dit is load_dit
+    for name in ditkit.__all__:
+        assert getattr(ditkit, name) is not None
+    with pytest.raises(AttributeError):
+        ditkit.no_such_thing  # noqa: B018
+
+
+def test_weights_carry_the_training_diffusion(tmp_path):
+    from ditkit.config import DiffusionConfig
+    from ditkit.loading import read_diffusion_config
+
+    model = DiT(get_preset("DiT-T/2", learn_sigma=False))
+    trained = DiffusionConfig(learn_sigma=False, noise_schedule="cosine", predict_xstart=True)
+    with_it = save_weights(model.state_dict(), model.config, tmp_path / "a.safetensors", trained)
+    without = save_weights(model.state_dict(), model.config, tmp_path / "b.safetensors")
+    assert read_diffusion_config(with_it, model.config) == trained
+    assert read_diffusion_config(without, model.config) == DiffusionConfig(learn_sigma=False)  # the paper's
