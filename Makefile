@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ditkit-installed
 OUT ?= runs/demo
+# Test processes (pytest-xdist). Tests pin torch to 1 thread, so one per core; the slow set is `make test-slow`.
+TEST_WORKERS ?= 2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests scripts
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# The slow end-to-end checks (multi-process DDP, real Inception FID, the default demo recipe): CI runs them.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not gpu" -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/ditkit bench train --preset DiT-S/2 --image-size 256 --batch-size 32

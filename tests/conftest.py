@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,8 @@ FIXTURES_DIR = Path(__file__).parent / "fixtures"
 def pytest_configure(config: pytest.Config) -> None:
     # Test tensors are tiny: intra-op threads gain nothing, and on a shared machine the thread pool's
     # synchronisation cost ~5 ms per op (a 100-step sampling loop ran 20x slower with 2 threads).
-    torch.set_num_threads(1)
+    # DITKIT_TEST_THREADS=2 runs the suite with another thread count (results must hold for both).
+    torch.set_num_threads(int(os.environ.get("DITKIT_TEST_THREADS", "1")))
 
 
 @pytest.fixture

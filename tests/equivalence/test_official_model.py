@@ -12,8 +12,7 @@ import torch
 from ditkit.loading import load_dit
 from ditkit.model import DiT
 from ditkit.sample import guided_denoiser
-
-TOL = {"rtol": 1e-5, "atol": 1e-5}
+from numerics import OPS_ELEMENTWISE, OPS_FORWARD, assert_fp32_close
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def test_forward_matches_official(name, official_model, load_fixture):
     ref = load_fixture(f"{name}.forward.safetensors")
     with torch.no_grad():
         out = official_model(name)(ref["x"], ref["t"], ref["y"])
-    torch.testing.assert_close(out, ref["out"], **TOL)
+    assert_fp32_close(out, ref["out"], ops=OPS_FORWARD)
 
 
 @pytest.mark.parametrize("name", ["tiny_p2", "tiny_p4_nosigma_nodrop"])
@@ -42,7 +41,7 @@ def test_load_dit_forward_matches_official(name, fixtures_dir, reference_configs
     assert model.config == config
     ref = load_fixture(f"{name}.forward.safetensors")
     with torch.no_grad():
-        torch.testing.assert_close(model(ref["x"], ref["t"], ref["y"]), ref["out"], **TOL)
+        assert_fp32_close(model(ref["x"], ref["t"], ref["y"]), ref["out"], ops=OPS_FORWARD)
 
 
 @pytest.mark.parametrize(("guided_channels", "key"), [(3, "cfg_out"), (4, "cfg_out_all_channels")])
@@ -59,7 +58,7 @@ def test_cfg_matches_official(guided_channels, key, official_model, load_fixture
     denoise = guided_denoiser(lambda x, t, y: model(x, full_t, y), cfg_y[:2], cfg_y[2:], 4.0, guided_channels)
     with torch.no_grad():
         out = denoise(ref["x"][:2], full_t[:2])
-    torch.testing.assert_close(out, ref[key][:2], **TOL)
+    assert_fp32_close(out, ref[key][:2], ops=OPS_FORWARD + OPS_ELEMENTWISE)
 
 
 def test_cfg_forms_differ_only_in_fourth_channel(load_fixture):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from ditkit.cli import main
 from ditkit.config import get_preset
 from ditkit.loading import save_weights
 from ditkit.model import DiT
@@ -34,9 +38,31 @@ SUBCOMMANDS = [
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`ditkit ARGS` as a user types it: the installed console script in a new process."""
     proc = subprocess.run([DITKIT, *args], capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"ditkit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def invoke(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`ditkit ARGS` through `ditkit.cli.main` in this process: the same code path as `run` without paying
+    ~5 s of torch start-up per command (torch.optim imports the compiler stack). Log lines go to stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    ditkit_logger = logging.getLogger("ditkit")
+    ditkit_logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors and --help
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        ditkit_logger.removeHandler(handler)
+    proc = subprocess.CompletedProcess(["ditkit", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"ditkit {' '.join(args)} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -46,13 +72,18 @@ def test_help_for_every_subcommand() -> None:
         assert run(name, "--help").stdout.startswith("usage: ditkit " + name)
 
 
+def test_console_script_reports_errors_as_one_line() -> None:
+    proc = run("flops", "--preset", "DiT-Q/2", check=False)  # the installed script: exit code and stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "invalid choice: 'DiT-Q/2'" in proc.stderr
+
+
 def test_python_dash_m_works() -> None:
     proc = subprocess.run([sys.executable, "-m", "ditkit", "--version"], capture_output=True, text=True, check=True)
     assert proc.stdout.startswith("ditkit ")
 
 
 def test_flops_json_matches_the_paper() -> None:
-    rows = json.loads(run("flops", "--preset", "DiT-XL/2", "--preset", "DiT-S/8", "--json").stdout)
+    rows = json.loads(invoke("flops", "--preset", "DiT-XL/2", "--preset", "DiT-S/8", "--json").stdout)
     by_name = {r["model"]: r for r in rows}
     assert by_name["DiT-XL/2"]["gflops"] == pytest.approx(118.64, rel=0.01)
     assert by_name["DiT-S/8"]["gflops"] == pytest.approx(0.36, rel=0.02)
@@ -68,7 +99,7 @@ def test_flops_json_matches_the_paper() -> None:
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(args: list[str], needle: str) -> None:
-    proc = run(*args, check=False)
+    proc = invoke(*args, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -87,7 +118,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sample_grid_and_npz(tiny_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "grid"
-    run(
+    invoke(
         "sample",
         "--ckpt",
         str(tiny_weights),
@@ -106,7 +137,7 @@ def test_sample_grid_and_npz(tiny_weights: Path, tmp_path: Path) -> None:
     )
     assert (out / "grid.png").is_file() and len(list((out / "images").glob("*.png"))) == 4
     npz = tmp_path / "s.npz"
-    run(
+    invoke(
         "sample",
         "--ckpt",
         str(tiny_weights),
@@ -130,7 +161,7 @@ def test_sample_grid_and_npz(tiny_weights: Path, tmp_path: Path) -> None:
 
 
 def test_walk_writes_gif_and_strip(tiny_weights: Path, tmp_path: Path) -> None:
-    run(
+    invoke(
         "walk", "--ckpt", str(tiny_weights), "--out", str(tmp_path), "--classes", "1,7", "--frames", "3", "--steps", "3"
     )
     for name in ("noise_walk.gif", "noise_walk_strip.png", "class_walk.gif", "class_walk_strip.png"):

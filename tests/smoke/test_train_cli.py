@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ditkit.demo import demo_train_config
 from ditkit.loading import load_dit, read_diffusion_config
 
-from .test_cli import run
+from .test_cli import invoke, run
+
+pytestmark = pytest.mark.xdist_group("train_cli")  # one worker builds the module's run folder once
 
 TINY = [
     "--preset",
@@ -24,6 +27,10 @@ TINY = [
     "1",
     "--sample-every",
     "0",
+    "--eval-every",
+    "0",
+    "--device",
+    "cpu",
     "--num-workers",
     "0",
     "--deterministic",
@@ -34,13 +41,13 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # with pytest-xdist the tests below share one worker (xdist_group)
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run") / "mnist"
-    run("train", "--out", str(run_dir), *TINY, "--max-steps", "3", "--ckpt-every", "3")
+    invoke("train", "--out", str(run_dir), *TINY, "--max-steps", "3", "--ckpt-every", "3")
     assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3]
     (run_dir / "checkpoints" / "latest").read_text()
-    run("train", "--out", str(run_dir), *TINY, "--max-steps", "6", "--ckpt-every", "3")  # resumes at 3
+    invoke("train", "--out", str(run_dir), *TINY, "--max-steps", "6", "--ckpt-every", "3")  # resumes at 3
     return run_dir
 
 
@@ -48,21 +55,21 @@ def test_train_resumes_where_it_stopped(trained_run: Path, tmp_path: Path) -> No
     records = metrics(trained_run)
     assert [m["step"] for m in records] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(m["loss"]) for m in records)
-    again = run("train", "--out", str(trained_run), *TINY, "--max-steps", "6")
+    again = invoke("train", "--out", str(trained_run), *TINY, "--max-steps", "6")
     assert "nothing to do" in again.stderr  # a finished run is a no-op
     straight = tmp_path / "straight"
-    run("train", "--out", str(straight), *TINY, "--max-steps", "6", "--ckpt-every", "6")
+    invoke("train", "--out", str(straight), *TINY, "--max-steps", "6", "--ckpt-every", "6")
     assert [m["loss"] for m in metrics(straight)] == [m["loss"] for m in records]  # exact resume
 
 
 def test_changed_settings_on_resume_are_refused(trained_run: Path) -> None:
-    proc = run("train", "--out", str(trained_run), *TINY, "--max-steps", "7", "--lr", "0.5", check=False)
+    proc = invoke("train", "--out", str(trained_run), *TINY, "--max-steps", "7", "--lr", "0.5", check=False)
     assert proc.returncode == 2 and "lr" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_sample_and_digits_metric_from_run_folder(trained_run: Path, tmp_path: Path) -> None:
     npz = tmp_path / "s.npz"
-    run(
+    invoke(
         "sample",
         "--ckpt",
         str(trained_run),
@@ -80,13 +87,13 @@ def test_sample_and_digits_metric_from_run_folder(trained_run: Path, tmp_path: P
         "2",
         "--class-balanced",
     )
-    result = json.loads(run("evaluate", str(npz), "--metric", "digits", "--json").stdout)
+    result = json.loads(invoke("evaluate", str(npz), "--metric", "digits", "--json").stdout)
     assert 0.0 <= result["accuracy"] <= 1.0 and result["num_samples"] == 20 and np.isfinite(result["fd"])
 
 
 def test_export_loads_with_load_dit(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "ema.safetensors"
-    run("export", str(trained_run), str(out))
+    invoke("export", str(trained_run), str(out))
     model = load_dit(out)
     assert model.config.in_channels == 1 and model.config.num_classes == 10 and model.config.input_size == 32
     trained_with = json.loads((trained_run / "config.json").read_text())["diffusion"]
@@ -96,7 +103,18 @@ def test_export_loads_with_load_dit(trained_run: Path, tmp_path: Path) -> None:
 
 
 def test_embedded_default_needs_only_an_output_folder(tmp_path: Path) -> None:
-    cfg = json.loads(run("train", "--out", str(tmp_path / "d"), "--dry-run").stdout)
+    """The default is the demo recipe on the embedded MNIST; one step of it (grids and scoring off here)."""
+    cfg = json.loads(invoke("train", "--out", str(tmp_path / "d"), "--dry-run").stdout)
+    assert cfg == json.loads(json.dumps(demo_train_config(tmp_path / "d").to_dict()))
     assert cfg["data"] is None and cfg["vae"] == "none" and cfg["model"]["in_channels"] == 1
-    run("train", "--out", str(tmp_path / "d"), "--max-steps", "1", "--global-batch-size", "16")
+    invoke("train", "--out", str(tmp_path / "d"), "--max-steps", "1", "--sample-every", "0", "--eval-every", "0")
     assert metrics(tmp_path / "d")[-1]["step"] == 1
+
+
+@pytest.mark.slow
+def test_embedded_default_with_its_grid_and_scoring(tmp_path: Path) -> None:
+    """The same with nothing but --out and --max-steps: the final step also writes a grid and scores."""
+    run("train", "--out", str(tmp_path / "d"), "--max-steps", "1", "--device", "cpu")
+    last = metrics(tmp_path / "d")[-1]
+    assert last["step"] == 1 and 0.0 <= last["eval_accuracy"] <= 1.0 and last["eval_fd"] > 0
+    assert (tmp_path / "d" / "samples" / "step_0000001.png").is_file()

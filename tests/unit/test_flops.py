@@ -33,7 +33,6 @@ def test_paper_gflops(name):
     assert model_cost(get_preset(name)).gflops == pytest.approx(PAPER_GFLOPS[name], rel=0.01)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(PAPER_GFLOPS) - set(FAST)))
 def test_paper_gflops_all_sizes(name):
     assert model_cost(get_preset(name)).gflops == pytest.approx(PAPER_GFLOPS[name], rel=0.01)

@@ -10,6 +10,7 @@ import torch
 
 from ditkit.config import BLOCK_DESIGNS, PRESETS, get_preset
 from ditkit.model import DiT, LabelEmbedder, num_parameters, sincos_pos_embed_2d, timestep_embedding
+from numerics import OPS_BACKWARD, OPS_FORWARD, assert_fp32_close
 
 
 def _inputs(config, n=3, seed=0):
@@ -250,7 +251,7 @@ def test_gradient_checkpointing_same_output_and_grads(block, make_model):
     assert len(calls) == 3 * config.depth  # forward, then recomputed in backward
     torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
     for key, grad in grads_plain.items():
-        torch.testing.assert_close(grads_ckpt[key], grad, rtol=1e-6, atol=1e-7, msg=key)
+        assert_fp32_close(grads_ckpt[key], grad, ops=OPS_BACKWARD, msg=key)
 
 
 @pytest.mark.parametrize("block", BLOCK_DESIGNS)
@@ -261,7 +262,7 @@ def test_explicit_attention_matches_sdpa(block, make_model):
     fused = model(x, t, y)
     model.set_explicit_attention(True)
     explicit = model(x, t, y)
-    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+    assert_fp32_close(explicit, fused, ops=OPS_FORWARD)
 
 
 # Presets and published checkpoints.

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ditkit import monitor as monitor_mod
 from ditkit import train as train_mod
-from ditkit.config import DiffusionConfig, ModelConfig, TrainConfig, get_preset, validate_for_world
+from ditkit.config import DiffusionConfig, TrainConfig, get_preset, validate_for_world
 from ditkit.diffusion import diffusion_from_config
+from ditkit.loading import load_dit
 from ditkit.model import DiT
 from ditkit.train import (
     NonFiniteLoss,
@@ -30,6 +33,7 @@ from ditkit.train import (
     train_step,
     update_ema,
 )
+from numerics import OPS_BACKWARD, OPS_ELEMENTWISE, approx_fp32, assert_fp32_close
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REGRESSION_FILE = FIXTURES / "tiny_run_losses.json"
@@ -50,6 +54,7 @@ def tiny_cfg(tmp_path: Path, **changes: object) -> TrainConfig:
         "sample_every_steps": 0,
         "deterministic": True,
         "num_threads": 1,
+        "device": "cpu",  # also where CUDA exists: these runs (and the recorded losses) are CPU runs
     }
     fields.update(changes)
     return TrainConfig(**fields)
@@ -127,7 +132,7 @@ def test_update_ema_math():
     before = [p.detach().clone() for p in ema.parameters()]
     update_ema(ema, model, 0.9)
     for e, b, m in zip(ema.parameters(), before, model.parameters()):
-        torch.testing.assert_close(e, 0.9 * b + 0.1 * m, rtol=1e-6, atol=1e-7)
+        assert_fp32_close(e, 0.9 * b + 0.1 * m, ops=OPS_ELEMENTWISE)
     update_ema(ema, model, 0.0)  # decay 0 copies exactly
     assert all(torch.equal(e, m) for e, m in zip(ema.parameters(), model.parameters()))
     snapshot = [p.detach().clone() for p in ema.parameters()]
@@ -162,25 +167,28 @@ def test_train_step_returns_finite_stats_and_updates_params():
     stats = train_step(model, diffusion, opt, x, y, generator=torch.Generator().manual_seed(0))
     assert set(stats) == {"loss", "mse", "vb", "grad_norm"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in stats.values())
-    assert float(stats["loss"]) == pytest.approx(float(stats["mse"] + stats["vb"]), rel=1e-6)
+    assert float(stats["loss"]) == approx_fp32(float(stats["mse"] + stats["vb"]), ops=OPS_ELEMENTWISE)
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
 def test_micro_batches_accumulate_to_the_full_batch_gradient():
+    """Gradients (not post-Adam parameters: Adam divides by sqrt(v) ~ 0 and magnifies rounding) are equal."""
     diffusion = diffusion_from_config(DiffusionConfig())
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     draws = draw_step(torch.Generator().manual_seed(1), 8, (1, 8, 8), diffusion.num_timesteps, label_dropout=0.5)
     results = []
     for micro in (8, 2):
-        model, opt = _tiny_model()
+        model, _ = _tiny_model()
         take_over_label_dropout(model)
-        stats = train_step(model, diffusion, opt, x, y, draws=draws, micro_batch_size=micro)
-        results.append((stats, [p.detach().clone() for p in model.parameters()]))
-    (full, p_full), (acc, p_acc) = results
-    torch.testing.assert_close(acc["loss"], full["loss"], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(acc["grad_norm"], full["grad_norm"], rtol=1e-5, atol=1e-7)
-    for a, b in zip(p_acc, p_full):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves weights and gradients as they are
+        stats = train_step(model, diffusion, frozen, x, y, draws=draws, micro_batch_size=micro)
+        results.append((stats, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (full, g_full), (acc, g_acc) = results
+    assert_fp32_close(acc["loss"], full["loss"], ops=OPS_BACKWARD)
+    assert_fp32_close(acc["grad_norm"], full["grad_norm"], ops=OPS_BACKWARD)
+    assert float(full["grad_norm"]) > 0 and all(bool(g.abs().sum() > 0) for g in g_full.values())
+    for name, grad in g_full.items():
+        assert_fp32_close(g_acc[name], grad, ops=OPS_BACKWARD, msg=name)
 
 
 def test_label_dropout_takeover_uses_the_null_class():
@@ -219,7 +227,6 @@ def test_run_folder_layout_and_rerun_is_a_noop(tmp_path, caplog):
     } <= names
     for f in ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"):
         assert f"checkpoints/step_0000006/{f}" in names
-    assert any(n.startswith("tensorboard/events.out.tfevents") for n in names)
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_0000006"
     assert read_run_config(run_dir) == cfg
     lines = metrics(run_dir)
@@ -229,6 +236,12 @@ def test_run_folder_layout_and_rerun_is_a_noop(tmp_path, caplog):
         train(cfg)
     assert "is complete at step 6" in caplog.text
     assert len(metrics(run_dir)) == 6
+
+
+def test_tensorboard_events_are_written(tmp_path):
+    pytest.importorskip("tensorboard", reason="needs the tensorboard extra")
+    run_dir = train(tiny_cfg(tmp_path, max_steps=2))
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents*"))
 
 
 def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path):
@@ -268,9 +281,17 @@ def _record_regression_run(tmp_path: Path) -> list[float]:
 
 
 def test_recorded_tiny_run_losses_are_reproduced_bit_for_bit(tmp_path):
-    """STYLE 'refactor rule': a change that should not alter numerics must reproduce these 20 losses."""
-    expected = json.loads(REGRESSION_FILE.read_text())["losses"]
-    assert _record_regression_run(tmp_path) == expected
+    """STYLE 'refactor rule': a change that should not alter numerics must reproduce these 20 losses.
+
+    Bit for bit with the torch build that recorded them (seen so on Intel Cascade Lake and two AMD EPYC
+    kinds, 1 thread); another torch build may pick other CPU kernels, so there fp32 rounding is allowed.
+    """
+    recorded = json.loads(REGRESSION_FILE.read_text())
+    losses = _record_regression_run(tmp_path)
+    if torch.__version__ == recorded["torch"]:
+        assert losses == recorded["losses"]
+    else:
+        assert losses == approx_fp32(recorded["losses"], ops=20 * OPS_BACKWARD)
 
 
 def test_non_finite_loss_stops_and_names_the_step(tmp_path):
@@ -328,7 +349,7 @@ def test_micro_batch_run_matches_full_batch_run(tmp_path):
     a = metrics(train(tiny_cfg(tmp_path / "a", max_steps=3)))
     b = metrics(train(tiny_cfg(tmp_path / "b", max_steps=3, micro_batch_size=2)))
     for ra, rb in zip(a, b):
-        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+        assert rb["loss"] == approx_fp32(ra["loss"], ops=3 * OPS_BACKWARD)  # 3 steps
 
 
 def test_unconditional_model_trains(tmp_path):
@@ -337,7 +358,10 @@ def test_unconditional_model_trains(tmp_path):
         tiny_cfg(tmp_path, model=model, max_steps=2, sample_every_steps=2, num_grid_images=2, num_sampling_steps=2)
     )
     assert (run_dir / "samples" / "step_0000002.png").is_file()
-    assert isinstance(model, ModelConfig)
+    assert all(math.isfinite(r["loss"]) for r in metrics(run_dir))
+    ema = load_dit(run_dir)
+    assert ema.config.num_classes == 0 and ema.y_embedder is None  # no label table was trained
+    assert read_run_config(run_dir).model == model
 
 
 def test_extract_latents_then_train_and_online_vae(tmp_path):
@@ -372,7 +396,7 @@ def test_extract_latents_then_train_and_online_vae(tmp_path):
 def test_grad_checkpointing_gives_the_same_run(tmp_path):
     a = metrics(train(tiny_cfg(tmp_path / "a", max_steps=3)))
     b = metrics(train(tiny_cfg(tmp_path / "b", max_steps=3, grad_checkpointing=True)))
-    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-6)
+    assert [r["loss"] for r in b] == approx_fp32([r["loss"] for r in a], ops=3 * OPS_BACKWARD)  # 3 steps
 
 
 @pytest.mark.gpu
@@ -415,9 +439,20 @@ def test_digits_metrics_are_logged_for_mnist(tmp_path):
         num_sampling_steps=2,
         ckpt_every_steps=2,
     )
-    lines = metrics(train(cfg))
-    assert 0.0 <= lines[-1]["eval_accuracy"] <= 1.0 and lines[-1]["eval_fd"] > 0
+    run_dir = train(cfg)
+    lines = metrics(run_dir)
     assert "eval_accuracy" not in lines[0]
+    # The logged numbers are those of the final EMA's class-balanced samples (seeds eval_seed + i,
+    # labels i % 10), scored by the shipped classifier: recompute them from the saved checkpoint.
+    from ditkit.classifier import digits_metrics
+
+    indices = list(range(cfg.num_eval_samples))
+    labels = [i % 10 for i in indices]
+    seeds = [cfg.eval_seed + i for i in indices]
+    images = monitor_mod.sample_images(load_dit(run_dir), cfg, seeds, labels, (1, 32, 32), None, torch.device("cpu"))
+    expected = digits_metrics(images.numpy(), np.array(labels))
+    assert lines[-1]["eval_accuracy"] == expected["accuracy"]
+    assert lines[-1]["eval_fd"] == pytest.approx(expected["fd"], rel=1e-9) and expected["fd"] > 0
 
 
 if __name__ == "__main__":  # record the reference once: python tests/unit/test_train.py
