@@ -7,6 +7,7 @@ https://huggingface.co/stabilityai/sd-vae-ft-ema). diffusers is optional and imp
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ditkit.config import VAE_LATENT_SCALE
+from ditkit.config import VAE_DOWNSAMPLE, VAE_LATENT_CHANNELS, VAE_LATENT_SCALE
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +70,15 @@ class Autoencoder:
         posterior = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
         return posterior.mean.float(), posterior.std.float()
 
-    def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Latents (N, c, H/f, W/f): a posterior SAMPLE times `scale`, as DiT trains on."""
+    def encode(self, x: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+        """Latents (N, c, H/f, W/f): a posterior SAMPLE times `scale`, as DiT trains on.
+
+        The sample is mean + std * noise, with `noise` given (the training step's draw) or drawn from
+        `generator`.
+        """
         mean, std = self.encode_moments(x)
-        noise = torch.randn(mean.shape, generator=generator, device=_generator_device(generator, mean))
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=_generator_device(generator, mean))
         return (mean + std * noise.to(mean.device)) * self.scale
 
     @torch.no_grad()
@@ -80,6 +86,20 @@ class Autoencoder:
         """Images (N, C, H, W) in about [-1, 1] (not clamped) from scaled latents (N, c, h, w)."""
         z = (latents / self.scale).to(self.device, self.dtype)
         return self.vae.decode(z).sample.float()
+
+
+def vae_geometry(spec: str) -> tuple[int, int]:
+    """(latent channels, spatial downsampling) of a VAE without loading it: read from a local diffusers
+    folder's config.json, else the SD VAE's (4, 8) (hub ids, which DiT uses)."""
+    path = Path(spec).expanduser()
+    for config_file in (path / "config.json", path / "vae" / "config.json"):
+        if config_file.is_file():
+            try:
+                config = json.loads(config_file.read_text())
+                return int(config["latent_channels"]), 2 ** (len(config["block_out_channels"]) - 1)
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"VAE folder {spec!r}: unreadable {config_file.name} ({err})") from None
+    return VAE_LATENT_CHANNELS, VAE_DOWNSAMPLE
 
 
 def _generator_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
@@ -121,7 +141,7 @@ def load_vae(
             "pass a diffusers VAE folder, a hub id, or 'none' for pixel space"
         )
     try:
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL  # the optional `vae` extra; imports in ~2 s
     except ImportError as err:
         raise ValueError(
             f"loading VAE {spec!r} needs diffusers ({err}); pip install 'ditkit[vae]' or pass --vae none"
@@ -146,7 +166,7 @@ def make_tiny_vae(path: str | Path, *, in_channels: int = 3, seed: int = 0) -> P
 
     Never downloads. Returns the folder, loadable with `load_vae(str(path))`.
     """
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # the optional `vae` extra
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

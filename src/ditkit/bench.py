@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from ditkit.config import ModelConfig
+from ditkit.config import VAE_DOWNSAMPLE, ModelConfig, get_preset
 from ditkit.diffusion import create_diffusion
 from ditkit.flops import model_cost
 from ditkit.model import DiT
+from ditkit.train import update_ema
 
 
 def matmul_probe(size: int = 2048, reps: int = 3) -> float:
@@ -35,8 +36,6 @@ def bench_train_step(
     config: ModelConfig, batch_size: int, steps: int = 5, warmup: int = 1, device: str = "cpu"
 ) -> dict[str, Any]:
     """Time fwd + loss + bwd + fused AdamW + EMA of `config` at `batch_size` (random latents)."""
-    from ditkit.train import update_ema
-
     torch.manual_seed(0)
     model = DiT(config).to(device).train()
     ema = DiT(config).to(device).eval().requires_grad_(False)
@@ -98,3 +97,18 @@ def _report(
         "threads": torch.get_num_threads(),
         "steps": len(step_times),
     }
+
+
+def run_bench(
+    what: str, *, preset: str, image_size: int, vae_latents: bool, channels: int | None, batch_size: int, steps: int
+) -> dict[str, Any]:
+    """`ditkit bench train|sample`: one model's step time beside the matmul probe, as a dict."""
+    size = image_size // VAE_DOWNSAMPLE if vae_latents else image_size
+    overrides: dict[str, Any] = {"input_size": size}
+    if channels:
+        overrides["in_channels"] = channels
+    config = get_preset(preset, **overrides)
+    fn = bench_train_step if what == "train" else bench_sampling_step
+    result = fn(config, batch_size, steps=steps)
+    result.update(preset=preset, what=what, input_size=size)
+    return result

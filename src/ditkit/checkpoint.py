@@ -18,15 +18,16 @@ import random
 import re
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ditkit.config import DiffusionConfig
+from ditkit.files import TEMP_PREFIX, fsync, temp_path, write_text
 from ditkit.loading import (
     EMA_WEIGHTS_FILE,
     RUN_LATEST_FILE,
@@ -45,7 +46,6 @@ EMA_FILE = EMA_WEIGHTS_FILE
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 _NAME = re.compile(r"^step_(\d{7,})$")
-_TEMP_PREFIX = ".tmp-"  # temp folders and files start with this; never read, removed by the next save
 
 
 def checkpoint_name(step: int) -> str:
@@ -99,21 +99,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # Saving.
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
 def save(
     run_dir: str | os.PathLike,
     *,
@@ -133,13 +118,13 @@ def save(
     """
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f"{_TEMP_PREFIX}*"):  # left by a crash mid-write
+    for stale in root.glob(f"{TEMP_PREFIX}*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     name = checkpoint_name(step)
-    tmp = root / f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+    tmp = temp_path(root / name)  # a temp folder, renamed when complete
     tmp.mkdir()
     model_config = model.config
-    diffusion = DiffusionConfig(**config["diffusion"]) if isinstance(config.get("diffusion"), dict) else None
+    diffusion = DiffusionConfig.from_dict(config["diffusion"]) if isinstance(config.get("diffusion"), dict) else None
     save_weights(model.state_dict(), model_config, tmp / MODEL_FILE, diffusion)
     save_weights(ema.state_dict(), model_config, tmp / EMA_FILE, diffusion)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
@@ -156,17 +141,17 @@ def save(
     }
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     for f in (*files, STATE_FILE):
-        _fsync(tmp / f)
+        fsync(tmp / f)
     final = root / name
     if final.exists():  # re-saving a step (e.g. after a corrupt copy): swap, then delete the old one
-        old = root / f"{_TEMP_PREFIX}{uuid.uuid4().hex}-old-{name}"
+        old = temp_path(root / f"old-{name}")
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync(root)
-    _write_text_atomic(root / RUN_LATEST_FILE, name + "\n")
+    fsync(root)
+    write_text(root / RUN_LATEST_FILE, name + "\n")
     prune(run_dir, keep_last=keep_last, milestone_every=milestone_every, current=step)
     return final
 
@@ -221,8 +206,6 @@ def load(
     Raises CorruptCheckpoint when the files cannot be read (nothing is modified then) and ValueError when
     they do not fit the model (another preset or resolution).
     """
-    from safetensors.torch import load_file
-
     ckpt_dir = Path(ckpt_dir)
     state = read_state(ckpt_dir)
     try:  # read everything before touching the model, so a bad file leaves it unchanged

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ditkit.data import MNIST_MIN_FRAME, load_mnist_arrays
@@ -136,8 +137,6 @@ def train_classifier(
     AdamW with a one-cycle schedule and light affine augmentation (generated digits are imperfect).
     Writes safetensors weights to `out_path` when given. About 2 minutes on 2 CPU cores.
     """
-    from safetensors.torch import save_file
-
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -181,8 +180,6 @@ def train_classifier(
 
 def load_digit_classifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> DigitClassifier:
     """The digit classifier in eval mode, from `path` or the weights shipped in ditkit/assets."""
-    from safetensors.torch import load_file
-
     if path is None:
         asset = resources.files("ditkit").joinpath(f"assets/{_WEIGHTS}")
         if not asset.is_file():

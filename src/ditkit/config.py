@@ -26,8 +26,18 @@ TIMESTEP_MAX_PERIOD: float = 10000.0
 """Longest period of the timestep embedding (GLIDE formula)."""
 PATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 BLOCK_DESIGNS: tuple[str, ...] = ("adaln_zero", "adaln", "cross_attn", "in_context")
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 BlockDesign = Literal["adaln_zero", "adaln", "cross_attn", "in_context"]
+SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
+Precision = Literal["fp32", "bf16"]
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r} ({flag})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,23 +145,90 @@ def get_preset(name: str, **overrides: object) -> ModelConfig:
 class DiffusionConfig:
     """ADM's Gaussian diffusion as DiT trains it (1000 linear steps, eps prediction, learned range)."""
 
-    num_steps: int = NUM_DIFFUSION_STEPS  # length of the training chain
-    noise_schedule: Literal["linear", "cosine"] = "linear"  # betas 1e-4..0.02 (scaled by 1000/num_steps)
+    num_train_steps: int = NUM_DIFFUSION_STEPS  # length of the training chain (sampling respaces it)
+    noise_schedule: Literal["linear", "cosine"] = "linear"  # betas 1e-4..0.02 (scaled by 1000/num_train_steps)
     learn_sigma: bool = True  # learned-range variance (else fixed large variance, MSE only)
     predict_xstart: bool = False  # eps prediction (the paper) unless True
 
     def __post_init__(self) -> None:
-        if self.num_steps < 2:
-            raise ValueError(f"num_steps must be >= 2; got {self.num_steps}")
+        _check_int("num_train_steps", self.num_train_steps, minimum=2)
         if self.noise_schedule not in ("linear", "cosine"):
             raise ValueError(f"noise_schedule must be 'linear' or 'cosine'; got {self.noise_schedule!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DiffusionConfig:
+        """From `dataclasses.asdict` output; files written before 0.2 call the chain length `num_steps`."""
+        fields = dict(values)
+        if "num_steps" in fields:
+            fields["num_train_steps"] = fields.pop("num_steps")
+        return cls(**fields)
+
+
+def default_diffusion(model: ModelConfig) -> DiffusionConfig:
+    """The paper's process for a model whose training diffusion is not recorded (official checkpoints)."""
+    return DiffusionConfig(learn_sigma=model.learn_sigma)
+
+
+# Sampling.
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleConfig:
+    """How to sample a DiT. Defaults: the paper's FID-50K evaluation (Sec. 4): 250 DDPM steps, cfg 1.5.
+
+    The paper's FID 2.27 also guides only 3 of the 4 latent channels (the official code's quirk):
+    `cfg_channels=3` reproduces it. The named configs below are the defaults of each use.
+    """
+
+    sampler: SamplerName = "ddpm"  # "ddpm" (ancestral, learned variance), "ddim", "dpm++2m" (DPM-Solver++(2M))
+    num_steps: int = 250  # sampling steps: the training chain respaced to this many
+    cfg_scale: float = 1.5  # classifier-free guidance scale; 1 = none (no doubled batch), 0 = unconditional
+    cfg_channels: Literal["all"] | int = "all"  # guided output channels; 3 = the official DiT variant
+    eta: float = 0.0  # DDIM noise in [0, 1] (0 = deterministic); the other samplers ignore it
+    clip_denoised: bool | None = None  # clamp x_0 predictions to [-1, 1]; None = on in pixel space only
+    batch_size: int = 32  # images per forward pass (guidance doubles the rows)
+    precision: Precision = "fp32"  # the network's arithmetic ("bf16": autocast); the diffusion stays fp32
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r} (--sampler)")
+        _check_int("num_steps", self.num_steps, minimum=1)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        if not (isinstance(self.cfg_scale, (int, float)) and math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
+            raise ValueError(
+                f"cfg_scale must be a finite number >= 0 (1 = no guidance); got {self.cfg_scale} (--cfg-scale)"
+            )
+        if self.cfg_channels != "all" and not (
+            isinstance(self.cfg_channels, int) and not isinstance(self.cfg_channels, bool) and self.cfg_channels >= 1
+        ):
+            raise ValueError(f"cfg_channels must be 'all' or an integer >= 1; got {self.cfg_channels!r}")
+        if not (isinstance(self.eta, (int, float)) and 0.0 <= self.eta <= 1.0):
+            raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM); got {self.eta} (--eta)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+
+    def replace(self, **changes: object) -> SampleConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def timestep_respacing(self) -> str:
+        """The ADM respacing spec of these steps (what `diffusion_from_config` takes)."""
+        return str(self.num_steps)
+
+
+PAPER_EVAL_SAMPLING = SampleConfig()
+"""The paper's FID evaluation (sample_ddp.py): DDPM 250 steps, cfg 1.5 (add cfg_channels=3 for the 2.27)."""
+IMAGE_SAMPLING = SampleConfig(cfg_scale=4.0)
+"""`ditkit sample` (the official sample.py): DDPM 250 steps, cfg 4 for images to look at."""
+WALK_SAMPLING = SampleConfig(sampler="ddim", num_steps=50, cfg_scale=4.0)
+"""Latent walks: deterministic DDIM, so a frame is a smooth function of its noise and label."""
+TRAIN_SAMPLING = SampleConfig(sampler="ddim", num_steps=50, cfg_scale=1.0, batch_size=100)
+"""Sample grids and evaluation while training (EMA model)."""
 
 
 # Training.
 
-Precision = Literal["fp32", "bf16"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 NO_VAE = "none"  # TrainConfig.vae value for pixel-space training
 PAPER_VAE = "stabilityai/sd-vae-ft-ema"  # the paper's VAE (same encoder as sd-vae-ft-mse)
@@ -176,13 +253,10 @@ RESUMABLE_FIELDS: frozenset[str] = frozenset(
         "sample_every_steps",
         "num_grid_images",
         "grid_seed",
-        "sampler",
-        "num_sampling_steps",
-        "cfg_scale",
+        "sample",
         "eval_every_steps",
         "num_eval_samples",
         "eval_seed",
-        "eval_batch_size",
         "eval_ref",
     }
 )
@@ -240,16 +314,13 @@ class TrainConfig:
     milestone_every_steps: int = 0  # checkpoints at multiples of this are never pruned
 
     # Samples and evaluation (EMA model).
+    sample: SampleConfig = TRAIN_SAMPLING  # how grids and evaluation sample (batch_size: per rank)
     sample_every_steps: int = 10_000  # write samples/step_XXXXXXX.png
-    num_grid_images: int = 16  # images per grid; image i has seed grid_seed + i and class i % num_classes
+    num_grid_images: int = 16  # images per grid; image i has seed image_seed(grid_seed, i), class i % classes
     grid_seed: int = 0
-    sampler: str = "ddim"  # ditkit.sample sampler for grids and evaluation: "ddpm", "ddim", "dpm++2m"
-    num_sampling_steps: int = 50  # sampling steps (respacing of the 1000-step chain)
-    cfg_scale: float = 1.0  # classifier-free guidance scale for grids and evaluation
     eval_every_steps: int = 0  # sample and score the EMA model (digits metrics or Inception FID)
     num_eval_samples: int = 1000  # class-balanced samples per evaluation, over all ranks
-    eval_seed: int = 1_000_000  # evaluation sample i has seed eval_seed + i
-    eval_batch_size: int = 100  # images per sampling batch and rank (grids and evaluation)
+    eval_seed: int = 1_000_000  # evaluation sample i has seed image_seed(eval_seed, i) and class i % classes
     eval_ref: str | None = None  # FID reference (stats file, ADM batch, images); None = training images
 
     def __post_init__(self) -> None:
@@ -269,8 +340,6 @@ class TrainConfig:
             "ckpt_every_steps",
             "keep_last_ckpts",
             "num_grid_images",
-            "num_sampling_steps",
-            "eval_batch_size",
         ):
             _check_int(name, getattr(self, name), minimum=1)
         for name in (
@@ -306,8 +375,11 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
-        if not (self.cfg_scale >= 1.0 and math.isfinite(self.cfg_scale)):
-            raise ValueError(f"cfg_scale must be >= 1 (1 = no guidance); got {self.cfg_scale}")
+        if self.sample.cfg_scale != 1.0 and not self.model.has_null_class:
+            raise ValueError(
+                f"sample.cfg_scale {self.sample.cfg_scale} needs a class-conditional model with label dropout "
+                "(a null class); use --cfg-scale 1"
+            )
         if not str(self.vae).strip():
             raise ValueError("vae must be 'none', a diffusers VAE folder or a hub id; got an empty string")
 
@@ -315,11 +387,6 @@ class TrainConfig:
     def is_latent(self) -> bool:
         """True when images are encoded by a VAE (a latent store is latent whatever `vae` says)."""
         return self.vae.strip().lower() != NO_VAE
-
-    @property
-    def latent_size(self) -> int:
-        """Side of what the model sees with the SD VAE (image_size / 8), or image_size in pixel space."""
-        return self.image_size // VAE_DOWNSAMPLE if self.is_latent else self.image_size
 
     def replace(self, **changes: object) -> TrainConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -330,25 +397,36 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """TrainConfig from `to_dict` output; unknown keys are an error (they come from another version)."""
+        """TrainConfig from `to_dict` output; unknown keys are an error (they come from another version).
+
+        config.json files written before 0.2 kept the sampling settings flat; they are read into `sample`.
+        """
+        fields = dict(values)
+        legacy = {k: fields.pop(k) for k in _LEGACY_SAMPLE_FIELDS if k in fields}
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; allowed: {', '.join(sorted(known))}")
-        fields = dict(values)
         if isinstance(fields.get("model"), dict):
             fields["model"] = ModelConfig(**fields["model"])
         if isinstance(fields.get("diffusion"), dict):
-            fields["diffusion"] = DiffusionConfig(**fields["diffusion"])
+            fields["diffusion"] = DiffusionConfig.from_dict(fields["diffusion"])
+        sample = fields.get("sample")
+        if isinstance(sample, dict) or legacy:
+            sample = dict(sample) if isinstance(sample, dict) else dataclasses.asdict(TRAIN_SAMPLING)
+            sample.update({_LEGACY_SAMPLE_FIELDS[k]: v for k, v in legacy.items()})
+            fields["sample"] = SampleConfig(**sample)
         if "adam_betas" in fields:
             fields["adam_betas"] = tuple(fields["adam_betas"])
         return cls(**fields)
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        flag = "--" + name.replace("_", "-")
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r} ({flag})")
+_LEGACY_SAMPLE_FIELDS = {
+    "sampler": "sampler",
+    "num_sampling_steps": "num_steps",
+    "cfg_scale": "cfg_scale",
+    "eval_batch_size": "batch_size",
+}
 
 
 def validate_for_world(cfg: TrainConfig, world_size: int, device_type: str = "cpu") -> None:

@@ -1,4 +1,4 @@
-"""Datasets (image folders, .npz arrays, embedded MNIST, sklearn digits, stored VAE latents) and the loader.
+"""Datasets: image folders, .npz arrays, the embedded MNIST and sklearn's digits (latent stores: `latents`).
 
 Preprocessing follows ADM / DiT (`center_crop_arr`, random flip, [-1, 1]; anchors 2.7). The latent store
 keeps fast-DiT's speed (https://github.com/chuanyangjin/fast-DiT) without freezing flips and VAE noise.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -23,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def _to_tensor(arr: np.ndarray) -> Tensor:
     return (x.float() / 255.0 - 0.5) / 0.5
 
 
-def _draw_flip(flip: bool, generator: torch.Generator | None) -> bool:
+def draw_flip(flip: bool, generator: torch.Generator | None) -> bool:
     return flip and bool(torch.rand((), generator=generator) < 0.5)
 
 
@@ -150,7 +148,7 @@ class ImageFolderDataset(BaseDataset):
             return None
 
     def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
-        flip = _draw_flip(self.flip, generator)
+        flip = draw_flip(self.flip, generator)
         for offset in range(len(self)):
             j = (index + offset) % len(self)
             image = None if j in self._bad else self._try_load(j)
@@ -203,7 +201,7 @@ class NpzDataset(BaseDataset):
         return len(self.images)
 
     def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
-        flip = _draw_flip(self.flip, generator)
+        flip = draw_flip(self.flip, generator)
         arr = self.images[index]
         if arr.shape[:2] != (self.image_size, self.image_size):
             arr = center_crop_arr(Image.fromarray(arr), self.image_size)
@@ -279,7 +277,7 @@ class DigitsDataset(BaseDataset):
 
     def __init__(self, image_size: int = 32) -> None:
         try:
-            from sklearn.datasets import load_digits
+            from sklearn.datasets import load_digits  # scikit-learn is optional (the `dev` extra)
         except ImportError:
             raise ValueError("the 'digits' dataset needs scikit-learn; pip install scikit-learn or use mnist") from None
         digits = load_digits()
@@ -293,149 +291,3 @@ class DigitsDataset(BaseDataset):
 
     def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
         return self.images[index], int(self.labels[index])
-
-
-# Loader.
-
-
-def _mix_seed(*words: int) -> int:
-    """A 63-bit seed from a tuple of ints (NumPy's SeedSequence hash), so nearby tuples are unrelated."""
-    state = np.random.SeedSequence([w % 2**64 for w in words]).generate_state(2, np.uint32)
-    return int(state[0]) | (int(state[1]) & 0x7FFFFFFF) << 32
-
-
-def steps_per_epoch(num_items: int, global_batch_size: int) -> int:
-    """Full global batches per epoch (the last partial batch of each epoch is dropped)."""
-    return num_items // global_batch_size
-
-
-class _StepBatchSampler:
-    """Yields, from `start_step` on forever, rank r's slice of each global batch as (index, item seed)."""
-
-    def __init__(self, num_items: int, global_batch: int, rank: int, world_size: int, seed: int, start_step: int):
-        self.num_items, self.global_batch = num_items, global_batch
-        self.seed, self.start_step = seed, start_step
-        self.per_rank = global_batch // world_size
-        self.offset = rank * self.per_rank
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        per_epoch = steps_per_epoch(self.num_items, self.global_batch)
-        epoch, perm = -1, torch.empty(0, dtype=torch.long)
-        step = self.start_step
-        while True:
-            if step // per_epoch != epoch:  # jump straight to the epoch of `step`: no replay
-                epoch = step // per_epoch
-                perm = torch.randperm(
-                    self.num_items, generator=torch.Generator().manual_seed(_mix_seed(self.seed, 0, epoch))
-                )
-            first = (step % per_epoch) * self.global_batch + self.offset
-            indices = perm[first : first + self.per_rank].tolist()
-            yield [(i, _mix_seed(self.seed, 1, epoch, i)) for i in indices]
-            step += 1
-
-
-class _SeededItems(torch.utils.data.Dataset):
-    """Map (index, item seed) -> dataset.get(index, generator seeded with item seed)."""
-
-    def __init__(self, dataset: BaseDataset) -> None:
-        self.dataset = dataset
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
-        index, seed = key
-        return self.dataset.get(index, torch.Generator().manual_seed(seed))
-
-
-def build_loader(
-    dataset: BaseDataset,
-    *,
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    start_step: int = 0,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Infinite deterministic batches (x (B/W, C, H, W) float32, y (B/W,) int64) for rank r of W.
-
-    `batch_size` is the GLOBAL batch B. Epoch e shuffles with a generator seeded from (seed, e) and drops
-    its last partial batch; rank r takes rows [r B/W, (r+1) B/W) of each global batch. Item augmentation
-    (flip, latent noise) uses a generator seeded from (seed, e, index), so batches depend on neither the
-    world size nor the workers, and `start_step=k` yields exactly the batches an uninterrupted run sees
-    from step k on, without touching earlier ones.
-    """
-    if batch_size < 1 or world_size < 1 or batch_size % world_size:
-        raise ValueError(
-            f"global batch size {batch_size} must be a positive multiple of the world size {world_size}; "
-            "change --global-batch-size or the number of processes"
-        )
-    if not 0 <= rank < world_size or start_step < 0:
-        raise ValueError(f"need 0 <= rank < world_size and start_step >= 0; got {rank}, {world_size}, {start_step}")
-    if len(dataset) < batch_size:
-        raise ValueError(
-            f"dataset has {len(dataset)} items, fewer than the global batch size {batch_size}; lower the batch size"
-        )
-    sampler = _StepBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
-    loader = DataLoader(
-        _SeededItems(dataset),
-        batch_sampler=sampler,  # type: ignore[arg-type]  # yields (index, seed) keys, not plain indices
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    )
-    return iter(loader)
-
-
-# Opening by name.
-
-
-def open_dataset(spec: str | None, image_size: int | None = None, flip: bool = True) -> BaseDataset:
-    """Open a dataset from a spec.
-
-    None or "mnist" (also "mnist:test", "mnist:all"): embedded MNIST (default 32 px, never flipped);
-    "digits": sklearn digits (default 32 px); a folder with meta.json: LatentStore (image_size, if
-    given, must match the store's); another folder: ImageFolderDataset (image_size required); a .npz
-    file: NpzDataset.
-    """
-    name = (spec or "mnist").strip()
-    if name.lower() in ("mnist", "mnist:train", "mnist:test", "mnist:all", "digits"):
-        if flip:
-            logger.info("random flips are off for %s (digits are not mirror symmetric)", name)
-        if name.lower() == "digits":
-            return DigitsDataset(image_size or 32)
-        split = name.lower().partition(":")[2] or "train"
-        return EmbeddedMNIST(split, image_size or 32)  # type: ignore[arg-type]
-    path = Path(name).expanduser()
-    if path.is_dir() and (path / STORE_META_FILE).exists():
-        from ditkit.latents import LatentStore  # latents builds on this module
-
-        store = LatentStore(path, flip=flip)
-        if image_size is not None and image_size != store.image_size:
-            raise ValueError(
-                f"latent store {name!r} holds {store.image_size} px images, not {image_size}; "
-                f"pass --image-size {store.image_size} or extract a new store"
-            )
-        return store
-    if path.is_dir():
-        if image_size is None:
-            raise ValueError(f"image folder {name!r} needs an image size; pass --image-size (e.g. 256)")
-        return ImageFolderDataset(path, image_size, flip)
-    if path.suffix == ".npz" and path.is_file():
-        return NpzDataset(path, image_size, flip)
-    raise ValueError(
-        f"dataset {name!r} not found; pass 'mnist', 'digits', an image folder, a latent store folder or a .npz file"
-    )
-
-
-def check_num_classes(dataset: BaseDataset, num_classes: int) -> None:
-    """Raise if a class-conditional model's label count differs from the dataset's (0 = unconditional)."""
-    if num_classes == 0 or dataset.num_classes == num_classes:
-        return
-    fix = (
-        f"pass --num-classes {dataset.num_classes}"
-        if dataset.num_classes
-        else "the data is unlabelled; pass --num-classes 0 for an unconditional model"
-    )
-    raise ValueError(
-        f"dataset has {dataset.num_classes} classes but the model has {num_classes}; {fix} "
-        "(or use a preset/dataset that agree)"
-    )

@@ -329,7 +329,7 @@ def create_diffusion(
 ) -> GaussianDiffusion:
     """The diffusion DiT trains and samples with; timestep_respacing "" keeps all steps ("250", "ddim50")."""
     config = DiffusionConfig(
-        num_steps=diffusion_steps,
+        num_train_steps=diffusion_steps,
         noise_schedule=noise_schedule,  # type: ignore[arg-type]
         learn_sigma=learn_sigma,
         predict_xstart=predict_xstart,
@@ -338,11 +338,12 @@ def create_diffusion(
 
 
 def diffusion_from_config(config: DiffusionConfig, timestep_respacing: str = "") -> GaussianDiffusion:
+    """The process of `config`, respaced by an ADM spec ("" keeps every step; "250", "ddim50", "10,15,20")."""
     if config.noise_schedule == "linear":
-        betas = linear_beta_schedule(config.num_steps)
+        betas = linear_beta_schedule(config.num_train_steps)
     else:
-        betas = cosine_beta_schedule(config.num_steps)
-    kept = space_timesteps(config.num_steps, timestep_respacing)
+        betas = cosine_beta_schedule(config.num_train_steps)
+    kept = space_timesteps(config.num_train_steps, timestep_respacing)
     # Always through the respacing, even when every step is kept: ADM's SpacedDiffusion recomputes
     # betas = 1 - abar_t / abar_{t-1}, which differs from the linspace by ~1e-13 (relative).
     betas = respace_betas(torch.cumprod(1.0 - betas, dim=0), kept)

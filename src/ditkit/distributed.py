@@ -55,14 +55,17 @@ def _env_int(name: str, default: int) -> int:
 def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
     """Join torchrun's process group (when WORLD_SIZE > 1) and pick this process's device.
 
-    `device`: "auto" (cuda:LOCAL_RANK if CUDA is available, else CPU), "cpu" or "cuda". Idempotent.
+    `device`: "auto" (cuda:LOCAL_RANK if CUDA is available, else CPU), "cpu", "cuda" (cuda:LOCAL_RANK)
+    or "cuda:N" (one process). Idempotent.
     """
     rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world_size}; launch with torchrun --nproc_per_node N")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu (or auto)")
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu (or auto)")
+    if use_cuda and world_size == 1 and ":" in device:  # one process on a chosen GPU
+        local_rank = resolve_device(device).index or 0
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise ValueError(
@@ -81,6 +84,23 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
         _control_group = dist.new_group(backend="gloo") if use_cuda else None
         _owns_group = True
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """One process's device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N", checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"device {name!r} does not exist (this machine has {count} CUDA GPUs); use --device cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def is_initialized() -> bool:

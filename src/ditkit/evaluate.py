@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import linalg
 from torch import Tensor
+
+from ditkit.files import save_npz
+from ditkit.imageset import ImageSet, ImageSource, open_images
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ _FEATURE_FOR_METRIC = {
     "kid": "pool",
 }
 _STAT_KEYS = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}  # ADM reference-batch names
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-ImageSource = np.ndarray | Tensor | str | os.PathLike
 
 
 # Frechet distance and streaming statistics.
@@ -261,7 +260,7 @@ def kernel_inception_distance(
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
-    """What the metrics need from a feature network.
+    """What the metrics need from a feature network (InceptionExtractor, DigitFeatureExtractor).
 
     `__call__` takes a uint8 batch (N, H, W, C), C in {1, 3}, and returns CPU or device tensors for a
     subset of FEATURE_KINDS: "pool" (N, D) for FID / precision / recall / KID, "spatial" (N, Ds) for sFID,
@@ -278,133 +277,6 @@ def extractor_name(extractor: FeatureExtractor) -> str:
     return str(getattr(extractor, "name", type(extractor).__name__))
 
 
-class RandomFeatureExtractor(torch.nn.Module):
-    """A tiny seeded random conv net with pool/spatial/logits heads: a fast stand-in for Inception in tests."""
-
-    available = frozenset(FEATURE_KINDS)
-
-    def __init__(self, seed: int = 0, pool_dim: int = 32, num_classes: int = 10) -> None:
-        super().__init__()
-        self.name = f"random-{seed}-{pool_dim}-{num_classes}"
-        gen = torch.Generator().manual_seed(seed)
-        self.register_buffer("conv1", torch.randn(16, 3, 3, 3, generator=gen) / 27**0.5)
-        self.register_buffer("conv2", torch.randn(pool_dim, 16, 3, 3, generator=gen) / 144**0.5)
-        self.register_buffer("fc", torch.randn(num_classes, pool_dim, generator=gen))
-
-    @torch.no_grad()
-    def forward(self, images: np.ndarray) -> dict[str, Tensor]:
-        x = torch.as_tensor(_check_images(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        x = F.interpolate(x.expand(-1, 3, -1, -1), size=(16, 16), mode="bilinear", antialias=True)
-        h = F.relu(F.conv2d(x, self.conv1, stride=2, padding=1))  # (N, 16, 8, 8)
-        h = F.relu(F.conv2d(h, self.conv2, stride=2, padding=1))  # (N, pool_dim, 4, 4)
-        pool = h.mean(dim=(2, 3))
-        return {"pool": pool, "spatial": h[:, :2].flatten(1), "logits": 4.0 * pool @ self.fc.T}
-
-
-# Reading images: arrays, .npz (streamed, ADM `arr_0`), .npy, folders of images.
-
-
-@dataclass
-class _Images:
-    """A uint8 NHWC image source that can be read batch by batch."""
-
-    num_images: int
-    source: np.ndarray | Path
-    kind: str  # "array", "npz", "folder"
-    files: list[Path] = field(default_factory=list)
-
-    def batches(self, batch_size: int, limit: int) -> Iterator[np.ndarray]:
-        if self.kind == "array":
-            for i in range(0, limit, batch_size):
-                yield _check_images(np.asarray(self.source[i : min(i + batch_size, limit)]))
-        elif self.kind == "npz":
-            yield from _npz_batches(self.source, batch_size, limit)
-        else:
-            for i in range(0, limit, batch_size):
-                yield _check_images(np.stack([_read_image(p) for p in self.files[i : min(i + batch_size, limit)]]))
-
-
-def _check_images(images: np.ndarray | Tensor) -> np.ndarray:
-    x = images.numpy(force=True) if isinstance(images, Tensor) else np.asarray(images)
-    if x.ndim == 3:
-        x = x[..., None]
-    if not x.flags.writeable:  # memory-mapped or streamed bytes; torch warns on read-only arrays
-        x = x.copy()
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"images must be uint8 (N, H, W, C) with C in {{1, 3}} (the ADM npz layout); got "
-            f"dtype {x.dtype}, shape {x.shape}: convert with ((x + 1) * 127.5).round().clip(0, 255)"
-        )
-    return x
-
-
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("L" if img.mode in ("L", "I", "I;16", "1") else "RGB"))
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
-    version = np.lib.format.read_magic(f)
-    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran_order, dtype = reader(f)
-    if fortran_order:
-        raise ValueError("Fortran-ordered image arrays are not supported; save with np.savez(path, arr_0=x)")
-    return shape, dtype
-
-
-def _npz_image_key(path: Path) -> str:
-    with zipfile.ZipFile(path) as zf:
-        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-    if "arr_0" in names:
-        return "arr_0"
-    if "images" in names:
-        return "images"
-    raise ValueError(
-        f"{path} holds no images under 'arr_0' or 'images' (keys: {names}); save with np.savez(path, arr_0=uint8_nhwc)"
-    )
-
-
-def _npz_batches(path: Path, batch_size: int, limit: int) -> Iterator[np.ndarray]:
-    """Stream an .npz member batch by batch, so a 50K x 256 x 256 x 3 array never sits in memory."""
-    with zipfile.ZipFile(path) as zf, zf.open(f"{_npz_image_key(path)}.npy") as f:
-        shape, dtype = _read_npy_header(f)
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        for i in range(0, limit, batch_size):
-            n = min(batch_size, limit - i)
-            buf = f.read(n * row_bytes)
-            if len(buf) != n * row_bytes:
-                raise ValueError(f"{path}: array data ends early (corrupt or truncated file)")
-            yield _check_images(np.frombuffer(buf, dtype=dtype).reshape(n, *shape[1:]))
-
-
-def open_images(source: ImageSource) -> _Images:
-    """Wrap an array, an .npz (`arr_0`), an .npy or a folder of images as a batch-readable source."""
-    if isinstance(source, (np.ndarray, Tensor)):
-        arr = _check_images(source)
-        return _Images(num_images=len(arr), source=arr, kind="array")
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in folder {path}")
-        return _Images(num_images=len(files), source=path, kind="folder", files=files)
-    if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
-        _check_images(arr[:1])
-        return _Images(num_images=len(arr), source=arr, kind="array")
-    if path.suffix == ".npz" and path.is_file():
-        with zipfile.ZipFile(path) as zf, zf.open(f"{_npz_image_key(path)}.npy") as f:
-            shape, _ = _read_npy_header(f)
-        return _Images(num_images=int(shape[0]), source=path, kind="npz")
-    raise ValueError(
-        f"cannot read images from {source!r}: pass a uint8 NHWC array, an .npz with arr_0, "
-        "an .npy, or a folder of PNG/JPEG files"
-    )
-
-
 # Feature extraction and the entry points.
 
 
@@ -416,7 +288,7 @@ class _Features:
 
 
 def _extract(
-    images: _Images,
+    images: ImageSet,
     extractor: FeatureExtractor,
     stat_kinds: Sequence[str],
     batch_size: int,
@@ -478,12 +350,7 @@ def ref_stats(
         arrays[mu_key], arrays[sigma_key] = feats.stats[kind].mean, feats.stats[kind].cov
     if feats.pool is not None:
         arrays["pool_features"] = feats.pool
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temp name
-        np.savez(f, **arrays)
-    tmp.replace(out_path)
+    out_path = save_npz(out_path, **arrays)
     logger.info("reference statistics of %d images (%s) -> %s", src.num_images, ", ".join(kinds), out_path)
     return out_path
 

@@ -8,12 +8,13 @@ counter on CPU) and halve its count (it counts a multiply-add as 2 FLOPs).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ditkit.config import ModelConfig
+from ditkit.config import PRESETS, VAE_DOWNSAMPLE, ModelConfig, get_preset
 from ditkit.model import DiT, num_parameters
 
 
@@ -58,3 +59,23 @@ def format_table(costs: list[ModelCost]) -> str:
     lines = [f"{'model':<12} {'params':>14} {'tokens':>7} {'Gflops':>9}"]
     lines += [f"{c.name:<12} {c.params:>14,} {c.tokens:>7} {c.gflops:>9.2f}" for c in costs]
     return "\n".join(lines)
+
+
+def costs_table(
+    presets: list[str] | None = None, *, image_size: int = 256, block: str | None = None, as_json: bool = False
+) -> str:
+    """`ditkit flops`: the paper's 12 models (or `presets`) at `image_size` px through the SD VAE."""
+    names = presets or [n for n in PRESETS if n.split("-")[1][0] in "SBLX"]
+    overrides: dict[str, object] = {"input_size": image_size // VAE_DOWNSAMPLE}
+    if block:
+        overrides["block"] = block
+    costs = [model_cost(get_preset(n, **overrides), n) for n in names]
+    if as_json:
+        rows = [
+            {"model": c.name, "params": c.params, "gflops": round(c.gflops, 4), "tokens": c.tokens,
+             "image_size": image_size, "block": block or "adaln_zero"}
+            for c in costs
+        ]  # fmt: skip
+        return json.dumps(rows, indent=1)
+    header = f"Forward Gflops per image (multiply-adds, the paper's convention) at {image_size} px"
+    return header + "\n" + format_table(costs)

@@ -1,4 +1,4 @@
-"""Image generation at scale: class ids and names, batched seeded sampling, grids, resumable 50K .npz.
+"""Image generation: the one seeded, batched sampling routine, and resumable, sharded 50K .npz jobs.
 
 Each image i of a job has its own seed and label, so a result depends only on (seed, index, settings):
 never on batch size, on the order of batches, or on the number of processes. The .npz follows the
@@ -9,86 +9,36 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from functools import lru_cache
-from importlib import resources
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ditkit.autoencoder import to_uint8
-from ditkit.config import DiffusionConfig
-from ditkit.sample import SAMPLERS, initial_noise, sample_loop
+from ditkit.config import DiffusionConfig, SampleConfig, default_diffusion
+from ditkit.files import save_npz, write_json
+from ditkit.sample import initial_noise, sample_loop
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, kw_only=True)
-class SampleSettings:
-    """How to sample. Defaults: the paper's evaluation (250 DDPM steps, cfg 1.5 on all channels)."""
-
-    sampler: Literal["ddpm", "ddim", "dpm++2m"] = "ddpm"
-    num_steps: int = 250  # respaced steps of the 1000-step chain
-    cfg_scale: float = 1.5  # classifier-free guidance scale (1 = no guidance, no doubled batch)
-    cfg_channels: Literal["all", 3] | int = "all"  # 3 = the official DiT variant, for published numbers
-    eta: float = 0.0  # DDIM noise (0 = deterministic)
-    clip_denoised: bool = False  # clamp x_0 predictions to [-1, 1] (pixel-space models)
-    batch_size: int = 32  # images per forward pass (guidance doubles it)
-    diffusion: DiffusionConfig | None = None  # the process the model was trained with; None = the paper's
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1; got {self.num_steps}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0; got {self.cfg_scale}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
-
-
-# Classes.
-
-
-@lru_cache(maxsize=1)
-def imagenet_class_names() -> list[str]:
-    """The 1,000 ImageNet-1k class names in index order (first lemma of each synset)."""
-    text = resources.files("ditkit").joinpath("assets", "imagenet_classes.txt").read_text()
-    rows = [line.split("\t", 1)[1] for line in text.splitlines() if line and not line.startswith("#")]
-    return [row.split(",")[0].strip() for row in rows]
-
-
-def parse_classes(spec: str | Sequence[int | str] | None, num_classes: int) -> list[int]:
-    """Class ids from "207,360", ImageNet names ("golden retriever,otter") or a list; None = every class."""
-    if spec is None or spec == "":
-        return list(range(num_classes))
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    ids = []
-    for item in items:
-        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
-            ids.append(int(item))
-            continue
-        names = [n.lower() for n in imagenet_class_names()] if num_classes == 1000 else []
-        matches = [i for i, n in enumerate(names) if n == str(item).lower()]
-        if not matches:
-            raise ValueError(
-                f"unknown class {item!r}: give ids in 0..{num_classes - 1}"
-                + (" or ImageNet class names (see `ditkit classes`)" if num_classes == 1000 else "")
-            )
-        ids.append(matches[0])
-    bad = [i for i in ids if not 0 <= i < num_classes]
-    if bad:
-        raise ValueError(f"class ids {bad} are out of range for a {num_classes}-class model (0..{num_classes - 1})")
-    return ids
+Labels = Sequence[int] | Tensor | None  # class ids (N,), soft labels (N, rows), or None (unconditional)
 
 
 def image_seed(global_seed: int, index: int) -> int:
-    """The seed of image `index` of a job: independent streams per (global_seed, index)."""
+    """The seed of image `index` of a job: independent streams per (global_seed, index).
+
+    The one seed rule of ditkit: grids, evaluation, .npz jobs, walks and the demo all use it.
+    """
     return int(np.random.SeedSequence([global_seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def image_seeds(global_seed: int, num: int, start: int = 0) -> list[int]:
+    """Seeds of images start .. start + num - 1 of a job."""
+    return [image_seed(global_seed, i) for i in range(start, start + num)]
 
 
 def job_labels(num: int, num_classes: int, seed: int, class_balanced: bool) -> np.ndarray:
@@ -104,58 +54,87 @@ def job_labels(num: int, num_classes: int, seed: int, class_balanced: bool) -> n
 # Sampling.
 
 
+def network(model: nn.Module, precision: str, device: torch.device) -> Callable[..., Tensor]:
+    """model(x, t, y) in the asked precision; outputs are fp32, so the diffusion arithmetic stays fp32."""
+    if precision == "fp32":
+        return model
+
+    def forward(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model(x, t) if y is None else model(x, t, y)
+        return out.float()
+
+    return forward
+
+
 def generate(
     model: nn.Module,
-    labels: Sequence[int] | None,
+    labels: Labels,
     seeds: Sequence[int],
-    settings: SampleSettings,
+    config: SampleConfig,
     *,
+    diffusion: DiffusionConfig | None = None,
     vae: Any = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
+    noise: Tensor | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """Sample one image per seed (uint8 (N, H, W, C)), decoded through `vae` when the model is latent."""
-    config = model.config  # type: ignore[attr-defined]
-    diffusion = settings.diffusion or DiffusionConfig(learn_sigma=config.learn_sigma)
-    shape = (config.in_channels, config.input_size, config.input_size)
+    """Sample one image per seed: uint8 (N, H, W, C), decoded through `vae` when the model is latent.
+
+    The one sampling routine of ditkit (the CLI, training grids and evaluation, walks, the demo, the web
+    page and the studies call it). Image i depends only on (seeds[i], labels[i], config, diffusion), not
+    on the batch size. `noise` (N, C, H, W) replaces the seeds' x_T (walks interpolate it); `diffusion`
+    is the process the model was trained with (default: the paper's). x_0 predictions are clamped in
+    pixel space unless `config.clip_denoised` says otherwise.
+    """
+    model_config = model.config  # type: ignore[attr-defined]
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    diffusion = diffusion or default_diffusion(model_config)
+    clip = config.clip_denoised if config.clip_denoised is not None else vae is None
+    shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
+    forward = network(model, config.precision, device)
+    if labels is not None and model_config.num_classes > 0:
+        label_tensor = torch.as_tensor(labels if isinstance(labels, Tensor) else list(labels), device=device)
+    else:
+        label_tensor = None
     out = []
-    for start in range(0, len(seeds), settings.batch_size):
-        batch_seeds = list(seeds[start : start + settings.batch_size])
-        noise = initial_noise(batch_seeds, shape, device)
-        y = None
-        if labels is not None and config.num_classes > 0:
-            y = torch.as_tensor(list(labels[start : start + settings.batch_size]), device=device, dtype=torch.long)
+    for start in range(0, len(seeds), config.batch_size):
+        batch_seeds = list(seeds[start : start + config.batch_size])
+        rows = slice(start, start + len(batch_seeds))
+        x_T = noise[rows].to(device) if noise is not None else initial_noise(batch_seeds, shape, device)
         x = sample_loop(
             model,
-            noise,
-            y,
-            sampler=settings.sampler,
-            timestep_respacing=str(settings.num_steps),
-            cfg_scale=settings.cfg_scale,
-            cfg_channels=settings.cfg_channels,
-            eta=settings.eta,
+            x_T,
+            label_tensor[rows] if label_tensor is not None else None,
+            sampler=config.sampler,
+            timestep_respacing=config.timestep_respacing,
+            cfg_scale=config.cfg_scale,
+            cfg_channels=config.cfg_channels,
+            eta=config.eta,
             seeds=batch_seeds,
             diffusion=diffusion,
-            clip_denoised=settings.clip_denoised,
+            clip_denoised=clip,
             progress=progress,
+            forward=forward,
         )
         if vae is not None:
-            with torch.no_grad():
-                x = vae.decode(x)
+            x = vae.decode(x)
         out.append(to_uint8(x).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, *shape[1:], 3), np.uint8)
+    channels = 3 if vae is not None else shape[0]
+    return np.concatenate(out) if out else np.zeros((0, *shape[1:], channels), np.uint8)
 
 
 def sample_npz(
     model: nn.Module,
     out_path: str | Path,
     num: int,
-    settings: SampleSettings,
+    config: SampleConfig,
     *,
     seed: int = 0,
     class_balanced: bool = False,
+    diffusion: DiffusionConfig | None = None,
     vae: Any = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     rank: int = 0,
     world_size: int = 1,
     chunk_size: int | None = None,
@@ -172,23 +151,36 @@ def sample_npz(
     out_path = Path(out_path)
     parts = _parts_dir(out_path)
     parts.mkdir(parents=True, exist_ok=True)
-    chunk = chunk_size or settings.batch_size * 4
-    num_classes = model.config.num_classes  # type: ignore[attr-defined]
-    labels = job_labels(num, num_classes, seed, class_balanced)
-    job = {"num": num, "seed": seed, "class_balanced": class_balanced, "chunk": chunk, "settings": asdict(settings)}
+    chunk = chunk_size or config.batch_size * 4
+    model_config = model.config  # type: ignore[attr-defined]
+    diffusion = diffusion or default_diffusion(model_config)
+    labels = job_labels(num, model_config.num_classes, seed, class_balanced)
+    job = {
+        "num": num,
+        "seed": seed,
+        "class_balanced": class_balanced,
+        "chunk": chunk,
+        "settings": asdict(config),
+        "diffusion": asdict(diffusion),
+    }
     _check_job(parts, job, rank)
     chunks = [(c, s, min(s + chunk, num)) for c, s in enumerate(range(0, num, chunk)) if c % world_size == rank]
     for c, start, stop in chunks:
         path = parts / f"chunk_{c:06d}.npz"
         if path.exists():
             continue
-        seeds = [image_seed(seed, i) for i in range(start, stop)]
+        seeds = image_seeds(seed, stop - start, start)
         images = generate(
-            model, labels[start:stop].tolist(), seeds, settings, vae=vae, device=device, progress=progress
+            model,
+            labels[start:stop].tolist(),
+            seeds,
+            config,
+            diffusion=diffusion,
+            vae=vae,
+            device=device,
+            progress=progress,
         )
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, images=images, labels=labels[start:stop], start=start)
-        tmp.replace(path)
+        save_npz(path, images=images, labels=labels[start:stop], start=start)
         log.info("rank %d: images %d..%d done", rank, start, stop - 1)
     return out_path
 
@@ -207,10 +199,7 @@ def assemble_npz(out_path: str | Path) -> Path:
         with np.load(path) as data:
             images.append(data["images"])
             labels.append(data["labels"])
-    tmp = out_path.with_name(out_path.stem + ".tmp.npz")
-    np.savez(tmp, arr_0=np.concatenate(images), labels=np.concatenate(labels))
-    tmp.replace(out_path)
-    return out_path
+    return save_npz(out_path, arr_0=np.concatenate(images), labels=np.concatenate(labels))
 
 
 def _parts_dir(out_path: Path) -> Path:
@@ -228,6 +217,4 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int) -> None:
                 "delete that folder or use another --npz path"
             )
     elif rank == 0:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(job, indent=1))
-        tmp.replace(path)
+        write_json(path, job)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from ditkit.classes import caption
+from ditkit.files import atomic_path
 
 _BACKGROUND = (255, 255, 255)
 _AXIS = (60, 60, 60)
@@ -79,34 +84,30 @@ def save_labelled_grid(
     scale = scale or max(1, 96 // arr.shape[1])
     picture = make_grid(arr, nrow).convert("RGB")
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
-    names = None
-    if num_classes == 1000:
-        from ditkit.generate import imagenet_class_names
-
-        names = imagenet_class_names()
     row_labels = [labels[i] for i in range(0, len(labels), nrow)]
     font = ImageFont.load_default()
-    caption_w = 12 + max(len(_caption(c, names)) for c in row_labels) * 7
+    caption_w = 12 + max(len(caption(c, num_classes)) for c in row_labels) * 7
     canvas = Image.new("RGB", (picture.width + caption_w, picture.height), _BACKGROUND)
     canvas.paste(picture, (caption_w, 0))
     draw = ImageDraw.Draw(canvas)
     row_h = picture.height / max(1, len(row_labels))
     for r, label in enumerate(row_labels):
-        draw.text((6, int(r * row_h + row_h / 2 - 6)), _caption(label, names), fill=_AXIS, font=font)
+        draw.text((6, int(r * row_h + row_h / 2 - 6)), caption(label, num_classes), fill=_AXIS, font=font)
     return _save(canvas, out_dir / "grid.png")
 
 
-def _caption(label: int, names: list[str] | None) -> str:
-    return f"{label} {names[label]}" if names else f"class {label}"
+def smooth(values: Sequence[float], half_width: int | None = None) -> list[float]:
+    """Centred moving average (window 2 * half_width + 1, shrinking at the ends) of a series.
 
-
-def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
-    """Debiased exponential moving average (TensorBoard's smoothing) of a series."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight**i))
-    return out
+    A centred window follows the series without lag; the default width is ~5% of the points on each side.
+    (An EMA over the raw loss lags, and after the large early losses of a run sits far above it.)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    k = max(1, len(v) // 20) if half_width is None else half_width
+    csum = np.concatenate([[0.0], np.cumsum(v)])
+    lo = np.clip(np.arange(len(v)) - k, 0, None)
+    hi = np.clip(np.arange(len(v)) + k + 1, None, len(v))
+    return ((csum[hi] - csum[lo]) / (hi - lo)).tolist()
 
 
 def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -123,6 +124,24 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
+@dataclass
+class _Frame:
+    """The plot area of a picture and the data ranges it shows (y in plotted units: log10 on a log axis)."""
+
+    size: tuple[int, int]
+    margins: tuple[int, int, int, int]  # left, right, top, bottom
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+
+    def px(self, x: float) -> float:
+        (width, _), (left, right, _, _), (lo, hi) = self.size, self.margins, self.x_range
+        return left + (x - lo) / (hi - lo) * (width - left - right)
+
+    def py(self, y: float) -> float:
+        (_, height), (_, _, top, bottom), (lo, hi) = self.size, self.margins, self.y_range
+        return height - bottom - (y - lo) / (hi - lo) * (height - top - bottom)
+
+
 def plot_curves(
     steps: Sequence[float],
     series: dict[str, Sequence[float]],
@@ -134,37 +153,48 @@ def plot_curves(
 ) -> Path:
     """Line plot of one or more series over `steps` (x axis) as a PNG; non-finite points are skipped.
 
-    A log y axis is used when `log_y` and every value is positive. Each series also gets a smoothed line.
+    A log y axis is used when `log_y` and every value is positive. Each series is drawn pale, with a
+    centred moving average (`smooth`, taken in the plotted space) over it.
     """
     width, height = size
-    left, right, top, bottom = 70, 20, 30 if title else 15, 40
+    margins = (70, 20, 30 if title else 15, 40)
     image = Image.new("RGB", size, _BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
     xs = np.asarray(steps, dtype=np.float64)
     finite = [np.asarray(v, dtype=np.float64) for v in series.values()]
     every = np.concatenate([v[np.isfinite(v)] for v in finite]) if finite else np.zeros(0)
     if len(xs) == 0 or every.size == 0:
-        draw.text((left, height // 2), "no data yet", fill=_AXIS, font=font)
+        draw.text((margins[0], height // 2), "no data yet", fill=_AXIS, font=font)
         return _save(image, path)
     use_log = log_y and bool((every > 0).all())
-
-    def fy(v: np.ndarray | float) -> np.ndarray | float:
-        return np.log10(v) if use_log else v
-
+    fy = np.log10 if use_log else np.asarray
     y_lo, y_hi = float(fy(every.min())), float(fy(every.max()))
     if y_hi - y_lo < 1e-12:
         y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
     x_lo, x_hi = float(xs.min()), float(xs.max())
-    if x_hi == x_lo:
-        x_hi = x_lo + 1.0
+    frame = _Frame(size, margins, (x_lo, x_hi if x_hi > x_lo else x_lo + 1.0), (y_lo, y_hi))
+    _draw_axes(draw, font, frame, use_log)
+    for k, (name, values) in enumerate(series.items()):
+        color = _COLORS[k % len(_COLORS)]
+        v = np.asarray(values, dtype=np.float64)
+        ok = np.isfinite(v)
+        pale = tuple(int(c + (255 - c) * 0.6) for c in color)
+        for line, shade, line_width in ((fy(v[ok]), pale, 1), (np.asarray(smooth(fy(v[ok]).tolist())), color, 2)):
+            pts = [(frame.px(x), frame.py(float(y))) for x, y in zip(xs[ok], line)]
+            if len(pts) > 1:
+                draw.line(pts, fill=shade, width=line_width)
+            elif pts:
+                draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=shade)
+        draw.text((width - margins[1] - 150, margins[2] + 5 + 14 * k), name, fill=color, font=font)
+    if title:
+        draw.text((margins[0], 8), title, fill=_AXIS, font=font)
+    draw.text((width // 2 - 10, height - 16), "step", fill=_AXIS, font=font)
+    return _save(image, path)
 
-    def px(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * (width - left - right)
 
-    def py(y: float) -> float:
-        return height - bottom - (y - y_lo) / (y_hi - y_lo) * (height - top - bottom)
-
+def _draw_axes(draw: ImageDraw.ImageDraw, font: Any, frame: _Frame, use_log: bool) -> None:
+    (width, height), (left, right, top, bottom) = frame.size, frame.margins
+    y_lo, y_hi = frame.y_range
     if use_log and y_hi - y_lo >= 1:  # a decade or more: powers of ten
         y_ticks = [float(e) for e in range(math.ceil(y_lo), math.floor(y_hi) + 1)]
     elif use_log:  # less than a decade: round values, placed on the log axis
@@ -172,35 +202,16 @@ def plot_curves(
     else:
         y_ticks = _nice_ticks(y_lo, y_hi)
     for y in y_ticks:
-        draw.line([(left, py(y)), (width - right, py(y))], fill=_GRIDLINE)
-        draw.text((4, py(y) - 6), _fmt(10**y if use_log else y), fill=_AXIS, font=font)
-    for x in _nice_ticks(x_lo, x_hi):
-        draw.line([(px(x), top), (px(x), height - bottom)], fill=_GRIDLINE)
-        draw.text((px(x) - 10, height - bottom + 6), _fmt(x), fill=_AXIS, font=font)
+        draw.line([(left, frame.py(y)), (width - right, frame.py(y))], fill=_GRIDLINE)
+        draw.text((4, frame.py(y) - 6), _fmt(10**y if use_log else y), fill=_AXIS, font=font)
+    for x in _nice_ticks(*frame.x_range):
+        draw.line([(frame.px(x), top), (frame.px(x), height - bottom)], fill=_GRIDLINE)
+        draw.text((frame.px(x) - 10, height - bottom + 6), _fmt(x), fill=_AXIS, font=font)
     draw.rectangle([left, top, width - right, height - bottom], outline=_AXIS)
-    for k, (name, values) in enumerate(series.items()):
-        color = _COLORS[k % len(_COLORS)]
-        v = np.asarray(values, dtype=np.float64)
-        ok = np.isfinite(v)
-        pale = tuple(int(c + (255 - c) * 0.6) for c in color)
-        for line, shade in ((v, pale), (np.asarray(smooth(v[ok].tolist())), color)):
-            pts = [(px(x), py(float(fy(y)))) for x, y in zip(xs[ok], line[ok] if line is v else line)]
-            if len(pts) > 1:
-                draw.line(pts, fill=shade, width=1 if shade is pale else 2)
-            elif pts:
-                draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=shade)
-        draw.text((width - right - 150, top + 5 + 14 * k), name, fill=color, font=font)
-    if title:
-        draw.text((left, 8), title, fill=_AXIS, font=font)
-    draw.text((width // 2 - 10, height - 16), "step", fill=_AXIS, font=font)
-    return _save(image, path)
 
 
 def _save(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG atomically (temp file, then rename), so a reader never sees half a picture."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    """Write a PNG atomically, so a reader (a browser refreshing samples/) never sees half a picture."""
+    with atomic_path(path, durable=False) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ditkit.config import VAE_LATENT_SCALE
-from ditkit.data import STORE_META_FILE, BaseDataset, _draw_flip
+from ditkit.data import STORE_META_FILE, BaseDataset, draw_flip
+from ditkit.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +46,6 @@ _META_MUST_MATCH = ("count", "latent_shape", "scale", "image_size", "vae", "mirr
 
 def _shard_path(root: Path, kind: str, shard: int) -> Path:
     return root / f"{kind}-{shard:05d}.{'json' if kind == 'done' else 'npy'}"
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique even across hosts; then rename
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
@@ -137,7 +130,7 @@ class LatentStore(BaseDataset):
         return mean, torch.from_numpy(self.stds[shard][row, view].astype(np.float32))
 
     def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
-        mean, std = self.moments(index, mirror=_draw_flip(self.flip, generator))
+        mean, std = self.moments(index, mirror=draw_flip(self.flip, generator))
         eps = torch.randn(mean.shape, generator=generator)
         return (mean + std * eps) * self.scale, int(self.labels[index])
 
@@ -168,7 +161,7 @@ def _prepare_store(root: Path, header: dict[str, Any]) -> dict[str, Any]:
                     "use a new output folder or delete the old one"
                 )
         return meta
-    _write_json(root / _META, header)  # every rank writes the same bytes; the rename makes it atomic
+    write_json(root / _META, header)  # every rank writes the same bytes; the rename makes it atomic
     return header
 
 
@@ -255,7 +248,7 @@ def extract_latents(
         labels_mm[row:stop] = y.numpy()
         for mm in memmaps:
             mm.flush()  # the data reaches the file before the progress count claims it
-        _write_json(_shard_path(root, "done", shard), {"written": stop})
+        write_json(_shard_path(root, "done", shard), {"written": stop})
     written, total = store_progress(root)
     logger.info("latent store %s: %d of %d latents written (rank %d done)", root, written, total, rank)
     return root

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ditkit.config import DiffusionConfig, ModelConfig
+from ditkit.config import DiffusionConfig, ModelConfig, default_diffusion
+from ditkit.files import atomic_path
 from ditkit.model import DiT
 
 log = logging.getLogger(__name__)
@@ -38,18 +41,13 @@ def save_weights(
     """Write weights as safetensors with the model config (and the diffusion it was trained with) in the
     metadata, atomically (temp file + rename). Samplers need the diffusion: a model trained with x_0
     prediction or a cosine schedule is garbage under the default process."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     metadata = {CONFIG_METADATA_KEY: json.dumps(dataclasses.asdict(config))}
     if diffusion is not None:
         metadata[DIFFUSION_METADATA_KEY] = json.dumps(dataclasses.asdict(diffusion))
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
 
 
 def read_diffusion_config(path: str | Path, model_config: ModelConfig) -> DiffusionConfig:
@@ -58,15 +56,13 @@ def read_diffusion_config(path: str | Path, model_config: ModelConfig) -> Diffus
     run_config = Path(path) / "config.json"  # a run folder records its whole TrainConfig
     weights = resolve_weights_path(path)
     if weights.suffix == ".safetensors":
-        from safetensors import safe_open
-
         with safe_open(str(weights), framework="pt") as f:
             metadata = f.metadata() or {}
         if DIFFUSION_METADATA_KEY in metadata:
-            return DiffusionConfig(**json.loads(metadata[DIFFUSION_METADATA_KEY]))
+            return DiffusionConfig.from_dict(json.loads(metadata[DIFFUSION_METADATA_KEY]))
     if run_config.is_file() and isinstance(json.loads(run_config.read_text()).get("diffusion"), dict):
-        return DiffusionConfig(**json.loads(run_config.read_text())["diffusion"])
-    return DiffusionConfig(learn_sigma=model_config.learn_sigma)
+        return DiffusionConfig.from_dict(json.loads(run_config.read_text())["diffusion"])
+    return default_diffusion(model_config)
 
 
 def resolve_weights_path(path: str | Path) -> Path:
@@ -93,9 +89,6 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | 
     """State dict (EMA weights when the file holds several) and the stored config, if any."""
     path = resolve_weights_path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         config = None
@@ -178,6 +171,14 @@ def load_dit(path: str | Path, *, device: str | torch.device = "cpu", **override
     model = DiT(config)
     load_strict(model, state_dict, source=str(path))
     return model.to(device).eval()
+
+
+def load_model(
+    path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any
+) -> tuple[DiT, DiffusionConfig]:
+    """`load_dit` and the diffusion the model was trained with (`read_diffusion_config`): what sampling needs."""
+    model = load_dit(path, device=device, **overrides)
+    return model, read_diffusion_config(path, model.config)
 
 
 def load_strict(model: DiT, state_dict: dict[str, Tensor], source: str = "weights") -> None:

@@ -85,7 +85,10 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class labels (N,) -> (N, D). With dropout > 0 the table has a null row (id = num_classes) for CFG.
 
-    Float labels of shape (N, rows) are mixing weights over the table's rows (never dropped).
+    Float labels of shape (N, rows) are mixing weights over the table's rows (never dropped). Label dropout
+    is the training step's business (ditkit.train draws the mask with the step's other random numbers, so a
+    run is exact on resume and under any process count): the embedder drops only where `force_drop_ids`
+    says so, unlike the official module, which draws torch.rand in train mode.
     """
 
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
@@ -102,11 +105,11 @@ class LabelEmbedder(nn.Module):
             drop = force_drop_ids == 1
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
-    def forward(self, labels: Tensor, train: bool, force_drop_ids: Tensor | None = None) -> Tensor:
+    def forward(self, labels: Tensor, train: bool = False, force_drop_ids: Tensor | None = None) -> Tensor:
         if labels.is_floating_point():
             # Soft labels (N, rows): a mixture of class embeddings, e.g. to interpolate between classes.
             return labels.to(self.embedding_table.weight.dtype) @ self.embedding_table.weight
-        if (train and self.dropout_prob > 0) or force_drop_ids is not None:
+        if force_drop_ids is not None:
             labels = self.drop(labels, force_drop_ids)
         return self.embedding_table(labels)
 

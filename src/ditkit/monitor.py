@@ -4,11 +4,10 @@ grids from fixed seeds, and quality evaluation (digit-classifier metrics or Ince
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-from collections.abc import Callable
+import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,50 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ditkit import distributed
+from ditkit import checkpoint, distributed, run
 from ditkit.config import TrainConfig
-from ditkit.data import MNIST_MIN_FRAME
+from ditkit.generate import generate, image_seeds
+from ditkit.grid import plot_curves, save_grid
+from ditkit.progress import logs_above_bar, progress
+from ditkit.scoring import Scorer, dataset_reference_images, make_scorer
+from ditkit.stopping import NonFiniteLoss
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-LOSS_CURVE_FILE = "loss_curve.png"
-SAMPLES_DIR = "samples"
-TENSORBOARD_DIR = "tensorboard"
-Scorer = Callable[[np.ndarray, np.ndarray], dict[str, float]]  # (uint8 (N, H, W, C), labels (N,)) -> metrics
+
+class IntervalStats:
+    """Per-step stats since the last report, kept on the device; `flush` syncs once and checks finiteness."""
+
+    KEYS = ("loss", "mse", "vb", "grad_norm")
+
+    def __init__(self) -> None:
+        self.rows: list[Tensor] = []
+        self.first_step = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, step: int, stats: dict[str, Tensor]) -> None:
+        if not self.rows:
+            self.first_step = step
+        self.rows.append(torch.stack([stats[k] for k in self.KEYS]))
+
+    def flush(self, run_dir: Path) -> dict[str, float]:
+        """Means over the interval and the ranks; raises NonFiniteLoss naming the first bad step."""
+        table = distributed.all_reduce_mean(torch.stack(self.rows).float()).tolist()  # (k, 4), one host sync
+        for i, row in enumerate(table):
+            if not math.isfinite(row[0]):
+                last = checkpoint.newest_readable(run_dir)
+                kept = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint yet"
+                raise NonFiniteLoss(
+                    f"loss is {row[0]} at step {self.first_step + i + 1}; training stopped "
+                    f"({kept}). Lower --lr, set --max-grad-norm or use --precision fp32, "
+                    "then rerun to resume"
+                )
+        elapsed = time.perf_counter() - self.t0
+        means = np.asarray(table).mean(axis=0).tolist()
+        self.rows, self.t0 = [], time.perf_counter()
+        record = dict(zip(self.KEYS, means))
+        record["steps_per_sec"] = len(table) / elapsed if elapsed > 0 else 0.0
+        return record
 
 
 class RunMonitor:
@@ -41,63 +73,33 @@ class RunMonitor:
         run_dir: Path,
         start_step: int,
         dataset: Any,
-        shape: tuple[int, int, int],
         decoder: Any,
         image_shape: tuple[int, int, int],
     ):
-        from tqdm.auto import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        self.cfg, self.info, self.run_dir, self.shape, self.decoder = cfg, info, run_dir, shape, decoder
+        self.cfg, self.info, self.run_dir, self.decoder = cfg, info, run_dir, decoder
         self.history: list[tuple[int, float]] = []
         self.tb: Any = None
+        self._teardown = ExitStack()
         if info.is_main:
-            self._keep_metrics_up_to(start_step)
+            kept = run.trim_metrics(run_dir, start_step)  # lines an interrupted run wrote after its checkpoint
+            self.history = [(r["step"], r["loss"]) for r in kept if "loss" in r]
             self.tb = _tensorboard_writer(run_dir, start_step)
+            self._teardown.enter_context(logs_above_bar())
         self.scorer = _scorer_on_main(cfg, dataset, image_shape, run_dir, info) if decoder is not False else None
-        self.progress = tqdm(
-            total=cfg.max_steps,
-            initial=start_step,
-            disable=not info.is_main,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=1.0,
+        self.progress = progress(
+            total=cfg.max_steps, initial=start_step, disable=not info.is_main, desc="train", unit="step"
         )
-        self._redirect = logging_redirect_tqdm(loggers=[logging.root, logging.getLogger("ditkit")])
-        if info.is_main:
-            self._redirect.__enter__()  # log lines print above the bar instead of through it
-
-    def _keep_metrics_up_to(self, start_step: int) -> None:
-        """Drop metrics.jsonl lines past the resumed step (an interrupted run wrote them after its checkpoint)."""
-        path = self.run_dir / METRICS_FILE
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            if isinstance(record, dict) and record.get("step", math.inf) <= start_step:
-                kept.append(line)
-                if "loss" in record:
-                    self.history.append((record["step"], record["loss"]))
-        tmp = path.with_name(f".tmp-{METRICS_FILE}")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, path)
 
     def report(self, step: int, due: set[str], record: dict[str, Any], ema: nn.Module) -> None:
         """Grids, evaluation, then the metrics line of `step` (record gains the evaluation metrics)."""
         if "sample" in due and self.decoder is not False:
             self._write_grid(step, ema)
         if "eval" in due and self.scorer is not None:
-            record.update(evaluate_ema(ema, self.cfg, self.shape, self.decoder, self.scorer, self.info))
+            record.update(evaluate_ema(ema, self.cfg, self.decoder, self.scorer, self.info))
         self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         if not self.info.is_main:
             return
-        with open(self.run_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        run.append_metrics(self.run_dir, record)
         self.history.append((step, record["loss"]))
         if self.tb is not None:
             for key, value in record.items():
@@ -105,132 +107,45 @@ class RunMonitor:
                     self.tb.add_scalar(f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}", value, step)
             self.tb.flush()
         if "ckpt" in due:
-            from ditkit.grid import plot_curves
-
             steps, losses = zip(*self.history)
-            plot_curves(steps, {"loss": losses}, self.run_dir / LOSS_CURVE_FILE, title="loss (mse + vb)")
+            terms = "mse + vb" if self.cfg.diffusion.learn_sigma else "mse"
+            plot_curves(steps, {"loss": losses}, self.run_dir / run.LOSS_CURVE_FILE, title=f"loss ({terms})")
 
     def _write_grid(self, step: int, ema: nn.Module) -> None:
         if self.info.is_main:
-            from ditkit.grid import save_grid
-
-            seeds = [self.cfg.grid_seed + i for i in range(self.cfg.num_grid_images)]
-            labels = _class_labels(self.cfg, range(len(seeds)))
-            images = sample_images(ema, self.cfg, seeds, labels, self.shape, self.decoder, self.info.device)
-            path = save_grid(
-                images, self.run_dir / SAMPLES_DIR / f"step_{step:07d}.png", scale=max(1, 64 // images.shape[1])
-            )
+            n = self.cfg.num_grid_images
+            seeds, labels = image_seeds(self.cfg.grid_seed, n), _class_labels(self.cfg, range(n))
+            images = sample_ema(ema, self.cfg, seeds, labels, self.decoder)
+            path = save_grid(images, run.grid_path(self.run_dir, step), scale=max(1, 64 // images.shape[1]))
             logger.info("samples %s", path)
         distributed.barrier()
 
     def close(self) -> None:
-        if self.info.is_main:
-            self._redirect.__exit__(None, None, None)
         self.progress.close()
+        self._teardown.close()
         if self.tb is not None:
             self.tb.close()
 
 
 def _tensorboard_writer(run_dir: Path, start_step: int) -> Any:
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # the optional `tensorboard` extra
     except ImportError as err:
         logger.info("TensorBoard logging off (%s); metrics.jsonl has the same numbers", err)
         return None
     # purge_step drops events past the resumed step that an interrupted run left behind.
-    return SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1)
+    return SummaryWriter(str(run_dir / run.TENSORBOARD_DIR), purge_step=start_step + 1)
 
 
-@torch.no_grad()
-def sample_images(
-    ema: nn.Module,
-    cfg: TrainConfig,
-    seeds: list[int],
-    labels: list[int] | None,
-    shape: tuple[int, int, int],
-    decoder: Any,
-    device: torch.device,
-) -> Tensor:
-    """uint8 (N, H, W, C) images of the EMA model for fixed seeds (decoded when a VAE is given)."""
-    from ditkit.autoencoder import to_uint8
-    from ditkit.sample import initial_noise, sample_loop
-
-    pixel_space = decoder is None and cfg.vae == "none"  # images live in [-1, 1]: clip x_0 predictions
-    out = []
-    for i in range(0, len(seeds), cfg.eval_batch_size):
-        chunk = seeds[i : i + cfg.eval_batch_size]
-        y = torch.tensor(labels[i : i + len(chunk)], device=device) if labels is not None else None
-        x = sample_loop(
-            ema,
-            initial_noise(chunk, shape, device),
-            y,
-            sampler=cfg.sampler,  # type: ignore[arg-type]
-            timestep_respacing=str(cfg.num_sampling_steps),
-            cfg_scale=cfg.cfg_scale,
-            seeds=chunk,
-            diffusion=cfg.diffusion,
-            clip_denoised=pixel_space,
-        )
-        if decoder is not None:
-            x = decoder.decode(x)
-        out.append(to_uint8(x).cpu())
-    return torch.cat(out)
+def sample_ema(
+    ema: nn.Module, cfg: TrainConfig, seeds: list[int], labels: list[int] | None, decoder: Any
+) -> np.ndarray:
+    """uint8 (N, H, W, C) images of the EMA model as the run samples them (its `sample` config and diffusion)."""
+    return generate(ema, labels, seeds, cfg.sample, diffusion=cfg.diffusion, vae=decoder or None)
 
 
 def _class_labels(cfg: TrainConfig, indices: range | list[int]) -> list[int] | None:
     return [i % cfg.model.num_classes for i in indices] if cfg.model.num_classes > 0 else None
-
-
-def make_scorer(
-    cfg: TrainConfig, dataset: Any, image_shape: tuple[int, ...], run_dir: Path, device: torch.device
-) -> Scorer | None:
-    """The evaluation metric: digits accuracy + FD for 10-class gray MNIST-framed images, else Inception FID.
-
-    None (with a logged note) when the classifier / Inception weights or a FID reference are unavailable.
-    The FID reference defaults to statistics of num_eval_samples training images (run_dir/eval/).
-    """
-    height, width, channels = image_shape
-    if cfg.model.num_classes == 10 and channels == 1 and height == width and MNIST_MIN_FRAME <= height <= 32:
-        from ditkit.classifier import digits_metrics, load_digit_classifier
-
-        try:
-            classifier = load_digit_classifier(device=device)
-        except ValueError as err:
-            logger.warning("evaluation off: %s", err)
-            return None
-
-        def digits_score(images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-            result = digits_metrics(images, labels, classifier)
-            return {"eval_accuracy": result["accuracy"], "eval_fd": result["fd"]}
-
-        return digits_score
-    from ditkit.evaluate import fid, ref_stats
-    from ditkit.inception import load_inception
-
-    try:
-        extractor = load_inception(device=device)
-    except ValueError as err:
-        logger.warning("evaluation off: %s", err)
-        return None
-    ref: Any = cfg.eval_ref
-    if ref is None:
-        if dataset.is_latent:
-            logger.warning(
-                "evaluation off: a latent store has no images for FID reference statistics; "
-                "pass eval_ref (--eval-ref, a ref-stats .npz or reference images)"
-            )
-            return None
-        ref = run_dir / "eval" / f"ref_stats_{cfg.num_eval_samples}.npz"
-        if not ref.is_file():
-            from ditkit.autoencoder import to_uint8
-
-            count = min(len(dataset), max(cfg.num_eval_samples, 2))
-            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))
-            images = to_uint8(
-                torch.stack([dataset.get(i, torch.Generator().manual_seed(i))[0] for i in order[:count].tolist()])
-            )
-            ref_stats(images.numpy(), extractor, ref)
-    return lambda images, labels: {"eval_fid": fid(images, ref, extractor)}
 
 
 def _scorer_on_main(
@@ -239,25 +154,34 @@ def _scorer_on_main(
     """The evaluation scorer on rank 0; every rank learns whether evaluation is on (placeholder elsewhere)."""
     if not cfg.eval_every_steps:
         return None
-    scorer = make_scorer(cfg, dataset, image_shape, run_dir, info.device) if info.is_main else None
+    scorer = None
+    if info.is_main:
+        scorer = make_scorer(
+            cfg.model.num_classes,
+            image_shape,
+            device=info.device,
+            eval_ref=cfg.eval_ref,
+            reference_images=None
+            if dataset.is_latent
+            else lambda: dataset_reference_images(dataset, cfg.num_eval_samples, cfg.seed),
+            reference_cache=run.eval_reference_path(run_dir, cfg.num_eval_samples),
+        )
     if not distributed.broadcast_object(scorer is not None):
         return None
     return scorer or (lambda images, labels: {})
 
 
 def evaluate_ema(
-    ema: nn.Module,
-    cfg: TrainConfig,
-    shape: tuple[int, int, int],
-    decoder: Any,
-    scorer: Scorer,
-    info: distributed.DistInfo,
+    ema: nn.Module, cfg: TrainConfig, decoder: Any, scorer: Scorer, info: distributed.DistInfo
 ) -> dict[str, float]:
-    """Sample num_eval_samples class-balanced images over all ranks, score them on rank 0 ({} elsewhere)."""
+    """Sample num_eval_samples class-balanced images over all ranks, score them on rank 0 ({} elsewhere).
+
+    Image i has seed image_seed(eval_seed, i) and class i % num_classes, whatever the rank layout.
+    """
     indices = list(range(info.rank, cfg.num_eval_samples, info.world_size))
-    seeds = [cfg.eval_seed + i for i in indices]
-    images = sample_images(ema, cfg, seeds, _class_labels(cfg, indices), shape, decoder, info.device)
-    parts = distributed.gather_objects((indices, images.numpy()))
+    seeds = [image_seeds(cfg.eval_seed, 1, i)[0] for i in indices]
+    images = sample_ema(ema, cfg, seeds, _class_labels(cfg, indices), decoder)
+    parts = distributed.gather_objects((indices, images))
     if parts is None:
         return {}
     order = np.argsort(np.concatenate([p[0] for p in parts]))

@@ -16,14 +16,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ditkit.config import DiffusionConfig
+from ditkit.config import SAMPLERS, DiffusionConfig, SamplerName, default_diffusion
 from ditkit.diffusion import GaussianDiffusion, diffusion_from_config
+from ditkit.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]  # (x_t (N, C, H, W), original-chain t (N,)) -> model output
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m")
-SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
+__all__ = ["SAMPLERS", "SamplerName", "make_denoiser", "sample_loop"]
 
 
 # Randomness.
@@ -94,16 +94,35 @@ def guided_denoiser(
     return denoise
 
 
+def null_labels_like(labels: Tensor, null_id: int) -> Tensor:
+    """The 'no class' labels for a batch: the null id (N,), or one-hot rows on it for soft labels (N, rows)."""
+    if labels.is_floating_point():
+        null = torch.zeros_like(labels)
+        null[:, null_id] = 1.0
+        return null
+    return torch.full_like(labels, null_id)
+
+
 def make_denoiser(
-    model: nn.Module, labels: Tensor | None, *, cfg_scale: float = 1.0, cfg_channels: Literal["all", 3] | int = "all"
+    model: nn.Module,
+    labels: Tensor | None,
+    *,
+    cfg_scale: float = 1.0,
+    cfg_channels: Literal["all"] | int = "all",
+    forward: Callable[..., Tensor] | None = None,
 ) -> DenoiseFn:
-    """The denoise callable for a DiT: plain at cfg_scale 1 (no doubled batch), guided otherwise."""
+    """The denoise callable for a DiT: plain at cfg_scale 1 (no doubled batch), guided otherwise.
+
+    labels: (N,) class ids, (N, rows) soft labels (mixtures of table rows), or None (unconditional).
+    `forward` replaces `model(x, t, y)` (e.g. under autocast); the model itself gives the config.
+    """
+    forward = forward or model
     config = getattr(model, "config", None)
     num_classes = getattr(config, "num_classes", None)
     if cfg_scale == 1.0 or labels is None or num_classes == 0:
         if cfg_scale != 1.0:
             log.warning("cfg_scale=%s has no effect on an unconditional model; sampling without guidance", cfg_scale)
-        return model_denoiser(model, labels)
+        return model_denoiser(forward, labels)
     if config is not None and not config.has_null_class:
         raise ValueError(
             f"cfg_scale={cfg_scale} needs a model trained with label dropout (a null class); "
@@ -117,7 +136,7 @@ def make_denoiser(
     else:
         raise ValueError(f"cfg_channels must be 'all' or an int in 1..{in_channels}; got {cfg_channels!r}")
     null_id = config.null_class if config is not None else 1000
-    return guided_denoiser(model, labels, torch.full_like(labels, null_id), cfg_scale, guided)
+    return guided_denoiser(forward, labels, null_labels_like(labels, null_id), cfg_scale, guided)
 
 
 # Samplers.
@@ -129,11 +148,7 @@ def _batch_t(i: int, x: Tensor) -> Tensor:
 
 def _indices(diffusion: GaussianDiffusion, progress: bool) -> list[int] | object:
     steps = list(range(diffusion.num_timesteps))[::-1]
-    if progress:
-        from tqdm.auto import tqdm
-
-        return tqdm(steps, desc="sampling", leave=False)
-    return steps
+    return progress_bar(steps, desc="sampling", unit="step", leave=False) if progress else steps
 
 
 def ddpm_step(
@@ -261,28 +276,31 @@ def sample_loop(
     sampler: SamplerName = "ddpm",
     timestep_respacing: str | int = "250",
     cfg_scale: float = 1.0,
-    cfg_channels: Literal["all", 3] | int = "all",
+    cfg_channels: Literal["all"] | int = "all",
     eta: float = 0.0,
     seeds: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     diffusion: DiffusionConfig | None = None,
     clip_denoised: bool = False,
     progress: bool = False,
+    forward: Callable[..., Tensor] | None = None,
 ) -> Tensor:
     """Sample N images from x_T = noise (N, C, H, W) -> x_0 (N, C, H, W); guidance doubles the batch inside.
 
-    With `seeds` (one per image) every random draw of image i comes from seeds[i], so it does not depend
-    on batch size or position; otherwise noise comes from `generator` (or torch's global RNG).
+    The low-level entry point (ADM's respacing spec, e.g. "ddim25"); `ditkit.generate` samples from a
+    `SampleConfig`. With `seeds` (one per image) every random draw of image i comes from seeds[i], so it
+    does not depend on batch size or position; otherwise noise comes from `generator` (or torch's global
+    RNG). `diffusion` is the process the model was trained with (default: the paper's).
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     if seeds is not None and len(seeds) != noise.shape[0]:
         raise ValueError(f"need one seed per image: got {len(seeds)} seeds for {noise.shape[0]} images")
     if diffusion is None:
-        learn_sigma = getattr(getattr(model, "config", None), "learn_sigma", True)
-        diffusion = DiffusionConfig(learn_sigma=learn_sigma)
+        config = getattr(model, "config", None)
+        diffusion = default_diffusion(config) if config is not None else DiffusionConfig()
     process = diffusion_from_config(diffusion, str(timestep_respacing))
-    denoise = make_denoiser(model, labels, cfg_scale=cfg_scale, cfg_channels=cfg_channels)
+    denoise = make_denoiser(model, labels, cfg_scale=cfg_scale, cfg_channels=cfg_channels, forward=forward)
     source: SeedNoise | GlobalNoise
     if seeds is not None:
         source = SeedNoise(seeds, noise.device)

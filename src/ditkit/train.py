@@ -1,6 +1,6 @@
 """Training: `train(cfg)` for one process or torchrun DDP, `train_step`, `update_ema`.
 
-The paper's recipe as official train.py runs it (anchors 2.8): AdamW, constant LR, EMA, label dropout,
+The paper's recipe as the official train.py runs it: AdamW, constant LR, EMA, label dropout,
 MSE + VLB loss, global batch split over ranks. Bookkeeping follows edm2/torchtitan: every random draw of
 step s comes from a generator seeded by (seed, s) over the GLOBAL batch, of which each rank takes its
 rows, so the numbers depend on neither the process count nor an interruption; a rerun of the same
@@ -10,62 +10,28 @@ command resumes from the newest good checkpoint.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import math
-import os
-import signal
-import threading
-import time
-from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from ditkit import checkpoint, distributed
-from ditkit.config import RESUMABLE_FIELDS, TrainConfig, validate_for_world
+from ditkit import backend, checkpoint, distributed, loader, run
+from ditkit.config import TrainConfig, validate_for_world
 from ditkit.diffusion import GaussianDiffusion, diffusion_from_config
-from ditkit.latents import LatentStore
 from ditkit.model import DiT
-from ditkit.monitor import RunMonitor
+from ditkit.monitor import IntervalStats, RunMonitor
+from ditkit.stopping import StopSignal, interrupted
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-LOG_FILE = "log.txt"
 _STEP_STREAM, _GLOBAL_STREAM = 1, 2  # seed streams: per-step draws, torch's global RNG
 
 
-class TrainingStopped(RuntimeError):
-    """The run stopped early on purpose; the message says why and how to go on. `exit_code` for the CLI."""
-
-    exit_code = 1
-
-
-class NonFiniteLoss(TrainingStopped):
-    exit_code = 3
-
-
-class Interrupted(TrainingStopped):
-    """SIGINT/SIGTERM: a checkpoint was written; rerun the same command to resume."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-        self.exit_code = 128 + signum
-
-
 # Building blocks (pure functions, usable without train()).
-
-
-def mix_seed(*words: int) -> int:
-    """A 63-bit seed from a tuple of ints (NumPy's SeedSequence hash): nearby tuples, unrelated streams."""
-    state = np.random.SeedSequence([w % 2**64 for w in words]).generate_state(2, np.uint32)
-    return int(state[0]) | (int(state[1]) & 0x7FFFFFFF) << 32
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -125,19 +91,6 @@ def draw_step(
     return draws
 
 
-def take_over_label_dropout(model: nn.Module) -> float:
-    """Switch off the label embedder's own torch.rand dropout and return its probability.
-
-    train() draws the dropout mask with the step's other draws instead (see `draw_step`), which makes it
-    independent of the rank layout and exact on resume; the weights and the null row are unchanged.
-    """
-    embedder = getattr(unwrap(model), "y_embedder", None)
-    if embedder is None:
-        return 0.0
-    prob, embedder.dropout_prob = float(embedder.dropout_prob), 0.0
-    return prob
-
-
 def train_step(
     model: nn.Module,
     diffusion: GaussianDiffusion,
@@ -153,18 +106,21 @@ def train_step(
 ) -> dict[str, Tensor]:
     """One optimizer step on x (N, C, H, W), labels y (N,): forward, MSE + VLB, backward, clip, AdamW.
 
-    Randomness: `draws` from `draw_step` ("t", "noise", optional "drop" replacing labels by the null class,
-    for a model whose own dropout is switched off by `take_over_label_dropout`), or else t and noise are
-    drawn from `generator` and label dropout is the model's own. Micro-batches of `micro_batch_size` rows
-    accumulate gradients (DDP syncs only on the last). Returns detached 0-dim tensors "loss", "mse", "vb"
-    (batch means) and "grad_norm" (before clipping): no host sync, read them when logging.
+    Randomness: `draws` from `draw_step` ("t", "noise", and "drop": labels replaced by the null class for
+    classifier-free guidance), or else drawn here from `generator` with the model's class_dropout_prob.
+    Micro-batches of `micro_batch_size` rows accumulate gradients (DDP syncs only on the last). Returns
+    detached 0-dim tensors "loss", "mse", "vb" (batch means) and "grad_norm" (before clipping): no host
+    sync, read them when logging.
     """
     n = x.shape[0]
+    config = unwrap(model).config  # type: ignore[union-attr]
     if draws is None:
-        draws = draw_step(generator, n, tuple(x.shape[1:]), diffusion.num_timesteps, device=x.device)
+        dropout = config.class_dropout_prob if y is not None and config.has_null_class else 0.0
+        draws = draw_step(
+            generator, n, tuple(x.shape[1:]), diffusion.num_timesteps, label_dropout=dropout, device=x.device
+        )
     if y is not None and "drop" in draws:
-        null_class = unwrap(model).config.num_classes  # type: ignore[union-attr]
-        y = torch.where(draws["drop"], torch.full_like(y, null_class), y)
+        y = torch.where(draws["drop"], torch.full_like(y, config.null_class), y)
     micro = micro_batch_size or n
     starts = range(0, n, micro)
     autocast = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
@@ -211,185 +167,6 @@ def build_model_and_optimizer(cfg: TrainConfig, device: torch.device) -> tuple[D
     return model, ema, optimizer
 
 
-# Run directory.
-
-
-def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig stored in a run's config.json."""
-    path = Path(run_dir) / CONFIG_FILE
-    try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot read {str(path)!r} ({err}); pass a ditkit run folder") from None
-
-
-def resume_conflicts(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """'field: old -> new' for every setting that may not change when a run resumes."""
-    new = cfg.to_dict()
-    return [
-        f"{k}: {stored[k]!r} -> {new[k]!r}"
-        for k in sorted(new)
-        if k not in RESUMABLE_FIELDS and k in stored and json.loads(json.dumps(new[k])) != stored[k]
-    ]
-
-
-def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
-    """Check that an existing run was started with compatible settings; rank 0 writes config.json."""
-    run_dir = Path(cfg.out_dir)
-    if checkpoint.list_checkpoints(run_dir) and (run_dir / CONFIG_FILE).is_file():
-        try:
-            stored = json.loads((run_dir / CONFIG_FILE).read_text())
-        except ValueError:
-            stored = {}
-        conflicts = resume_conflicts(stored, cfg)
-        if conflicts:
-            raise ValueError(
-                f"run folder {str(run_dir)!r} was started with other settings "
-                f"({'; '.join(conflicts)}); rerun with the original settings to resume, "
-                "or pass a new --out-dir"
-            )
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".tmp-{os.getpid()}-{CONFIG_FILE}"
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        os.replace(tmp, run_dir / CONFIG_FILE)
-    distributed.barrier()
-    return run_dir
-
-
-# Data.
-
-
-def open_training_data(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any, tuple[int, int, int]]:
-    """(dataset, online VAE encoder or None, model input shape), checked against the model config.
-
-    Every mismatch (classes, channels, size) is a ValueError before any model is built.
-    """
-    from ditkit import data
-    from ditkit.autoencoder import load_vae
-
-    spec = cfg.data
-    digits = spec is None or spec.strip().lower().partition(":")[0] in ("mnist", "digits")
-    flip = not digits if cfg.flip is None else cfg.flip
-    if cfg.flip is None and spec and (Path(spec) / "meta.json").is_file():
-        flip = bool(LatentStore(spec, flip=False).meta.get("mirror", False))  # auto: if mirrors exist
-    dataset = data.open_dataset(spec, cfg.image_size, flip)
-    data.check_num_classes(dataset, cfg.model.num_classes)
-    encoder = None
-    if dataset.is_latent:
-        shape = tuple(dataset.item_shape)
-        what = f"latents of latent store {spec!r}"
-    elif cfg.is_latent:
-        encoder = load_vae(cfg.vae, device)
-        assert encoder is not None
-        vae_in = int(encoder.vae.config.in_channels)
-        if dataset.channels != vae_in:
-            raise ValueError(
-                f"VAE {cfg.vae!r} encodes {vae_in}-channel images but the data have "
-                f"{dataset.channels} channels; use --vae none (pixel space) or another VAE"
-            )
-        size = dataset.image_size // encoder.downsample
-        if dataset.image_size % encoder.downsample:
-            raise ValueError(
-                f"image_size {dataset.image_size} is not a multiple of the VAE downsampling "
-                f"{encoder.downsample}; pass --image-size {size * encoder.downsample}"
-            )
-        shape = (encoder.latent_channels, size, size)
-        what = f"VAE latents of {dataset.image_size} px images"
-    else:
-        shape = tuple(dataset.item_shape)
-        what = f"{dataset.image_size} px images (pixel space)"
-    m = cfg.model
-    if shape != (m.in_channels, m.input_size, m.input_size):
-        raise ValueError(
-            f"the model takes {m.in_channels}x{m.input_size}x{m.input_size} inputs but the data "
-            f"give {'x'.join(map(str, shape))} ({what}); pass --in-channels {shape[0]} "
-            f"--input-size {shape[1]} (or a preset / --image-size / --vae that match)"
-        )
-    return dataset, encoder, shape  # type: ignore[return-value]
-
-
-def _encode(encoder: Any, x: Tensor, noise: Tensor, chunk: int) -> Tensor:
-    """Scaled VAE latents of images x: posterior mean + std * noise (the step's draw), in chunks."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], chunk):
-            mean, std = encoder.encode_moments(x[i : i + chunk])
-            out.append((mean + std * noise[i : i + chunk]) * encoder.scale)
-    return torch.cat(out)
-
-
-# Reporting (the rest lives in ditkit.monitor).
-
-
-class _Running:
-    """Per-step stats since the last report, kept on the device; `flush` syncs once and checks finiteness."""
-
-    def __init__(self) -> None:
-        self.rows: list[Tensor] = []
-        self.first_step = 0
-        self.t0 = time.perf_counter()
-
-    def add(self, step: int, stats: dict[str, Tensor]) -> None:
-        if not self.rows:
-            self.first_step = step
-        self.rows.append(torch.stack([stats["loss"], stats["mse"], stats["vb"], stats["grad_norm"]]))
-
-    def flush(self, run_dir: Path) -> dict[str, float]:
-        """Means over the interval and the ranks; raises NonFiniteLoss naming the first bad step."""
-        table = distributed.all_reduce_mean(torch.stack(self.rows).float()).tolist()  # (k, 4), one host sync
-        for i, row in enumerate(table):
-            if not math.isfinite(row[0]):
-                last = checkpoint.newest_readable(run_dir)
-                kept = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint yet"
-                raise NonFiniteLoss(
-                    f"loss is {row[0]} at step {self.first_step + i + 1}; training stopped "
-                    f"({kept}). Lower --lr, set --max-grad-norm or use --precision fp32, "
-                    "then rerun to resume"
-                )
-        elapsed = time.perf_counter() - self.t0
-        means = np.asarray(table).mean(axis=0).tolist()
-        self.rows, self.t0 = [], time.perf_counter()
-        return {
-            "loss": means[0],
-            "mse": means[1],
-            "vb": means[2],
-            "grad_norm": means[3],
-            "steps_per_sec": len(table) / elapsed if elapsed > 0 else 0.0,
-        }
-
-
-class _StopSignal:
-    """Turns the first SIGINT/SIGTERM into a flag checked between steps; a second one acts as usual."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self.pid = os.getpid()
-        self.previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.pid:  # a forked data-loader worker: the main process decides
-            return
-        self.signum = signum
-        self.restore()
-        logger.warning(
-            "got %s: checkpointing after this step (send it again to stop at once)", signal.Signals(signum).name
-        )
-
-    def requested(self) -> int:
-        """The signal number if any rank got one (a CPU-side collective under DDP), else 0."""
-        if not distributed.is_initialized():
-            return self.signum
-        return (self.signum or int(signal.SIGTERM)) if distributed.any_rank(bool(self.signum)) else 0
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 # The loop.
 
 
@@ -403,34 +180,30 @@ def train(cfg: TrainConfig) -> Path:
     # Setup.
     info = distributed.init(cfg.device)
     validate_for_world(cfg, info.world_size, info.device.type)
-    _check_sampling_settings(cfg)
     teardown, clean = ExitStack(), False
-    teardown.callback(_configure_torch(cfg))
+    teardown.callback(backend.configure(num_threads=cfg.num_threads, deterministic=cfg.deterministic, tf32=cfg.tf32))
     try:
         # Run directory (a finished run is a no-op; a larger max_steps continues it).
-        run_dir = prepare_run_dir(cfg, info.is_main)
-        teardown.callback(distributed.setup_logging(info.rank, run_dir / LOG_FILE if info.is_main else None))
+        run_dir = run.prepare_run_dir(cfg, info.is_main)
+        teardown.callback(distributed.setup_logging(info.rank, run_dir / run.LOG_FILE if info.is_main else None))
         if _finished(run_dir, cfg):
             clean = True
             return run_dir
 
         # Data, checked against the model config before the model exists.
-        dataset, encoder, shape = open_training_data(cfg, info.device)
-        decoder, image_shape = _decoder_for(cfg, dataset, encoder, shape, info.device)
+        dataset, encoder, shape = loader.open_training_data(cfg, info.device)
+        decoder, image_shape = loader.decoder_for(cfg, dataset, encoder, shape, info.device)
 
         # Model, EMA, optimizer; resume from the newest good checkpoint.
         model, ema, optimizer = build_model_and_optimizer(cfg, info.device)
-        label_dropout = take_over_label_dropout(model)
         diffusion = diffusion_from_config(cfg.diffusion)
         start = _resume(run_dir, model, ema, optimizer, info)
         net = _wrap(model, cfg, info)
 
         # Batches from `start` on, and the reports.
-        from ditkit import data
-
-        stop = _StopSignal()  # before the loader: forked workers inherit it and survive Ctrl-C
+        stop = StopSignal()  # before the loader: forked workers inherit it and survive Ctrl-C
         teardown.callback(stop.restore)
-        loader = data.build_loader(
+        batches = loader.build_loader(
             dataset,
             batch_size=cfg.global_batch_size,
             rank=info.rank,
@@ -440,29 +213,19 @@ def train(cfg: TrainConfig) -> Path:
             num_workers=cfg.num_workers,
             pin_memory=info.device.type == "cuda",
         )
-        monitor = RunMonitor(cfg, info, run_dir, start, dataset, shape, decoder, image_shape)
+        monitor = RunMonitor(cfg, info, run_dir, start, dataset, decoder, image_shape)
         teardown.callback(monitor.close)
         micro = cfg.micro_batch_size or cfg.global_batch_size // info.world_size
-        logger.info(
-            "training %s from step %d to %d: %d process(es), %s, global batch %d (micro-batch %d), %.2fM parameters",
-            run_dir,
-            start,
-            cfg.max_steps,
-            info.world_size,
-            info.device,
-            cfg.global_batch_size,
-            micro,
-            sum(p.numel() for p in model.parameters()) / 1e6,
-        )
+        _log_start(cfg, run_dir, start, info, micro, model)
 
         # Loop.
-        step, running = start, _Running()
+        step, interval = start, IntervalStats()
         while step < cfg.max_steps:
-            x, y = _to_device(next(loader), info.device)
-            draws = _rank_draws(cfg, step, shape, diffusion.num_timesteps, label_dropout, encoder, info)
+            x, y = _to_device(next(batches), info.device)
+            draws = _rank_draws(cfg, step, shape, diffusion.num_timesteps, encoder is not None, info)
             if encoder is not None:
-                x = _encode(encoder, x, draws.pop("latent_noise"), micro)
-            _seed_global_rng(mix_seed(cfg.seed, _GLOBAL_STREAM, info.rank, step), info.device)
+                x = loader.encode_batch(encoder, x, draws.pop("latent_noise"), micro)
+            _seed_global_rng(loader.mix_seed(cfg.seed, _GLOBAL_STREAM, info.rank, step), info.device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
             stats = train_step(
@@ -474,31 +237,23 @@ def train(cfg: TrainConfig) -> Path:
                 draws=draws,
                 micro_batch_size=micro,
                 max_grad_norm=cfg.max_grad_norm,
-                autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
+                autocast_dtype=backend.autocast_dtype(cfg.precision),
             )
             update_ema(ema, model, ema_decay_at(cfg, step))
-            running.add(step, stats)
+            interval.add(step, stats)
             step += 1
             monitor.progress.update(1)
             signum = stop.requested()
             due = _due(cfg, step, signum)
             if due:
-                record = {
-                    "step": step,
-                    **running.flush(run_dir),
-                    "lr": lr_at(cfg, step - 1),
-                    "ema_decay": ema_decay_at(cfg, step - 1),
-                }
+                record = {"step": step, **interval.flush(run_dir), "lr": lr_at(cfg, step - 1)}
+                record["ema_decay"] = ema_decay_at(cfg, step - 1)
                 record["img_per_sec"] = record["steps_per_sec"] * cfg.global_batch_size
                 if "ckpt" in due:
                     _save_checkpoint(run_dir, step, model, ema, optimizer, cfg, info)
                 monitor.report(step, due, record, ema)
             if signum:
-                raise Interrupted(
-                    f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
-                    "written. Rerun the same command to resume",
-                    signum,
-                )
+                raise interrupted(signum, step)
         logger.info("done: %s reached step %d", run_dir, step)
         clean = True
         return run_dir
@@ -507,6 +262,22 @@ def train(cfg: TrainConfig) -> Path:
     finally:
         teardown.close()
         distributed.shutdown(barrier=clean)
+
+
+def _log_start(
+    cfg: TrainConfig, run_dir: Path, start: int, info: distributed.DistInfo, micro: int, model: nn.Module
+) -> None:
+    logger.info(
+        "training %s from step %d to %d: %d process(es), %s, global batch %d (micro-batch %d), %.2fM parameters",
+        run_dir,
+        start,
+        cfg.max_steps,
+        info.world_size,
+        info.device,
+        cfg.global_batch_size,
+        micro,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
 
 
 def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
@@ -542,40 +313,9 @@ def _wrap(model: nn.Module, cfg: TrainConfig, info: distributed.DistInfo) -> nn.
     """DDP when distributed (device = cuda:LOCAL_RANK), then torch.compile when asked."""
     net = model
     if info.is_distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=device_ids)
     return torch.compile(net) if cfg.compile else net  # type: ignore[return-value]
-
-
-def _configure_torch(cfg: TrainConfig) -> Callable[[], None]:
-    """Threads, deterministic kernels and TF32 for this run; returns a function restoring the old settings."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (
-        torch.get_num_threads(),
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        cudnn.benchmark,
-        cudnn.deterministic,
-        matmul.allow_tf32,
-        cudnn.allow_tf32,
-    )
-    threads = cfg.num_threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads:
-        torch.set_num_threads(threads)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-        torch.use_deterministic_algorithms(True)
-        cudnn.benchmark, cudnn.deterministic = False, True
-    matmul.allow_tf32 = cudnn.allow_tf32 = cfg.tf32
-
-    def restore() -> None:
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
-        cudnn.benchmark, cudnn.deterministic, matmul.allow_tf32, cudnn.allow_tf32 = saved[3:]
-
-    return restore
 
 
 def _due(cfg: TrainConfig, step: int, signum: int) -> set[str]:
@@ -603,19 +343,19 @@ def _rank_draws(
     step: int,
     shape: tuple[int, int, int],
     num_timesteps: int,
-    label_dropout: float,
-    encoder: Any,
+    latent_noise: bool,
     info: distributed.DistInfo,
 ) -> dict[str, Tensor]:
     """This rank's rows of the step's draws over the global batch (same numbers for any process count)."""
-    generator = torch.Generator(info.device).manual_seed(mix_seed(cfg.seed, _STEP_STREAM, step))
+    generator = torch.Generator(info.device).manual_seed(loader.mix_seed(cfg.seed, _STEP_STREAM, step))
+    label_dropout = cfg.model.class_dropout_prob if cfg.model.has_null_class else 0.0
     draws = draw_step(
         generator,
         cfg.global_batch_size,
         shape,
         num_timesteps,
         label_dropout=label_dropout,
-        latent_noise=encoder is not None,
+        latent_noise=latent_noise,
     )
     per_rank = cfg.global_batch_size // info.world_size
     rows = slice(info.rank * per_rank, (info.rank + 1) * per_rank)
@@ -656,38 +396,3 @@ def _save_checkpoint(
         )
         logger.info("checkpoint %s", path)
     distributed.barrier()  # no rank runs ahead of a checkpoint it might need
-
-
-def _decoder_for(
-    cfg: TrainConfig, dataset: Any, encoder: Any, shape: tuple[int, int, int], device: torch.device
-) -> tuple[Any, tuple[int, int, int]]:
-    """(VAE to decode samples, None for pixel space, or False when samples cannot be shown) and the
-    (H, W, C) of decoded images. A latent store's own VAE is loaded only when grids or evaluation are on."""
-    if encoder is not None:
-        return encoder, (dataset.image_size, dataset.image_size, dataset.channels)
-    if not dataset.is_latent:
-        return None, (shape[1], shape[2], shape[0])
-    image_shape = (dataset.image_size, dataset.image_size, int(dataset.meta.get("image_channels", 3)))
-    if not (cfg.sample_every_steps or cfg.eval_every_steps):
-        return False, image_shape
-    from ditkit.autoencoder import load_vae
-
-    spec = cfg.vae if cfg.is_latent else dataset.vae
-    try:
-        return load_vae(spec, device, scale=dataset.scale), image_shape
-    except ValueError as err:
-        logger.warning(
-            "sample grids and evaluation off: cannot load the latent store's VAE %r (%s); pass --vae", spec, err
-        )
-        return False, image_shape
-
-
-def _check_sampling_settings(cfg: TrainConfig) -> None:
-    from ditkit.sample import SAMPLERS
-
-    if cfg.sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {cfg.sampler!r} (--sampler)")
-    if cfg.cfg_scale != 1.0 and not cfg.model.has_null_class:
-        raise ValueError(
-            f"cfg_scale {cfg.cfg_scale} needs a class-conditional model with label dropout; use --cfg-scale 1"
-        )

@@ -1,6 +1,7 @@
 """Latent walks of the DiT paper: slerp between initial noises, and interpolation between class embeddings.
 
-Frames are decoded with deterministic DDIM (eta = 0) so a frame is a smooth function of its inputs.
+Frames are decoded with a deterministic sampler (DDIM, eta = 0, by default) through `ditkit.generate`, so
+a frame is a smooth function of its inputs.
 The class walk mixes two rows of the label table (soft labels), giving the paper's "dog-ball hybrids".
 Output: an animated GIF, a frame-strip PNG, and an MP4 when ffmpeg is on the PATH.
 """
@@ -18,11 +19,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ditkit.autoencoder import to_uint8
-from ditkit.config import DiffusionConfig
-from ditkit.diffusion import diffusion_from_config
-from ditkit.generate import image_seed
-from ditkit.sample import GlobalNoise, ddim_sample, guided_denoiser, initial_noise, model_denoiser
+from ditkit.config import WALK_SAMPLING, DiffusionConfig, SampleConfig
+from ditkit.files import atomic_path
+from ditkit.generate import generate, image_seed
+from ditkit.sample import initial_noise
 
 
 def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
@@ -35,34 +35,12 @@ def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
     return (torch.sin((1 - weight) * omega) * a + torch.sin(weight * omega) * b) / torch.sin(omega)
 
 
-def _decode_frames(
-    model: nn.Module,
-    noise: Tensor,
-    soft_labels: Tensor | None,
-    *,
-    num_steps: int,
-    cfg_scale: float,
-    clip_denoised: bool,
-    vae: Any,
-    diffusion: DiffusionConfig | None,
-) -> np.ndarray:
-    config = model.config  # type: ignore[attr-defined]
-    process = diffusion or DiffusionConfig(learn_sigma=config.learn_sigma)
-    diffusion_chain = diffusion_from_config(process, str(num_steps))
-    if soft_labels is None:
-        denoise = model_denoiser(model, None)
-    elif cfg_scale != 1.0 and config.has_null_class:
-        null = torch.zeros_like(soft_labels)
-        null[:, config.null_class] = 1.0
-        denoise = guided_denoiser(model, soft_labels, null, cfg_scale, config.in_channels)
-    else:
-        denoise = model_denoiser(model, soft_labels)
-    with torch.no_grad():
-        # eta = 0 draws no noise, so the noise source is never used.
-        x = ddim_sample(diffusion_chain, denoise, noise, GlobalNoise(None), eta=0.0, clip_denoised=clip_denoised)
-        if vae is not None:
-            x = vae.decode(x)
-    return to_uint8(x).cpu().numpy()
+def _check_deterministic(config: SampleConfig) -> None:
+    if config.sampler == "ddpm" or (config.sampler == "ddim" and config.eta > 0):
+        raise ValueError(
+            f"a walk needs a deterministic sampler (ddim with eta 0, or dpm++2m); got {config.sampler} "
+            f"with eta {config.eta}: frames would jump with the sampler's noise"
+        )
 
 
 def _one_hot_rows(config: Any, classes: list[int]) -> Tensor:
@@ -78,30 +56,21 @@ def noise_walk(
     seed_a: int,
     seed_b: int,
     num_frames: int = 16,
+    config: SampleConfig = WALK_SAMPLING,
     *,
-    num_steps: int = 50,
-    cfg_scale: float = 4.0,
-    clip_denoised: bool = False,
-    vae: Any = None,
     diffusion: DiffusionConfig | None = None,
+    vae: Any = None,
 ) -> np.ndarray:
     """Frames (F, H, W, C) uint8 decoded from slerp(noise(seed_a), noise(seed_b), w), w in [0, 1]."""
-    config = model.config  # type: ignore[attr-defined]
-    shape = (config.in_channels, config.input_size, config.input_size)
+    _check_deterministic(config)
+    model_config = model.config  # type: ignore[attr-defined]
+    shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
     a, b = initial_noise([image_seed(seed_a, 0), image_seed(seed_b, 0)], shape)
-    weights = np.linspace(0.0, 1.0, num_frames)
-    noise = torch.stack([slerp(a, b, float(w)) for w in weights])
-    labels = _one_hot_rows(config, [class_id] * num_frames) if config.num_classes > 0 and class_id is not None else None
-    return _decode_frames(
-        model,
-        noise,
-        labels,
-        num_steps=num_steps,
-        cfg_scale=cfg_scale,
-        clip_denoised=clip_denoised,
-        vae=vae,
-        diffusion=diffusion,
-    )
+    noise = torch.stack([slerp(a, b, float(w)) for w in np.linspace(0.0, 1.0, num_frames)])
+    conditional = model_config.num_classes > 0 and class_id is not None
+    labels = _one_hot_rows(model_config, [class_id] * num_frames) if conditional else None  # type: ignore[list-item]
+    seeds = [image_seed(seed_a, 0)] * num_frames  # deterministic samplers draw nothing from them
+    return generate(model, labels, seeds, config, diffusion=diffusion, vae=vae, noise=noise)
 
 
 def class_walk(
@@ -110,64 +79,49 @@ def class_walk(
     class_b: int,
     seed: int,
     num_frames: int = 16,
+    config: SampleConfig = WALK_SAMPLING,
     *,
-    num_steps: int = 50,
-    cfg_scale: float = 4.0,
-    clip_denoised: bool = False,
-    vae: Any = None,
     diffusion: DiffusionConfig | None = None,
+    vae: Any = None,
 ) -> np.ndarray:
     """Frames decoded from one noise with the label embedding moved linearly from class_a to class_b."""
-    config = model.config  # type: ignore[attr-defined]
-    if config.num_classes == 0:
+    _check_deterministic(config)
+    model_config = model.config  # type: ignore[attr-defined]
+    if model_config.num_classes == 0:
         raise ValueError("a class walk needs a class-conditional model; this one is unconditional")
-    shape = (config.in_channels, config.input_size, config.input_size)
+    shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
     noise = initial_noise([image_seed(seed, 0)], shape).expand(num_frames, *shape).clone()
-    ends = _one_hot_rows(config, [class_a, class_b])
+    ends = _one_hot_rows(model_config, [class_a, class_b])
     weights = torch.linspace(0.0, 1.0, num_frames)[:, None]
     labels = (1 - weights) * ends[0] + weights * ends[1]
-    return _decode_frames(
-        model,
-        noise,
-        labels,
-        num_steps=num_steps,
-        cfg_scale=cfg_scale,
-        clip_denoised=clip_denoised,
-        vae=vae,
-        diffusion=diffusion,
-    )
+    seeds = [image_seed(seed, 0)] * num_frames
+    return generate(model, labels, seeds, config, diffusion=diffusion, vae=vae, noise=noise)
 
 
 def save_walk(frames: np.ndarray, out_dir: str | Path, name: str, fps: int = 8) -> dict[str, Path]:
-    """Write `name`.gif, `name`_strip.png and, when ffmpeg exists, `name`.mp4; returns the paths."""
+    """Write `name`.gif, `name`_strip.png and, when ffmpeg exists, `name`.mp4 (each atomically); returns paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f) for f in frames]
     paths = {"gif": out_dir / f"{name}.gif", "strip": out_dir / f"{name}_strip.png"}
-    images[0].save(paths["gif"], save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    with atomic_path(paths["gif"], durable=False) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     strip = np.concatenate(list(frames), axis=1)
-    Image.fromarray(strip.squeeze(-1) if strip.shape[-1] == 1 else strip).save(paths["strip"])
+    with atomic_path(paths["strip"], durable=False) as tmp:
+        Image.fromarray(strip.squeeze(-1) if strip.shape[-1] == 1 else strip).save(tmp, format="PNG")
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg:
-        with tempfile.TemporaryDirectory() as tmp:
-            for i, img in enumerate(images):
-                img.convert("RGB").save(Path(tmp) / f"{i:05d}.png")
-            mp4 = out_dir / f"{name}.mp4"
-            cmd = [
-                ffmpeg,
-                "-y",
-                "-loglevel",
-                "error",
-                "-framerate",
-                str(fps),
-                "-i",
-                str(Path(tmp) / "%05d.png"),
-                "-vf",
-                "scale=trunc(iw/2)*2:trunc(ih/2)*2",
-                "-pix_fmt",
-                "yuv420p",
-                str(mp4),
-            ]
-            if subprocess.run(cmd, check=False).returncode == 0:
-                paths["mp4"] = mp4
+        mp4 = _encode_mp4(ffmpeg, images, out_dir / f"{name}.mp4", fps)
+        if mp4 is not None:
+            paths["mp4"] = mp4
     return paths
+
+
+def _encode_mp4(ffmpeg: str, images: list[Image.Image], path: Path, fps: int) -> Path | None:
+    with tempfile.TemporaryDirectory() as frames_dir, atomic_path(path, durable=False) as tmp:
+        for i, img in enumerate(images):
+            img.convert("RGB").save(Path(frames_dir) / f"{i:05d}.png")
+        cmd = [ffmpeg, "-y", "-loglevel", "error", "-framerate", str(fps), "-i", str(Path(frames_dir) / "%05d.png"),
+               "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p", "-f", "mp4", str(tmp)]  # fmt: skip
+        if subprocess.run(cmd, check=False).returncode != 0:
+            return None
+    return path

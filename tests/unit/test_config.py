@@ -6,7 +6,16 @@ import re
 
 import pytest
 
-from ditkit.config import PRESETS, DiffusionConfig, ModelConfig, get_preset
+from ditkit.config import (
+    IMAGE_SAMPLING,
+    PRESETS,
+    TRAIN_SAMPLING,
+    WALK_SAMPLING,
+    DiffusionConfig,
+    ModelConfig,
+    SampleConfig,
+    get_preset,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +58,7 @@ def test_model_config_validation(fields, message):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"num_steps": 1}, "num_steps must be >= 2; got 1"),
+        ({"num_train_steps": 1}, "num_train_steps must be an integer >= 2; got 1"),
         ({"noise_schedule": "quadratic"}, "noise_schedule must be 'linear' or 'cosine'; got 'quadratic'"),
     ],
 )
@@ -79,7 +88,7 @@ def test_defaults_are_the_paper_model():
     assert config.null_class == 1000 and config.has_null_class
     assert get_preset("DiT-XL/2") == config
     diffusion = DiffusionConfig()
-    assert (diffusion.num_steps, diffusion.noise_schedule, diffusion.learn_sigma) == (1000, "linear", True)
+    assert (diffusion.num_train_steps, diffusion.noise_schedule, diffusion.learn_sigma) == (1000, "linear", True)
 
 
 def test_paper_presets_table():
@@ -100,3 +109,29 @@ def test_preset_overrides_and_derived_fields():
     assert config.out_channels == 1 and not config.has_null_class
     assert not get_preset("DiT-T/2", class_dropout_prob=0.0).has_null_class
     assert get_preset("DiT-T/4").num_tokens == 4
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"sampler": "euler"}, "sampler must be one of ddpm, ddim, dpm\\+\\+2m; got 'euler'"),
+        ({"num_steps": 0}, "num_steps must be an integer >= 1; got 0"),
+        ({"cfg_scale": -0.5}, "cfg_scale must be a finite number >= 0"),
+        ({"cfg_scale": float("nan")}, "cfg_scale must be a finite number >= 0"),
+        ({"cfg_scale": float("inf")}, "cfg_scale must be a finite number >= 0"),
+        ({"cfg_channels": 0}, "cfg_channels must be 'all' or an integer >= 1"),
+        ({"eta": 1.5}, "eta must be in \\[0, 1\\]"),
+        ({"eta": float("nan")}, "eta must be in \\[0, 1\\]"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"precision": "fp8"}, "precision must be one of"),
+    ],
+)
+def test_sample_config_validation(fields, match):
+    with pytest.raises(ValueError, match=match):
+        SampleConfig(**fields)
+
+
+def test_sample_config_defaults_are_the_paper_evaluation():
+    config = SampleConfig()
+    assert (config.sampler, config.num_steps, config.cfg_scale, config.timestep_respacing) == ("ddpm", 250, 1.5, "250")
+    assert IMAGE_SAMPLING.cfg_scale == 4.0 and WALK_SAMPLING.sampler == "ddim" and TRAIN_SAMPLING.cfg_scale == 1.0

@@ -1,4 +1,4 @@
-"""Datasets, the deterministic resumable loader and the latent store (ditkit.data)."""
+"""Datasets (ditkit.data), the deterministic resumable loader (ditkit.loader) and the latent store."""
 
 import json
 import pickle
@@ -18,15 +18,12 @@ from ditkit.data import (
     EmbeddedMNIST,
     ImageFolderDataset,
     NpzDataset,
-    build_loader,
     center_crop_arr,
-    check_num_classes,
     frame_digits,
     load_mnist_arrays,
-    open_dataset,
-    steps_per_epoch,
 )
 from ditkit.latents import LatentStore, extract_latents, store_progress
+from ditkit.loader import build_loader, check_num_classes, open_dataset, steps_per_epoch
 
 N_ITEMS, SIZE = 20, 16
 

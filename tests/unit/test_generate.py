@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.config import get_preset
-from ditkit.generate import (
-    SampleSettings,
-    assemble_npz,
-    generate,
-    image_seed,
-    imagenet_class_names,
-    job_labels,
-    parse_classes,
-    sample_npz,
-)
+from ditkit.classes import imagenet_class_names, parse_classes
+from ditkit.config import SampleConfig, get_preset
+from ditkit.generate import assemble_npz, generate, image_seed, job_labels, sample_npz
 from ditkit.model import DiT
 from ditkit.walk import class_walk, noise_walk, slerp
 
@@ -32,7 +24,7 @@ def model() -> DiT:
     return m
 
 
-SETTINGS = SampleSettings(sampler="ddpm", num_steps=4, cfg_scale=2.0, batch_size=3)
+SETTINGS = SampleConfig(sampler="ddpm", num_steps=4, cfg_scale=2.0, batch_size=3)
 
 
 def test_imagenet_names_and_parsing() -> None:
@@ -59,7 +51,7 @@ def test_generate_does_not_depend_on_batching(model: DiT) -> None:
         model,
         labels[2:3],
         seeds[2:3],
-        SampleSettings(sampler="ddpm", num_steps=4, cfg_scale=2.0, batch_size=1),
+        SampleConfig(sampler="ddpm", num_steps=4, cfg_scale=2.0, batch_size=1),
     )
     np.testing.assert_array_equal(together[2], alone[0])
     assert together.shape == (4, 8, 8, 1) and together.dtype == np.uint8
@@ -95,20 +87,20 @@ def test_slerp_ends_and_norm() -> None:
 
 
 def test_walk_frames(model: DiT) -> None:
-    frames = noise_walk(model, 3, 0, 1, num_frames=3, num_steps=3)
+    frames = noise_walk(model, 3, 0, 1, 3, SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0))
     assert frames.shape == (3, 8, 8, 1)
     ends = generate(
         model,
         [3],
         [image_seed(0, 0)],
-        SampleSettings(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1),
+        SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1),
     )
     np.testing.assert_array_equal(frames[0], ends[0])  # frame 0 is the plain DDIM sample of seed A
-    walk = class_walk(model, 1, 2, 0, num_frames=4, num_steps=3)
+    walk = class_walk(model, 1, 2, 0, 4, SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0))
     first = generate(
         model,
         [1],
         [image_seed(0, 0)],
-        SampleSettings(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1),
+        SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1),
     )
     np.testing.assert_allclose(walk[0].astype(int), first[0].astype(int), atol=1)

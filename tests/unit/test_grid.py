@@ -42,9 +42,13 @@ def test_save_grid_writes_a_png(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["g.png"]
 
 
-def test_smooth_is_debiased():
+def test_smooth_tracks_the_series():
     assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
-    assert smooth([1.0, 3.0], weight=0.5) == pytest.approx([1.0, (0.25 * 1 + 0.5 * 3) / 0.75])
+    assert smooth([1.0, 3.0, 5.0, 7.0], half_width=1) == pytest.approx([2.0, 3.0, 5.0, 6.0])
+    # A fast-falling loss (the first reports of a run): the smoothed line stays within the raw range nearby.
+    loss = [10.0 * 0.8**i + 0.1 for i in range(40)]
+    smoothed = smooth(loss)
+    assert all(abs(s - r) <= 0.5 * r for s, r in zip(smoothed[5:], loss[5:]))
 
 
 @pytest.mark.parametrize("values", [[1.0, 0.5, 0.2, 0.1, 0.05], [0.3, -0.1, math.nan, 0.2], [0.7], []])

@@ -123,7 +123,7 @@ def test_seed_noise_rows_follow_their_seed():
 
 def test_sample_loop_input_errors(tiny_model):
     noise = torch.randn(2, 4, 8, 8)
-    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of ddpm, ddim, dpm\\+\\+2m"):
+    with pytest.raises(ValueError, match="sampler must be one of ddpm, ddim, dpm\\+\\+2m; got 'euler'"):
         sample_loop(tiny_model, noise, torch.tensor([0, 1]), sampler="euler")
     with pytest.raises(ValueError, match="need one seed per image: got 3 seeds for 2 images"):
         sample_loop(tiny_model, noise, torch.tensor([0, 1]), seeds=[1, 2, 3])

@@ -17,26 +17,20 @@ import torch
 from safetensors.torch import load_file
 
 from ditkit import monitor as monitor_mod
-from ditkit import train as train_mod
-from ditkit.config import DiffusionConfig, TrainConfig, get_preset, validate_for_world
+from ditkit import stopping
+from ditkit.config import DiffusionConfig, SampleConfig, TrainConfig, get_preset, validate_for_world
 from ditkit.diffusion import diffusion_from_config
+from ditkit.generate import generate, image_seeds
 from ditkit.loading import load_dit
 from ditkit.model import DiT
-from ditkit.train import (
-    NonFiniteLoss,
-    draw_step,
-    ema_decay_at,
-    lr_at,
-    read_run_config,
-    take_over_label_dropout,
-    train,
-    train_step,
-    update_ema,
-)
+from ditkit.run import read_run_config
+from ditkit.stopping import NonFiniteLoss
+from ditkit.train import draw_step, ema_decay_at, lr_at, train, train_step, update_ema
 from numerics import OPS_BACKWARD, OPS_ELEMENTWISE, approx_fp32, assert_fp32_close
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REGRESSION_FILE = FIXTURES / "tiny_run_losses.json"
+SMALL_SAMPLING = SampleConfig(sampler="ddim", num_steps=2, cfg_scale=1.0, batch_size=100)
 
 
 def tiny_cfg(tmp_path: Path, **changes: object) -> TrainConfig:
@@ -74,9 +68,9 @@ def final_weights(run_dir: str | Path, step: int, name: str = "model") -> dict[s
 def test_train_config_defaults_are_the_paper_run():
     cfg = TrainConfig(out_dir="x")
     assert (cfg.model.depth, cfg.model.hidden_size, cfg.model.patch_size) == (28, 1152, 2)
-    assert (cfg.image_size, cfg.latent_size, cfg.global_batch_size) == (256, 32, 256)
+    assert (cfg.image_size, cfg.model.input_size, cfg.global_batch_size) == (256, 32, 256)
     assert (cfg.lr, cfg.weight_decay, cfg.ema_decay, cfg.warmup_steps) == (1e-4, 0.0, 0.9999, 0)
-    assert cfg.diffusion.num_steps == 1000 and cfg.diffusion.learn_sigma and cfg.model.class_dropout_prob == 0.1
+    assert cfg.diffusion.num_train_steps == 1000 and cfg.diffusion.learn_sigma and cfg.model.class_dropout_prob == 0.1
 
 
 def test_train_config_round_trips_through_json():
@@ -95,7 +89,10 @@ def test_train_config_round_trips_through_json():
         ({"micro_batch_size": 0}, "micro_batch_size must be an integer >= 1"),
         ({"max_grad_norm": 0.0}, "max_grad_norm must be > 0"),
         ({"device": "tpu"}, "device must be one of"),
-        ({"cfg_scale": 0.5}, "cfg_scale must be >= 1"),
+        (
+            {"model": get_preset("DiT-T/2", class_dropout_prob=0.0), "sample": SampleConfig(cfg_scale=2.0)},
+            "needs a class-conditional model with label dropout",
+        ),
         ({"out_dir": " "}, "out_dir must name a run directory"),
         (
             {"diffusion": DiffusionConfig(learn_sigma=False)},
@@ -106,6 +103,17 @@ def test_train_config_round_trips_through_json():
 def test_train_config_validation_errors(changes, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{"out_dir": "x", **changes})
+
+
+def test_configs_from_before_sample_config_still_load():
+    """config.json of 0.1 runs: flat sampling fields and the diffusion's `num_steps`."""
+    old = TrainConfig(out_dir="x", model=get_preset("DiT-T/2")).to_dict()
+    del old["sample"]
+    old.update(sampler="dpm++2m", num_sampling_steps=20, cfg_scale=3.0, eval_batch_size=7)
+    old["diffusion"]["num_steps"] = old["diffusion"].pop("num_train_steps")
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.sample == SampleConfig(sampler="dpm++2m", num_steps=20, cfg_scale=3.0, batch_size=7)
+    assert cfg.diffusion.num_train_steps == 1000
 
 
 def test_from_dict_rejects_unknown_fields():
@@ -179,7 +187,6 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient():
     results = []
     for micro in (8, 2):
         model, _ = _tiny_model()
-        take_over_label_dropout(model)
         frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves weights and gradients as they are
         stats = train_step(model, diffusion, frozen, x, y, draws=draws, micro_batch_size=micro)
         results.append((stats, {n: p.grad.clone() for n, p in model.named_parameters()}))
@@ -191,12 +198,18 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient():
         assert_fp32_close(g_acc[name], grad, ops=OPS_BACKWARD, msg=name)
 
 
-def test_label_dropout_takeover_uses_the_null_class():
-    model, _ = _tiny_model()
-    assert take_over_label_dropout(model) == pytest.approx(0.1)
-    assert model.y_embedder.dropout_prob == 0.0  # the embedder no longer draws with torch.rand
+def test_label_dropout_is_drawn_by_the_step_and_uses_the_null_class():
+    model, opt = _tiny_model()
     draws = draw_step(torch.Generator().manual_seed(0), 1000, (1,), 1000, label_dropout=0.1)
     assert 50 < int(draws["drop"].sum()) < 150
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["y"].clone()), with_kwargs=True)
+    diffusion = diffusion_from_config(DiffusionConfig())
+    y = torch.arange(8) % 10
+    drop = torch.tensor([True, False] * 4)
+    draws = draw_step(torch.Generator().manual_seed(0), 8, (1, 8, 8), 1000)
+    train_step(model, diffusion, opt, torch.randn(8, 1, 8, 8), y, draws={**draws, "drop": drop})
+    assert torch.equal(seen[0], torch.where(drop, torch.full_like(y, 10), y))  # null id 10 where dropped
 
 
 def test_max_grad_norm_clips():
@@ -213,7 +226,7 @@ def test_max_grad_norm_clips():
 
 
 def test_run_folder_layout_and_rerun_is_a_noop(tmp_path, caplog):
-    cfg = tiny_cfg(tmp_path, sample_every_steps=3, num_grid_images=4, num_sampling_steps=2)
+    cfg = tiny_cfg(tmp_path, sample_every_steps=3, num_grid_images=4, sample=SMALL_SAMPLING)
     run_dir = train(cfg)
     names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
     assert {
@@ -309,9 +322,9 @@ def test_stop_signal_writes_a_checkpoint_and_raises(tmp_path, monkeypatch):
         calls["n"] += 1
         return int(signal.SIGTERM) if calls["n"] == 2 else 0
 
-    monkeypatch.setattr(train_mod._StopSignal, "requested", fake_requested)
+    monkeypatch.setattr(stopping.StopSignal, "requested", fake_requested)
     cfg = tiny_cfg(tmp_path, ckpt_every_steps=100)
-    with pytest.raises(train_mod.Interrupted, match="stopped by SIGTERM at step 2") as info:
+    with pytest.raises(stopping.Interrupted, match="stopped by SIGTERM at step 2") as info:
         train(cfg)
     assert info.value.exit_code == 128 + signal.SIGTERM
     assert (Path(cfg.out_dir) / "checkpoints" / "step_0000002" / "state.json").is_file()
@@ -329,7 +342,7 @@ def test_data_model_mismatches_are_clear_errors(tmp_path):
 def test_eval_hook_logs_metrics(tmp_path, monkeypatch):
     seen = []
 
-    def fake_scorer(cfg, dataset, image_shape, run_dir, device):
+    def fake_scorer(num_classes, image_shape, **kwargs):
         def score(images, labels):
             seen.append((images.shape, images.dtype, labels.tolist()))
             return {"eval_mean_pixel": float(images.mean())}
@@ -338,7 +351,7 @@ def test_eval_hook_logs_metrics(tmp_path, monkeypatch):
 
     monkeypatch.setattr(monitor_mod, "make_scorer", fake_scorer)
     cfg = tiny_cfg(
-        tmp_path, max_steps=4, eval_every_steps=2, num_eval_samples=5, num_sampling_steps=2, eval_batch_size=2
+        tmp_path, max_steps=4, eval_every_steps=2, num_eval_samples=5, sample=SMALL_SAMPLING.replace(batch_size=2)
     )
     train(cfg)
     assert seen[0][0] == (5, 8, 8, 1) and str(seen[0][1]) == "uint8" and seen[0][2] == [0, 1, 2, 3, 4]
@@ -355,7 +368,7 @@ def test_micro_batch_run_matches_full_batch_run(tmp_path):
 def test_unconditional_model_trains(tmp_path):
     model = dataclasses.replace(get_preset("DiT-T/2", in_channels=1), num_classes=0)
     run_dir = train(
-        tiny_cfg(tmp_path, model=model, max_steps=2, sample_every_steps=2, num_grid_images=2, num_sampling_steps=2)
+        tiny_cfg(tmp_path, model=model, max_steps=2, sample_every_steps=2, num_grid_images=2, sample=SMALL_SAMPLING)
     )
     assert (run_dir / "samples" / "step_0000002.png").is_file()
     assert all(math.isfinite(r["loss"]) for r in metrics(run_dir))
@@ -381,7 +394,7 @@ def test_extract_latents_then_train_and_online_vae(tmp_path):
         "ckpt_every_steps": 2,
         "sample_every_steps": 2,
         "num_grid_images": 2,
-        "num_sampling_steps": 2,
+        "sample": SMALL_SAMPLING,
         "global_batch_size": 4,
     }
     run = train(tiny_cfg(tmp_path / "store", data=str(store), vae="none", **common))
@@ -413,7 +426,7 @@ def test_cuda_bf16_compile_and_grad_checkpointing(tmp_path):
             max_steps=4,
             sample_every_steps=4,
             num_grid_images=2,
-            num_sampling_steps=2,
+            sample=SMALL_SAMPLING,
         )
     )
     lines = metrics(run)
@@ -436,21 +449,21 @@ def test_digits_metrics_are_logged_for_mnist(tmp_path):
         max_steps=2,
         eval_every_steps=2,
         num_eval_samples=20,
-        num_sampling_steps=2,
+        sample=SMALL_SAMPLING,
         ckpt_every_steps=2,
     )
     run_dir = train(cfg)
     lines = metrics(run_dir)
     assert "eval_accuracy" not in lines[0]
-    # The logged numbers are those of the final EMA's class-balanced samples (seeds eval_seed + i,
+    # The logged numbers are those of the final EMA's class-balanced samples (seeds image_seed(eval_seed, i),
     # labels i % 10), scored by the shipped classifier: recompute them from the saved checkpoint.
     from ditkit.classifier import digits_metrics
 
     indices = list(range(cfg.num_eval_samples))
     labels = [i % 10 for i in indices]
-    seeds = [cfg.eval_seed + i for i in indices]
-    images = monitor_mod.sample_images(load_dit(run_dir), cfg, seeds, labels, (1, 32, 32), None, torch.device("cpu"))
-    expected = digits_metrics(images.numpy(), np.array(labels))
+    seeds = image_seeds(cfg.eval_seed, len(indices))
+    images = generate(load_dit(run_dir), labels, seeds, cfg.sample, diffusion=cfg.diffusion)
+    expected = digits_metrics(images, np.array(labels))
     assert lines[-1]["eval_accuracy"] == expected["accuracy"]
     assert lines[-1]["eval_fd"] == pytest.approx(expected["fd"], rel=1e-9) and expected["fd"] > 0
 
@@ -492,7 +505,7 @@ def test_inception_fid_is_logged_for_rgb_images(tmp_path):
         max_steps=2,
         eval_every_steps=2,
         num_eval_samples=16,
-        num_sampling_steps=2,
+        sample=SMALL_SAMPLING,
     )
     lines = metrics(train(cfg))
     assert lines[-1]["eval_fid"] > 0 and (Path(cfg.out_dir) / "eval" / "ref_stats_16.npz").is_file()

@@ -1,0 +1,172 @@
+"""The flags of every `ditkit` subcommand (the CLI's whole surface; `cli.py` holds what each command does).
+
+Sampling and training flags default to None, meaning "the library's default" (`ditkit.config` holds each
+default once: IMAGE_SAMPLING, WALK_SAMPLING, the TrainConfig and recipe fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], None]
+
+HELP = {
+    "flops": "parameters and forward Gflops (paper convention) of the presets",
+    "presets": "list the model presets and their configs",
+    "classes": "list ImageNet class ids and names",
+    "sample": "sample images (a grid, or --num N into an .npz for evaluation)",
+    "walk": "latent walks: noise slerp and class-embedding interpolation",
+    "train": "train a DiT (default: the CPU demo recipe on the embedded MNIST); rerun to resume",
+    "export": "write the EMA weights of a run as one safetensors file (loads with load_dit)",
+    "extract-latents": "encode a dataset once into a latent store (shards under torchrun)",
+    "evaluate": "FID / sFID / IS / precision / recall, or the digits metric",
+    "ref-stats": "reference statistics for FID from an image folder or .npz",
+    "demo": "the CPU demo: train on the embedded MNIST, sample with and without guidance, score",
+    "bench": "benchmark a training step or a sampling step (img/s beside a matmul probe)",
+}
+
+
+def add_flags(
+    sub: Any,
+    handlers: dict[str, Handler],
+    *,
+    presets: Sequence[str],
+    blocks: Sequence[str],
+    samplers: Sequence[str],
+    precisions: Sequence[str],
+) -> None:
+    """Add every subcommand with its flags to the subparsers `sub`; `handlers` maps names to functions."""
+
+    def add(name: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        p.set_defaults(fn=handlers[name])
+        return p
+
+    p = add("flops")
+    p.add_argument("--preset", action="append", choices=presets, help="repeatable; default: the 12 paper models")
+    p.add_argument("--block", choices=blocks, help="block design (default adaln_zero)")
+    p.add_argument("--image-size", type=int, default=256, help="pixels (latent = pixels / 8)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add("presets")
+    add("classes").add_argument("--search", help="only names containing this text")
+
+    _sample_and_walk_flags(add("sample"), add("walk"), samplers, precisions)
+    _train_flags(add("train"), presets, blocks, precisions)
+
+    p = add("export")
+    p.add_argument("run", help="run folder or checkpoint folder")
+    p.add_argument("out", help="output .safetensors file")
+
+    p = add("extract-latents")
+    p.add_argument("--data", required=True, help="image folder or .npz")
+    p.add_argument("--out", required=True, help="latent store folder (re-run to resume)")
+    p.add_argument("--vae", required=True, help="diffusers VAE folder or hub id, e.g. stabilityai/sd-vae-ft-ema")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    _evaluation_flags(add("evaluate"), add("ref-stats"))
+
+    p = add("demo")
+    p.add_argument("--out", required=True, help="output folder (re-running resumes the training)")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per setting")
+    p.add_argument("--max-steps", type=int, help="training steps (default: the recipe's)")
+
+    p = add("bench")
+    p.add_argument("what", choices=["train", "sample"])
+    p.add_argument("--preset", default="DiT-S/2", choices=presets)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--vae-latents", action=argparse.BooleanOptionalAction, default=True,
+                   help="model latents of image-size/8 (default) or pixels")  # fmt: skip
+    p.add_argument("--channels", type=int, help="override input channels")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3)
+
+
+def _sample_and_walk_flags(
+    sample: argparse.ArgumentParser, walk: argparse.ArgumentParser, samplers: Sequence[str], precisions: Sequence[str]
+) -> None:
+    for p in (sample, walk):
+        p.add_argument("--ckpt", required=True, help="weights file (.pt/.safetensors) or a ditkit run folder")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--vae", help="VAE folder or hub id ('none' = pixel space); default: the run's, else none")
+        p.add_argument("--classes", help="class ids or ImageNet names, comma separated")
+        _sampling_flags(p, samplers, precisions)
+        p.add_argument("--num-heads", type=int, help="head count, for weights that do not record it")
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    sample.add_argument("--seed", type=int, default=0, help="image i has seed image_seed(seed, i)")
+    sample.add_argument("--per-class", type=int, default=4, help="grid images per class")
+    sample.add_argument("--num", type=int, help="sample N images into --npz (resumable, shards under torchrun)")
+    sample.add_argument("--npz", help="output .npz for --num (default OUT/samples.npz)")
+    sample.add_argument("--class-balanced", action="store_true", help="each class equally often with --num")
+    walk.add_argument("--kind", default="both", choices=["noise", "class", "both"])
+    walk.add_argument("--seeds", default="0,1", help="noise walk from seed A to seed B")
+    walk.add_argument("--frames", type=int, default=16)
+
+
+def _evaluation_flags(evaluate: argparse.ArgumentParser, ref_stats: argparse.ArgumentParser) -> None:
+    evaluate.add_argument("samples", help="samples .npz (arr_0 uint8 NHWC, + labels for the digits metric)")
+    evaluate.add_argument("--ref", help="reference .npz: images, ADM reference batch or ditkit ref-stats output")
+    evaluate.add_argument("--json", action="store_true", help="one JSON object")
+    ref_stats.add_argument("source", help="image folder or .npz")
+    ref_stats.add_argument("--out", required=True, help="output statistics .npz")
+    for p in (evaluate, ref_stats):
+        p.add_argument("--metric", choices=["digits", "inception"], default="inception")
+        p.add_argument("--inception", help="pt_inception-2015-12-05 weights or fid-helper's default_1.pt")
+        p.add_argument("--allow-download", action="store_true", help="fetch the Inception weights when online")
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+
+
+def _sampling_flags(p: argparse.ArgumentParser, samplers: Sequence[str], precisions: Sequence[str]) -> None:
+    p.add_argument("--sampler", choices=samplers, help="default: ddpm (sample), ddim (walk)")
+    p.add_argument("--num-steps", "--steps", dest="num_steps", type=int, help="sampling steps (default 250 / 50)")
+    p.add_argument("--cfg-scale", type=float, help="guidance scale (default 4; 1 = none)")
+    p.add_argument("--cfg-channels", choices=["all", "3"], help="guided channels; 3 = the official DiT variant")
+    p.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (default 0)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 32)")
+    p.add_argument("--precision", choices=precisions, help="the network's arithmetic (default fp32)")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="clamp x0 predictions to [-1, 1] (default: on in pixel space)")  # fmt: skip
+
+
+def _train_flags(
+    p: argparse.ArgumentParser, presets: Sequence[str], blocks: Sequence[str], precisions: Sequence[str]
+) -> None:
+    p.add_argument("--out", required=True, help="run folder (re-running the same command resumes it)")
+    p.add_argument("--data", help="image folder, .npz, latent store, 'digits' or 'mnist' (default: embedded MNIST)")
+    p.add_argument("--preset", choices=presets, help="model size (default: DiT-XL/2; the demo's model for MNIST)")
+    p.add_argument("--block", choices=blocks, help="block design (default adaln_zero)")
+    p.add_argument("--num-classes", type=int, help="classes (default: the data's; 0 = unconditional)")
+    p.add_argument("--num-heads", type=int, help="attention heads")
+    p.add_argument("--learn-sigma", action=argparse.BooleanOptionalAction, default=None, help="learned variance")
+    p.add_argument("--image-size", type=int, help="pixels (256 for the paper, 24 for the MNIST demo)")
+    p.add_argument("--vae", help="'none' (pixel space), a diffusers VAE folder or hub id")
+    for flag, kind, help_ in (
+        ("--max-steps", int, None),
+        ("--global-batch-size", int, None),
+        ("--micro-batch-size", int, "per-rank images per forward (gradient accumulation)"),
+        ("--lr", float, None),
+        ("--warmup-steps", int, None),
+        ("--max-grad-norm", float, None),
+        ("--ema-decay", float, None),
+        ("--ckpt-every", int, "steps between checkpoints"),
+        ("--log-every", int, "steps between metrics lines"),
+        ("--sample-every", int, "steps between EMA sample grids"),
+        ("--eval-every", int, "steps between quality evaluations (0 = off)"),
+        ("--num-eval-samples", int, None),
+        ("--seed", int, None),
+        ("--num-workers", int, None),
+    ):
+        dest = flag[2:].replace("-", "_") + ("_steps" if flag.endswith("-every") else "")
+        p.add_argument(flag, dest=dest, type=kind, help=help_)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels: exact resume")
+    p.add_argument("--precision", choices=precisions)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
