@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow and not gpu" -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
-	$(BIN)/ditkit bench train --preset DiT-S/2 --image-size 256 --batch-size 32
+	$(BIN)/ditkit bench --preset DiT-S/2 --out benchmarks/results/bench-$$(hostname).json
 
 clean:
 	rm -rf $(VENV) runs

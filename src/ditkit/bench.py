@@ -1,114 +1,185 @@
-"""Throughput benchmarks of a training step and of sampling, reported beside a same-run matmul probe.
+"""`ditkit bench`: the machine's matmul peaks, training and sampling throughput of a DiT, peak memory and
+compile time, measured in one run and reported as JSON and a table.
 
-This machine class is shared and drifts by up to 1.5x within an hour, so every figure comes with the
-GFLOP/s of a 2048^2 fp32 matmul timed between repetitions, and the model's achieved GFLOP/s as a
-fraction of it (3 x forward multiply-adds x 2 per image for training, 1 x for sampling).
+Machines drift (the CPU hosts by up to 1.5x within an hour), so every figure comes with the same-run
+matmul peak of its precision and the fraction of it that the model reaches: training counts 3 x forward
+multiply-adds x 2 FLOPs per image (forward + backward), sampling 1 x per network evaluation.
 """
 
 from __future__ import annotations
 
+import copy
+import resource
 import statistics
 import time
 from typing import Any
 
 import torch
 
-from ditkit.config import VAE_DOWNSAMPLE, ModelConfig, get_preset
-from ditkit.diffusion import create_diffusion
+from ditkit import backend
+from ditkit.config import DiffusionConfig, ModelConfig, SampleConfig, get_preset
+from ditkit.diffusion import diffusion_from_config
+from ditkit.distributed import resolve_device
 from ditkit.flops import model_cost
+from ditkit.generate import generate, image_seeds
 from ditkit.model import DiT
-from ditkit.train import update_ema
+from ditkit.train import train_step, update_ema
+
+PAPER_STEPS = 250  # the paper's DDPM sampling steps
+FAST_STEPS = 20  # DPM-Solver++(2M) steps of the fast recipe
 
 
-def matmul_probe(size: int = 2048, reps: int = 3) -> float:
-    """Median GFLOP/s of a size^2 fp32 matmul (2 FLOPs per multiply-add)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def matmul_peak(precision: str, device: torch.device, reps: int = 5) -> float:
+    """Median GFLOP/s of a square matmul (8192 on CUDA, 2048 on a CPU) in `precision`."""
+    size = 8192 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    with backend.precision_scope("tf32" if precision == "tf32" else "fp32", device):
         torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
+        times = []
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def bench_train_step(
-    config: ModelConfig, batch_size: int, steps: int = 5, warmup: int = 1, device: str = "cpu"
-) -> dict[str, Any]:
-    """Time fwd + loss + bwd + fused AdamW + EMA of `config` at `batch_size` (random latents)."""
+def bench_training(
+    config: ModelConfig, batch_size: int, device: torch.device, precision: str, compile: bool, steps: int
+) -> dict[str, float]:
+    """img/s of ditkit's training step (fwd, MSE + VLB, bwd, fused AdamW, EMA) on random latents."""
     torch.manual_seed(0)
     model = DiT(config).to(device).train()
-    ema = DiT(config).to(device).eval().requires_grad_(False)
-    ema.load_state_dict(model.state_dict())
-    diffusion = create_diffusion("", learn_sigma=config.learn_sigma)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=device == "cpu" or None)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=True)
+    diffusion = diffusion_from_config(DiffusionConfig(learn_sigma=config.learn_sigma))
+    net = torch.compile(model) if compile else model
     x = torch.randn(batch_size, config.in_channels, config.input_size, config.input_size, device=device)
-    y = torch.randint(0, max(config.num_classes, 1), (batch_size,), device=device)
-    kwargs = {"y": y} if config.num_classes > 0 else {}
-    step_times, probes = [], []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        t = torch.randint(0, diffusion.num_timesteps, (batch_size,), device=device)
-        loss = diffusion.training_losses(model, x, t, kwargs)["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        update_ema(ema, model, 0.9999)
-        loss.item()
-        if i >= warmup:
-            step_times.append(time.perf_counter() - t0)
-            probes.append(matmul_probe())
-    return _report(config, batch_size, step_times, probes, passes=3)
-
-
-def bench_sampling_step(
-    config: ModelConfig, batch_size: int, steps: int = 5, warmup: int = 1, device: str = "cpu"
-) -> dict[str, Any]:
-    """Time one no-grad network evaluation at `batch_size` rows (a sampling step; CFG doubles rows)."""
-    model = DiT(config).to(device).eval()
-    x = torch.randn(batch_size, config.in_channels, config.input_size, config.input_size, device=device)
-    t = torch.randint(0, 1000, (batch_size,), device=device)
     y = torch.randint(0, max(config.num_classes, 1), (batch_size,), device=device) if config.num_classes else None
-    step_times, probes = [], []
-    with torch.no_grad():
-        for i in range(warmup + steps):
-            t0 = time.perf_counter()
-            model(x, t, y).sum().item()
-            if i >= warmup:
-                step_times.append(time.perf_counter() - t0)
-                probes.append(matmul_probe())
-    return _report(config, batch_size, step_times, probes, passes=1)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def step() -> None:
+        train_step(net, diffusion, opt, x, y, generator=generator, autocast_dtype=backend.autocast_dtype(precision))
+        update_ema(ema, model, 0.9999)
+
+    first, times = _time(step, steps, device)
+    return {"s_per_step": statistics.median(times), "first_step_s": first}
 
 
-def _report(
-    config: ModelConfig, batch_size: int, step_times: list[float], probes: list[float], passes: int
-) -> dict[str, Any]:
-    step = statistics.median(step_times)
-    gflops = model_cost(config).gflops
-    achieved = passes * 2 * gflops * batch_size / step  # FLOPs = 2 x multiply-adds
-    probe = statistics.median(probes)
-    return {
-        "s_per_step": step,
-        "img_per_s": batch_size / step,
-        "achieved_gflop_s": achieved,
-        "probe_gflop_s": probe,
-        "fraction_of_probe": achieved / probe,
-        "batch_size": batch_size,
-        "threads": torch.get_num_threads(),
-        "steps": len(step_times),
-    }
+def bench_sampling(
+    config: ModelConfig, batch_size: int, device: torch.device, precision: str, compile: bool, steps: int
+) -> dict[str, float]:
+    """Seconds per guided sampling step (2 x batch rows) through `ditkit.generate`, without a VAE."""
+    torch.manual_seed(0)
+    model = DiT(config).to(device).eval()
+    labels = [i % max(config.num_classes, 1) for i in range(batch_size)] if config.num_classes else None
+    sample = SampleConfig(
+        sampler="ddpm", num_steps=steps, cfg_scale=4.0 if config.has_null_class else 1.0,
+        batch_size=batch_size, precision=precision, compile=compile,
+    )  # fmt: skip
+    seeds = image_seeds(0, batch_size)
+    first, times = _time(lambda: generate(model, labels, seeds, sample, device=device), 2, device)
+    return {"s_per_step": statistics.median(times) / steps, "first_call_s": first}
 
 
 def run_bench(
-    what: str, *, preset: str, image_size: int, vae_latents: bool, channels: int | None, batch_size: int, steps: int
+    preset: str = "DiT-S/2",
+    *,
+    image_size: int = 256,
+    batch_size: int | None = None,
+    sample_batch: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    steps: int = 3,
+    what: tuple[str, ...] = ("train", "sample"),
 ) -> dict[str, Any]:
-    """`ditkit bench train|sample`: one model's step time beside the matmul probe, as a dict."""
-    size = image_size // VAE_DOWNSAMPLE if vae_latents else image_size
-    overrides: dict[str, Any] = {"input_size": size}
-    if channels:
-        overrides["in_channels"] = channels
-    config = get_preset(preset, **overrides)
-    fn = bench_train_step if what == "train" else bench_sampling_step
-    result = fn(config, batch_size, steps=steps)
-    result.update(preset=preset, what=what, input_size=size)
+    """Everything `ditkit bench` reports, as one JSON-ready dict (keys documented in the README)."""
+    dev = resolve_device(device)
+    resolved = backend.resolve_precision(precision, dev)
+    config = get_preset(preset, input_size=image_size // 8)
+    batch = batch_size or (256 if dev.type == "cuda" else 32)
+    sample_rows = sample_batch or (128 if dev.type == "cuda" else 8)
+    peaks = {"fp32": matmul_peak("fp32", dev)}
+    if dev.type == "cuda":
+        peaks["tf32"] = matmul_peak("tf32", dev)
+    if dev.type == "cuda" or backend.cpu_has_bf16_units():
+        peaks["bf16"] = matmul_peak("bf16", dev)
+    peak = peaks.get(resolved, peaks["fp32"])
+    gmacs = model_cost(config).gflops
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else backend.cpu_name(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "preset": preset,
+        "image_size": image_size, "precision": resolved, "compile": compile, "gflops_per_image": gmacs,
+        "matmul_peaks_gflops": peaks, "matmul_peak_gflops": peak,
+    }  # fmt: skip
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    with backend.precision_scope(resolved, dev):
+        if "train" in what:
+            train = bench_training(config, batch, dev, resolved, compile, steps)
+            img_s = batch / train["s_per_step"]
+            result.update(
+                train_batch=batch,
+                train_img_per_s=img_s,
+                train_fraction_of_peak=img_s * 3 * 2 * gmacs / peak,
+                compile_seconds=max(0.0, train["first_step_s"] - train["s_per_step"]) if compile else 0.0,
+            )
+        if "sample" in what:
+            sample = bench_sampling(config, sample_rows, dev, resolved, compile, max(steps, 2))
+            per_step = sample["s_per_step"]
+            result.update(
+                sample_batch=sample_rows,
+                sample_img_per_s=sample_rows / (per_step * PAPER_STEPS),
+                sample_fast_img_per_s=sample_rows / (per_step * FAST_STEPS),
+                sample_fraction_of_peak=2 * sample_rows * 2 * gmacs / per_step / peak,
+            )
+    result["peak_memory_mib"] = (
+        torch.cuda.max_memory_allocated(dev) / 2**20
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A two-column table of `run_bench`'s result."""
+    rows = [("device", result["device"]), ("model", f"{result['preset']} at {result['image_size']} px")]
+    rows.append(("precision", f"{result['precision']}{' + compile' if result['compile'] else ''}"))
+    rows += [(f"matmul peak {k}", f"{v:,.0f} GFLOP/s") for k, v in result["matmul_peaks_gflops"].items()]
+    if "train_img_per_s" in result:
+        rows.append(("training", f"{result['train_img_per_s']:.2f} img/s at batch {result['train_batch']}, "
+                     f"{100 * result['train_fraction_of_peak']:.0f}% of the {result['precision']} peak"))  # fmt: skip
+        if result["compile"]:
+            rows.append(("compile time", f"{result['compile_seconds']:.0f} s"))
+    if "sample_img_per_s" in result:
+        rows.append((f"sampling, {PAPER_STEPS} DDPM steps + guidance", f"{result['sample_img_per_s']:.3f} img/s"))
+        rows.append((f"sampling, DPM-Solver++ {FAST_STEPS} steps", f"{result['sample_fast_img_per_s']:.2f} img/s"))
+        rows.append(("sampling network", f"{100 * result['sample_fraction_of_peak']:.0f}% of peak "
+                     f"(batch {result['sample_batch']}, {2 * result['sample_batch']} rows)"))  # fmt: skip
+    rows.append(("peak memory", f"{result['peak_memory_mib']:,.0f} MiB"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _time(fn: Any, steps: int, device: torch.device) -> tuple[float, list[float]]:
+    """(first call's seconds, seconds of `steps` later calls)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

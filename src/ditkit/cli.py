@@ -33,7 +33,7 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 
 def _sample_config(args: argparse.Namespace, base: Any) -> Any:
-    fields = _given(args, "sampler", "num_steps", "cfg_scale", "eta", "batch_size", "precision")
+    fields = _given(args, "sampler", "num_steps", "cfg_scale", "eta", "batch_size", "precision", "compile")
     if args.cfg_channels is not None:
         fields["cfg_channels"] = "all" if args.cfg_channels == "all" else int(args.cfg_channels)
     return base.replace(**fields, **({"clip_denoised": args.clip} if args.clip is not None else {}))
@@ -161,14 +161,10 @@ def _extract_latents(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from ditkit.demo import run_demo
+    from ditkit.demo import run_demo, summary
 
-    overrides = _given(args, "max_steps")
-    r = run_demo(args.out, num_samples=args.num_samples, **overrides)
-    print(f"demo finished in {r['seconds']:.0f} s: accuracy on the requested digit {r['accuracy_cfg']:.3f} with "
-          f"guidance (scale {r['cfg_scale']}), {r['accuracy_nocfg']:.3f} without, over {r['num_samples']} samples "
-          f"each\n  grids: {args.out}/grid_cfg/grid.png  {args.out}/grid_nocfg/grid.png\n"
-          f"  loss curve: {args.out}/loss_curve.png\n  report: {args.out}/demo_report.json")  # fmt: skip
+    report = run_demo(args.out, num_samples=args.num_samples, **_given(args, "max_steps", "precision"))
+    print(summary(report, args.out))
 
 
 def _flops(args: argparse.Namespace) -> None:
@@ -178,16 +174,14 @@ def _flops(args: argparse.Namespace) -> None:
 
 
 def _presets(args: argparse.Namespace) -> None:
-    for name, cfg in PRESETS.items():
-        print(name, json.dumps(dataclasses.asdict(cfg)))
+    print("\n".join(f"{name} {json.dumps(dataclasses.asdict(cfg))}" for name, cfg in PRESETS.items()))
 
 
 def _classes(args: argparse.Namespace) -> None:
     from ditkit.classes import imagenet_class_names
 
-    for i, name in enumerate(imagenet_class_names()):
-        if not args.search or args.search.lower() in name.lower():
-            print(i, name)
+    found = [f"{i} {n}" for i, n in enumerate(imagenet_class_names()) if (args.search or "").lower() in n.lower()]
+    print("\n".join(found))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -197,10 +191,15 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from ditkit.bench import run_bench
+    from ditkit.bench import format_report, run_bench
+    from ditkit.files import write_json
 
-    options = {k: v for k, v in vars(args).items() if k not in ("fn", "command", "verbose")}
-    print(json.dumps(run_bench(**options), indent=1))
+    result = run_bench(args.preset, image_size=args.image_size, batch_size=args.batch_size,
+                       sample_batch=args.sample_batch, device=args.device, precision=args.precision,
+                       compile=args.compile, steps=args.steps, what=tuple(args.what.split(",")))  # fmt: skip
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ HELP = {
     "evaluate": "FID / sFID / IS / precision / recall, or the digits metric",
     "ref-stats": "reference statistics for FID from an image folder or .npz",
     "demo": "the CPU demo: train on the embedded MNIST, sample with and without guidance, score",
-    "bench": "benchmark a training step or a sampling step (img/s beside a matmul probe)",
+    "bench": "matmul peaks, training and sampling throughput, peak memory and compile time of a DiT here",
 }
 
 
@@ -74,16 +74,20 @@ def add_flags(
     p.add_argument("--out", required=True, help="output folder (re-running resumes the training)")
     p.add_argument("--num-samples", type=int, default=1000, help="samples per setting")
     p.add_argument("--max-steps", type=int, help="training steps (default: the recipe's)")
+    p.add_argument("--precision", choices=precisions, help="training and sampling (default auto)")
 
     p = add("bench")
-    p.add_argument("what", choices=["train", "sample"])
     p.add_argument("--preset", default="DiT-S/2", choices=presets)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--vae-latents", action=argparse.BooleanOptionalAction, default=True,
-                   help="model latents of image-size/8 (default) or pixels")  # fmt: skip
-    p.add_argument("--channels", type=int, help="override input channels")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=256, help="pixels (the model sees image-size / 8 latents)")
+    p.add_argument("--batch-size", type=int, help="training batch (default 32 on CPU, 256 on CUDA)")
+    p.add_argument("--sample-batch", type=int, help="images per sampling step (default 8 on CPU, 128 on CUDA)")
+    p.add_argument("--what", default="train,sample", help="train, sample or both (comma separated)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=precisions)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (reports the compile time)")
+    p.add_argument("--steps", type=int, default=3, help="timed repetitions after a warm-up")
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument("--out", help="also write the JSON object to this file")
 
 
 def _sample_and_walk_flags(
@@ -128,7 +132,8 @@ def _sampling_flags(p: argparse.ArgumentParser, samplers: Sequence[str], precisi
     p.add_argument("--cfg-channels", choices=["all", "3"], help="guided channels; 3 = the official DiT variant")
     p.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (default 0)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 32)")
-    p.add_argument("--precision", choices=precisions, help="the network's arithmetic (default fp32)")
+    p.add_argument("--precision", choices=precisions, help="the network's arithmetic (default auto: bf16 on CUDA)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (CUDA: ~2x)")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clamp x0 predictions to [-1, 1] (default: on in pixel space)")  # fmt: skip
 

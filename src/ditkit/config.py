@@ -27,11 +27,14 @@ TIMESTEP_MAX_PERIOD: float = 10000.0
 PATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 BLOCK_DESIGNS: tuple[str, ...] = ("adaln_zero", "adaln", "cross_attn", "in_context")
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16")
 
 BlockDesign = Literal["adaln_zero", "adaln", "cross_attn", "in_context"]
 SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "tf32", "bf16"]
+"""The network's arithmetic. "auto": bf16 autocast (+ TF32) on CUDA; on a CPU bf16 only where a short probe
+shows it faster than fp32 (CPUs with bf16 units), else fp32. "tf32": fp32 with TF32 matmuls on CUDA (what the
+official code uses; fp32 elsewhere). "bf16": bf16 autocast. Diffusion arithmetic and losses stay fp32."""
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
@@ -181,19 +184,21 @@ class SampleConfig:
     """
 
     sampler: SamplerName = "ddpm"  # "ddpm" (ancestral, learned variance), "ddim", "dpm++2m" (DPM-Solver++(2M))
-    num_steps: int = 250  # sampling steps: the training chain respaced to this many
+    num_steps: int = 250  # sampling steps (>= 2): the training chain respaced to this many
     cfg_scale: float = 1.5  # classifier-free guidance scale; 1 = none (no doubled batch), 0 = unconditional
     cfg_channels: Literal["all"] | int = "all"  # guided output channels; 3 = the official DiT variant
     eta: float = 0.0  # DDIM noise in [0, 1] (0 = deterministic); the other samplers ignore it
     clip_denoised: bool | None = None  # clamp x_0 predictions to [-1, 1]; None = on in pixel space only
-    batch_size: int = 32  # images per forward pass (guidance doubles the rows)
-    precision: Precision = "fp32"  # the network's arithmetic ("bf16": autocast); the diffusion stays fp32
+    batch_size: int | None = None  # images per forward pass (guidance doubles the rows); None: 32 CPU, 128 CUDA
+    precision: Precision = "auto"  # the network's arithmetic (see Precision); the diffusion stays fp32
+    compile: bool = False  # torch.compile the network for the fixed-shape loop (CUDA: ~2x, after ~20 s)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r} (--sampler)")
-        _check_int("num_steps", self.num_steps, minimum=1)
-        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("num_steps", self.num_steps, minimum=2)  # ADM's posterior needs a previous step
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, minimum=1)
         if not (isinstance(self.cfg_scale, (int, float)) and math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
             raise ValueError(
                 f"cfg_scale must be a finite number >= 0 (1 = no guidance); got {self.cfg_scale} (--cfg-scale)"
@@ -241,7 +246,6 @@ RESUMABLE_FIELDS: frozenset[str] = frozenset(
         "micro_batch_size",
         "deterministic",
         "precision",
-        "tf32",
         "compile",
         "grad_checkpointing",
         "device",
@@ -293,6 +297,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     warmup_steps: int = 0  # linear LR warm-up from 0 over this many steps (the paper: none)
+    lr_decay: Literal["none", "cosine"] = "none"  # after the warm-up: constant (the paper) or cosine to lr / 10
     max_grad_norm: float | None = None  # clip the global gradient norm to this (the paper: no clipping)
     ema_decay: float = 0.9999  # EMA of the weights (what samples and exports use)
     ema_warmup: bool = False  # decay = min(ema_decay, (1 + step) / (10 + step)): useful EMA in short runs
@@ -300,8 +305,7 @@ class TrainConfig:
     # Numerics and speed.
     seed: int = 0  # data order, t, noise, label dropout and augmentation are functions of (seed, step)
     deterministic: bool = False  # deterministic kernels: a resumed run repeats an uninterrupted one exactly
-    precision: Precision = "fp32"  # "bf16" autocasts the forward on CUDA (no gain on CPUs without bf16 units)
-    tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (official train.py turns it on)
+    precision: Precision = "auto"  # see Precision: bf16 on CUDA, on CPUs with fast bf16, else fp32
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more time
     device: DeviceChoice = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else CPU
@@ -361,6 +365,8 @@ class TrainConfig:
             raise ValueError(f"num_eval_samples must be >= 2 to score samples; got {self.num_eval_samples}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number; got {self.lr} (the paper uses 1e-4)")
+        if self.lr_decay not in ("none", "cosine"):
+            raise ValueError(f"lr_decay must be 'none' or 'cosine'; got {self.lr_decay!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
@@ -403,6 +409,10 @@ class TrainConfig:
         """
         fields = dict(values)
         legacy = {k: fields.pop(k) for k in _LEGACY_SAMPLE_FIELDS if k in fields}
+        if "tf32" in fields:  # 0.1 had precision fp32|bf16 and a tf32 switch
+            tf32 = fields.pop("tf32")
+            if fields.get("precision", "fp32") == "fp32" and tf32:
+                fields["precision"] = "tf32"
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
@@ -429,8 +439,8 @@ _LEGACY_SAMPLE_FIELDS = {
 }
 
 
-def validate_for_world(cfg: TrainConfig, world_size: int, device_type: str = "cpu") -> None:
-    """Checks that need the process count and device: batch divisibility, micro-batches, bf16 on CUDA."""
+def validate_for_world(cfg: TrainConfig, world_size: int) -> None:
+    """Checks that need the process count: batch divisibility and micro-batches."""
     if cfg.global_batch_size % world_size:
         raise ValueError(
             f"global_batch_size {cfg.global_batch_size} is not divisible by the {world_size} processes; "
@@ -442,9 +452,4 @@ def validate_for_world(cfg: TrainConfig, world_size: int, device_type: str = "cp
         raise ValueError(
             f"micro_batch_size {micro} must divide the per-process batch {per_rank} "
             f"(global {cfg.global_batch_size} / {world_size} processes); pick a divisor of {per_rank}"
-        )
-    if cfg.precision == "bf16" and device_type != "cuda":
-        raise ValueError(
-            f"precision 'bf16' needs a CUDA device (this run is on {device_type}, where bf16 is ~5x slower "
-            "than fp32); use --precision fp32"
         )

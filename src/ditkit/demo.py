@@ -31,10 +31,15 @@ DEMO_NUM_SAMPLES = 1000  # per setting (with and without guidance), class balanc
 def run_demo(
     out_dir: str | Path, *, num_samples: int = DEMO_NUM_SAMPLES, seed: int = 0, **train_overrides: Any
 ) -> dict[str, Any]:
-    """Train (or resume), then sample with and without guidance, score with the digit classifier, report."""
+    """Train (or resume), then sample with and without guidance, score with the digit classifier, report.
+
+    `train_overrides` replace fields of the recipe (e.g. max_steps); a `precision` override applies to
+    sampling too.
+    """
     out_dir = Path(out_dir)
     start = time.perf_counter()
     cfg = demo_train_config(out_dir, **train_overrides)
+    sampling = DEMO_SAMPLING.replace(precision=cfg.precision)
     train(cfg)
     train_seconds = time.perf_counter() - start
     opened = open_for_sampling(out_dir)
@@ -42,9 +47,9 @@ def run_demo(
     report: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "train_steps": cfg.max_steps}
     labels = job_labels(num_samples, 10, seed, class_balanced=True)
     seeds = image_seeds(seed, num_samples)
-    for key, scale in (("cfg", DEMO_SAMPLING.cfg_scale), ("nocfg", 1.0)):
+    for key, scale in (("cfg", sampling.cfg_scale), ("nocfg", 1.0)):
         t0 = time.perf_counter()
-        config = DEMO_SAMPLING.replace(cfg_scale=scale)
+        config = sampling.replace(cfg_scale=scale)
         images = generate(opened.model, labels.tolist(), seeds, config, diffusion=opened.diffusion)
         images = frame_digits(images, DEMO_REPORT_IMAGE_SIZE)
         metrics = digits_metrics(images, labels, classifier)
@@ -71,3 +76,17 @@ def run_demo(
     )
     write_json(out_dir / REPORT_FILE, report)
     return report
+
+
+def summary(report: dict[str, Any], out_dir: str | Path) -> str:
+    """What `ditkit demo` prints at the end: the scores and where everything is."""
+    out = Path(out_dir)
+    return (
+        f"demo finished in {report['seconds']:.0f} s: accuracy on the requested digit {report['accuracy_cfg']:.3f} "
+        f"with guidance (scale {report['cfg_scale']}), {report['accuracy_nocfg']:.3f} without, over "
+        f"{report['num_samples']} samples each\n"
+        f"  grids:      {out / 'grid_cfg' / 'grid.png'}  {out / 'grid_nocfg' / 'grid.png'}\n"
+        f"  loss curve: {out / 'loss_curve.png'}\n"
+        f"  report:     {out / REPORT_FILE}\n"
+        f"  weights:    {out / 'checkpoints'} (sample more: ditkit sample --ckpt {out} --out {out / 'more'})"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ditkit import backend
 from ditkit.autoencoder import to_uint8
 from ditkit.config import DiffusionConfig, SampleConfig, default_diffusion
 from ditkit.files import save_npz, write_json
@@ -54,13 +56,30 @@ def job_labels(num: int, num_classes: int, seed: int, class_balanced: bool) -> n
 # Sampling.
 
 
-def network(model: nn.Module, precision: str, device: torch.device) -> Callable[..., Tensor]:
-    """model(x, t, y) in the asked precision; outputs are fp32, so the diffusion arithmetic stays fp32."""
-    if precision == "fp32":
+SAMPLE_BATCH_CPU = 32  # images per forward when SampleConfig.batch_size is None
+SAMPLE_BATCH_CUDA = 128  # XL/2 on an H200: 128 images (256 rows with guidance) fill the card; 256 gains <1%
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def batch_size_for(config: SampleConfig, device: torch.device) -> int:
+    """The images per forward pass: the config's, or the documented default of the device."""
+    if config.batch_size is not None:
+        return config.batch_size
+    return SAMPLE_BATCH_CUDA if device.type == "cuda" else SAMPLE_BATCH_CPU
+
+
+def network(model: nn.Module, precision: str, device: torch.device, compile: bool = False) -> Callable[..., Tensor]:
+    """model(x, t, y) in the resolved `precision` (compiled once per model when asked); outputs are fp32,
+    so the diffusion arithmetic stays fp32 whatever the network runs in."""
+    if compile:
+        if model not in _COMPILED:
+            _COMPILED[model] = torch.compile(model, dynamic=False)  # shapes repeat every step of the loop
+        model = _COMPILED[model]
+    if precision != "bf16":
         return model
 
     def forward(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with backend.autocast(device, precision):
             out = model(x, t) if y is None else model(x, t, y)
         return out.float()
 
@@ -92,34 +111,37 @@ def generate(
     diffusion = diffusion or default_diffusion(model_config)
     clip = config.clip_denoised if config.clip_denoised is not None else vae is None
     shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
-    forward = network(model, config.precision, device)
+    precision = backend.resolve_precision(config.precision, device)
+    forward = network(model, precision, device, config.compile)
+    batch = batch_size_for(config, device)
     if labels is not None and model_config.num_classes > 0:
         label_tensor = torch.as_tensor(labels if isinstance(labels, Tensor) else list(labels), device=device)
     else:
         label_tensor = None
     out = []
-    for start in range(0, len(seeds), config.batch_size):
-        batch_seeds = list(seeds[start : start + config.batch_size])
-        rows = slice(start, start + len(batch_seeds))
-        x_T = noise[rows].to(device) if noise is not None else initial_noise(batch_seeds, shape, device)
-        x = sample_loop(
-            model,
-            x_T,
-            label_tensor[rows] if label_tensor is not None else None,
-            sampler=config.sampler,
-            timestep_respacing=config.timestep_respacing,
-            cfg_scale=config.cfg_scale,
-            cfg_channels=config.cfg_channels,
-            eta=config.eta,
-            seeds=batch_seeds,
-            diffusion=diffusion,
-            clip_denoised=clip,
-            progress=progress,
-            forward=forward,
-        )
-        if vae is not None:
-            x = vae.decode(x)
-        out.append(to_uint8(x).cpu().numpy())
+    with backend.precision_scope(precision, device):
+        for start in range(0, len(seeds), batch):
+            batch_seeds = list(seeds[start : start + batch])
+            rows = slice(start, start + len(batch_seeds))
+            x_T = noise[rows].to(device) if noise is not None else initial_noise(batch_seeds, shape, device)
+            x = sample_loop(
+                model,
+                x_T,
+                label_tensor[rows] if label_tensor is not None else None,
+                sampler=config.sampler,
+                timestep_respacing=config.timestep_respacing,
+                cfg_scale=config.cfg_scale,
+                cfg_channels=config.cfg_channels,
+                eta=config.eta,
+                seeds=batch_seeds,
+                diffusion=diffusion,
+                clip_denoised=clip,
+                progress=progress,
+                forward=forward,
+            )
+            if vae is not None:
+                x = vae.decode(x)  # fp32 (TF32 under "tf32"/"bf16" on CUDA): decoding is ~2% of a 250-step image
+            out.append(to_uint8(x).cpu().numpy())
     channels = 3 if vae is not None else shape[0]
     return np.concatenate(out) if out else np.zeros((0, *shape[1:], channels), np.uint8)
 
@@ -151,7 +173,7 @@ def sample_npz(
     out_path = Path(out_path)
     parts = _parts_dir(out_path)
     parts.mkdir(parents=True, exist_ok=True)
-    chunk = chunk_size or config.batch_size * 4
+    chunk = chunk_size or batch_size_for(config, torch.device(device or next(model.parameters()).device)) * 4
     model_config = model.config  # type: ignore[attr-defined]
     diffusion = diffusion or default_diffusion(model_config)
     labels = job_labels(num, model_config.num_classes, seed, class_balanced)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,18 @@ def ema_decay_at(cfg: TrainConfig, step: int) -> float:
     return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
 
 
+LR_DECAY_FLOOR = 0.1  # a cosine decay ends at lr x this at max_steps
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant."""
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant or a cosine decay
+    from lr to lr x LR_DECAY_FLOOR at max_steps (so a run extended by a larger max_steps decays anew)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "none":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (LR_DECAY_FLOOR + (1 - LR_DECAY_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def draw_step(
@@ -179,9 +189,11 @@ def train(cfg: TrainConfig) -> Path:
     """
     # Setup.
     info = distributed.init(cfg.device)
-    validate_for_world(cfg, info.world_size, info.device.type)
+    validate_for_world(cfg, info.world_size)
     teardown, clean = ExitStack(), False
-    teardown.callback(backend.configure(num_threads=cfg.num_threads, deterministic=cfg.deterministic, tf32=cfg.tf32))
+    teardown.callback(backend.configure(num_threads=cfg.num_threads, deterministic=cfg.deterministic))
+    precision = backend.resolve_precision(cfg.precision, info.device)
+    teardown.enter_context(backend.precision_scope(precision, info.device))
     try:
         # Run directory (a finished run is a no-op; a larger max_steps continues it).
         run_dir = run.prepare_run_dir(cfg, info.is_main)
@@ -216,7 +228,7 @@ def train(cfg: TrainConfig) -> Path:
         monitor = RunMonitor(cfg, info, run_dir, start, dataset, decoder, image_shape)
         teardown.callback(monitor.close)
         micro = cfg.micro_batch_size or cfg.global_batch_size // info.world_size
-        _log_start(cfg, run_dir, start, info, micro, model)
+        _log_start(cfg, run_dir, start, info, micro, model, precision)
 
         # Loop.
         step, interval = start, IntervalStats()
@@ -237,7 +249,7 @@ def train(cfg: TrainConfig) -> Path:
                 draws=draws,
                 micro_batch_size=micro,
                 max_grad_norm=cfg.max_grad_norm,
-                autocast_dtype=backend.autocast_dtype(cfg.precision),
+                autocast_dtype=backend.autocast_dtype(precision),
             )
             update_ema(ema, model, ema_decay_at(cfg, step))
             interval.add(step, stats)
@@ -265,15 +277,22 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _log_start(
-    cfg: TrainConfig, run_dir: Path, start: int, info: distributed.DistInfo, micro: int, model: nn.Module
+    cfg: TrainConfig,
+    run_dir: Path,
+    start: int,
+    info: distributed.DistInfo,
+    micro: int,
+    model: nn.Module,
+    precision: str,
 ) -> None:
     logger.info(
-        "training %s from step %d to %d: %d process(es), %s, global batch %d (micro-batch %d), %.2fM parameters",
+        "training %s from step %d to %d: %d process(es), %s, %s, global batch %d (micro-batch %d), %.2fM parameters",
         run_dir,
         start,
         cfg.max_steps,
         info.world_size,
         info.device,
+        precision,
         cfg.global_batch_size,
         micro,
         sum(p.numel() for p in model.parameters()) / 1e6,

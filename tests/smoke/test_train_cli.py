@@ -31,6 +31,8 @@ TINY = [
     "0",
     "--device",
     "cpu",
+    "--precision",
+    "fp32",
     "--num-workers",
     "0",
     "--deterministic",

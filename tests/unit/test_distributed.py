@@ -83,6 +83,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         deterministic=True,
         num_threads=1,
         device="cpu",
+        precision="fp32",
         adam_eps=1.0,
         lr=1e-2,
     )

@@ -24,7 +24,7 @@ def model() -> DiT:
     return m
 
 
-SETTINGS = SampleConfig(sampler="ddpm", num_steps=4, cfg_scale=2.0, batch_size=3)
+SETTINGS = SampleConfig(sampler="ddpm", num_steps=4, cfg_scale=2.0, batch_size=3, precision="fp32")
 
 
 def test_imagenet_names_and_parsing() -> None:
@@ -51,7 +51,7 @@ def test_generate_does_not_depend_on_batching(model: DiT) -> None:
         model,
         labels[2:3],
         seeds[2:3],
-        SampleConfig(sampler="ddpm", num_steps=4, cfg_scale=2.0, batch_size=1),
+        SampleConfig(sampler="ddpm", num_steps=4, cfg_scale=2.0, batch_size=1, precision="fp32"),
     )
     np.testing.assert_array_equal(together[2], alone[0])
     assert together.shape == (4, 8, 8, 1) and together.dtype == np.uint8
@@ -87,20 +87,20 @@ def test_slerp_ends_and_norm() -> None:
 
 
 def test_walk_frames(model: DiT) -> None:
-    frames = noise_walk(model, 3, 0, 1, 3, SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0))
+    frames = noise_walk(model, 3, 0, 1, 3, SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, precision="fp32"))
     assert frames.shape == (3, 8, 8, 1)
     ends = generate(
         model,
         [3],
         [image_seed(0, 0)],
-        SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1),
+        SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1, precision="fp32"),
     )
     np.testing.assert_array_equal(frames[0], ends[0])  # frame 0 is the plain DDIM sample of seed A
-    walk = class_walk(model, 1, 2, 0, 4, SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0))
+    walk = class_walk(model, 1, 2, 0, 4, SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, precision="fp32"))
     first = generate(
         model,
         [1],
         [image_seed(0, 0)],
-        SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1),
+        SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1, precision="fp32"),
     )
     np.testing.assert_allclose(walk[0].astype(int), first[0].astype(int), atol=1)
