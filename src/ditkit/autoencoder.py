@@ -28,24 +28,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", as the Hu
 class Autoencoder:
     """A frozen diffusers AutoencoderKL with DiT's latent convention.
 
-    Latents are `posterior sample x scale`. `scale` defaults to `VAE_LATENT_SCALE` (the SD VAE's 0.18215,
-    which DiT hard-codes) whatever the VAE config says; pass `scale=vae.config.scaling_factor` for a VAE
-    trained with another factor (a warning names it when the config differs).
+    Latents are `posterior sample x scale`. `scale` defaults to the VAE config's `scaling_factor` (the SD VAE
+    says 0.18215, the constant DiT hard-codes; a VAE trained by `ditkit train-vae` records 1 / std of its
+    latents there), or VAE_LATENT_SCALE for a config without one.
     """
 
     def __init__(self, vae: Any, *, name: str = "", scale: float | None = None) -> None:
         self.vae = vae.eval().requires_grad_(False)
         self.name = name  # what it was loaded from (folder or hub id); recorded in latent stores
-        self.scale = float(VAE_LATENT_SCALE if scale is None else scale)
         config_scale = getattr(vae.config, "scaling_factor", None)
-        if scale is None and config_scale is not None and abs(config_scale - self.scale) > 1e-9:
-            logger.warning(
-                "VAE %r config has scaling_factor %s; using DiT's %s (pass scale=%s to use the config's)",
-                name,
-                config_scale,
-                self.scale,
-                config_scale,
-            )
+        self.scale = float(scale if scale is not None else config_scale or VAE_LATENT_SCALE)
 
     @property
     def latent_channels(self) -> int:

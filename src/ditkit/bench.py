@@ -20,6 +20,7 @@ from ditkit import backend
 from ditkit.config import DiffusionConfig, ModelConfig, SampleConfig, get_preset
 from ditkit.diffusion import diffusion_from_config
 from ditkit.distributed import resolve_device
+from ditkit.files import write_json
 from ditkit.flops import model_cost
 from ditkit.generate import generate, image_seeds
 from ditkit.model import DiT
@@ -95,8 +96,10 @@ def run_bench(
     compile: bool = False,
     steps: int = 3,
     what: tuple[str, ...] = ("train", "sample"),
+    out: str | None = None,
 ) -> dict[str, Any]:
-    """Everything `ditkit bench` reports, as one JSON-ready dict (keys documented in the README)."""
+    """Everything `ditkit bench` reports, as one JSON-ready dict (keys documented in the README); also written
+    to `out` when given."""
     dev = resolve_device(device)
     resolved = backend.resolve_precision(precision, dev)
     config = get_preset(preset, input_size=image_size // 8)
@@ -141,6 +144,8 @@ def run_bench(
         if dev.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
+    if out:
+        write_json(out, result)
     return result
 
 

@@ -6,11 +6,17 @@ model config in their metadata, ditkit.loading format), optimizer.pt (tensors an
 data position, the run's config). run_dir/checkpoints/latest names the newest folder; `ditkit.load_dit`
 follows it. A folder appears under its final name only when complete (written as a temp folder, then
 renamed), so a crash mid-write leaves the previous checkpoint as the newest one.
+
+Only finite checkpoints exist: the training loop checks the weights, the EMA and the optimizer state
+(`non_finite`) before it saves, and `load` treats a checkpoint holding inf/NaN like a corrupt one (the
+previous one is used). Before writing, checkpoints that the new one makes redundant are pruned and the free
+space is checked, so a disk with room for `keep_last` checkpoints never runs full mid-write.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -18,19 +24,21 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
 from ditkit.config import DiffusionConfig
 from ditkit.files import TEMP_PREFIX, fsync, temp_path, write_text
 from ditkit.loading import (
     EMA_WEIGHTS_FILE,
     RUN_LATEST_FILE,
+    describe_load_error,
     load_strict,
     read_diffusion_config,
     read_state_dict,
@@ -120,9 +128,41 @@ def save(
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(f"{TEMP_PREFIX}*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    # Room first: what the new checkpoint makes redundant goes before it is written (never the newest of the
+    # earlier ones: the one this run resumed from survives a failed write).
+    prune(run_dir, keep_last=max(keep_last - 1, 1), milestone_every=milestone_every, before=step)
+    _check_free_space(root, step, [*model.state_dict().values(), *ema.state_dict().values(), *_tensors(optimizer)])
     name = checkpoint_name(step)
     tmp = temp_path(root / name)  # a temp folder, renamed when complete
     tmp.mkdir()
+    try:
+        _write_files(tmp, step, model, ema, optimizer, config, extra)
+    except BaseException:  # a full disk, say: leave no half checkpoint behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final = root / name
+    if final.exists():  # re-saving a step (e.g. after a corrupt copy): swap, then delete the old one
+        old = temp_path(root / f"old-{name}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    fsync(root)
+    point_latest(run_dir, step)
+    prune(run_dir, keep_last=keep_last, milestone_every=milestone_every, current=step)
+    return final
+
+
+def _write_files(
+    tmp: Path,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None,
+) -> None:
     model_config = model.config
     diffusion = DiffusionConfig.from_dict(config["diffusion"]) if isinstance(config.get("diffusion"), dict) else None
     save_weights(model.state_dict(), model_config, tmp / MODEL_FILE, diffusion)
@@ -142,23 +182,85 @@ def save(
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     for f in (*files, STATE_FILE):
         fsync(tmp / f)
-    final = root / name
-    if final.exists():  # re-saving a step (e.g. after a corrupt copy): swap, then delete the old one
-        old = temp_path(root / f"old-{name}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    fsync(root)
-    write_text(root / RUN_LATEST_FILE, name + "\n")
-    prune(run_dir, keep_last=keep_last, milestone_every=milestone_every, current=step)
-    return final
 
 
-def prune(run_dir: str | os.PathLike, *, keep_last: int, milestone_every: int = 0, current: int | None = None) -> None:
-    """Delete checkpoints but the last `keep_last`, multiples of `milestone_every`, and `current`."""
-    found = list_checkpoints(run_dir)
+FREE_SPACE_MARGIN = 256 << 10  # bytes beyond the tensors (safetensors headers, state.json with the RNG states)
+
+
+def _check_free_space(root: Path, step: int, tensors: list[Tensor]) -> None:
+    """Raise OSError(ENOSPC) naming the sizes and the checkpoint kept when the new one cannot fit."""
+    need = sum(t.numel() * t.element_size() for t in tensors) + FREE_SPACE_MARGIN
+    free = free_bytes(root)
+    if free >= need:
+        return
+    kept = list_checkpoints(root.parent)
+    resume = f"rerun the same command to resume from {kept[-1][1].name}" if kept else "rerun to start again"
+    raise OSError(
+        errno.ENOSPC,
+        f"no space for checkpoint {checkpoint_name(step)} in {str(root)!r}: it needs {need / 2**20:.1f} MiB, "
+        f"{free / 2**20:.1f} MiB are free; free some space (or lower keep_last_ckpts), then {resume}",
+    )
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes free for this user on the file system of `path` (a function, so tests can fake a full disk)."""
+    return shutil.disk_usage(path).free
+
+
+def _tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor)]
+
+
+def non_finite(model: nn.Module, ema: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> str:
+    """Which of the weights, the EMA weights and the optimizer state hold inf or NaN ("" when none does).
+
+    One max-abs reduction per tensor and a single host sync (cheap enough for every log interval).
+    """
+    groups = {
+        "the weights": list(model.parameters()),
+        "the EMA weights": list(ema.parameters()) if ema is not None else [],
+        "the optimizer state": [t for t in _tensors(optimizer) if t.is_floating_point()] if optimizer else [],
+    }
+    return ", ".join(_non_finite_groups({k: v for k, v in groups.items() if v}))
+
+
+def _non_finite_groups(groups: dict[str, Iterable[Tensor]]) -> list[str]:
+    """The names of the groups holding a non-finite value (max |x| is inf or NaN; NaN propagates)."""
+    names, maxima, device = [], [], None
+    for name, tensors in groups.items():
+        tensors = [t.detach() for t in tensors if t.numel()]
+        if tensors:
+            device = device or tensors[0].device
+            norms = torch._foreach_norm(tensors, float("inf"))
+            names.append(name)
+            maxima.append(torch.stack([n.float().to(device) for n in norms]).max())
+    finite = torch.isfinite(torch.stack(maxima)).tolist() if maxima else []  # the one host sync
+    return [name for name, ok in zip(names, finite) if not ok]
+
+
+def point_latest(run_dir: str | os.PathLike, step: int) -> None:
+    """Make checkpoints/latest name checkpoint `step` (rewritten only when it names another)."""
+    path = Path(run_dir) / CHECKPOINTS_DIR / RUN_LATEST_FILE
+    name = checkpoint_name(step)
+    try:
+        if path.read_text().strip() == name:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text(path, name + "\n")
+
+
+def prune(
+    run_dir: str | os.PathLike,
+    *,
+    keep_last: int,
+    milestone_every: int = 0,
+    current: int | None = None,
+    before: int | None = None,
+) -> None:
+    """Delete checkpoints but the last `keep_last`, multiples of `milestone_every`, and `current`; with
+    `before`, only among the checkpoints of earlier steps (the others are left alone)."""
+    found = [c for c in list_checkpoints(run_dir) if before is None or c[0] < before]
     keep = {step for step, _ in found[-keep_last:]} if keep_last > 0 else set()
     if milestone_every > 0:
         keep |= {step for step, _ in found if step % milestone_every == 0}
@@ -203,8 +305,8 @@ def load(
 ) -> dict[str, Any]:
     """Load one checkpoint into model / EMA / optimizer (strict keys); returns its state.json dict.
 
-    Raises CorruptCheckpoint when the files cannot be read (nothing is modified then) and ValueError when
-    they do not fit the model (another preset or resolution).
+    Raises CorruptCheckpoint when the files cannot be read or hold inf/NaN (nothing is modified then) and
+    ValueError when they do not fit the model (another preset or resolution).
     """
     ckpt_dir = Path(ckpt_dir)
     state = read_state(ckpt_dir)
@@ -217,8 +319,16 @@ def load(
             else None
         )
     except Exception as err:
-        first_line = str(err).splitlines()[0] if str(err) else ""
-        raise CorruptCheckpoint(f"{ckpt_dir}: {type(err).__name__}: {first_line}") from None
+        raise CorruptCheckpoint(f"{ckpt_dir}: {describe_load_error(err)}") from None
+    bad = _non_finite_groups(
+        {
+            "the weights": weights.values(),
+            "the EMA weights": (ema_weights or {}).values(),
+            "the optimizer state": [t for t in _nested_tensors(opt_state) if t.is_floating_point()],
+        }
+    )
+    if bad:
+        raise CorruptCheckpoint(f"{ckpt_dir}: {', '.join(bad)} hold inf or NaN")
     load_strict(model, weights, source=str(ckpt_dir / MODEL_FILE))  # type: ignore[arg-type]
     if ema is not None and ema_weights is not None:
         load_strict(ema, ema_weights, source=str(ckpt_dir / EMA_FILE))  # type: ignore[arg-type]
@@ -227,6 +337,16 @@ def load(
     if restore_rng and "rng" in state:
         set_rng_state(state["rng"])
     return state
+
+
+def _nested_tensors(obj: Any) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _nested_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _nested_tensors(v)]
+    return []
 
 
 def load_latest(
@@ -255,7 +375,7 @@ def load_latest(
     if problems:
         raise ValueError(
             f"no readable checkpoint in {str(Path(run_dir) / CHECKPOINTS_DIR)!r} "
-            f"({'; '.join(problems[:3])}); delete the broken folders or use a new --out-dir"
+            f"({'; '.join(problems[:3])}); delete the broken folders or use a new --out"
         )
     return None
 

@@ -1,7 +1,8 @@
 """The `ditkit` command: argparse over the library, one library call per subcommand.
 
 Exit codes: 0 done; 2 bad input (one line on stderr naming the value and the fix); 3 training stopped on
-a non-finite loss; 130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint. Library modules
+a non-finite loss, gradient or state; 130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint
+(ditkit.stopping.exit_status). Outputs are never replaced without --overwrite. Library modules
 are imported inside the handlers so that `ditkit --help` does not import torch (~2 s).
 """
 
@@ -49,57 +50,45 @@ def _sample(args: argparse.Namespace) -> None:
     from ditkit import distributed
     from ditkit.classes import parse_classes
     from ditkit.config import IMAGE_SAMPLING
-    from ditkit.generate import assemble_npz, generate, image_seeds, sample_npz
-    from ditkit.grid import save_labelled_grid
+    from ditkit.generate import sample_grid, sample_npz_job
 
     config = _sample_config(args, IMAGE_SAMPLING)
+    npz = Path(args.npz or Path(args.out) / "samples.npz") if args.num is not None else None
+    _outputs(args, npz or Path(args.out) / "grid.png")
     info = distributed.init(args.device)
     opened = _open(args, info.device)
-    model, num_classes = opened.model, opened.model.config.num_classes
-    common = {"diffusion": opened.diffusion, "vae": opened.vae, "device": info.device}
-    if args.num is not None:
-        npz = Path(args.npz or Path(args.out) / "samples.npz")
-        sample_npz(model, npz, args.num, config, seed=args.seed, class_balanced=args.class_balanced,
-                   rank=info.rank, world_size=info.world_size, progress=info.is_main, **common)  # fmt: skip
-        distributed.barrier()
-        if info.is_main:
-            print(f"wrote {assemble_npz(npz)}")
-        distributed.shutdown()
+    if npz is not None:
+        written = sample_npz_job(opened, npz, args.num, config, seed=args.seed, class_balanced=args.class_balanced)
+        if written is not None:
+            print(f"wrote {written}")
         return
-    classes = parse_classes(args.classes, num_classes) if num_classes else [0]
-    labels = [c for c in classes for _ in range(args.per_class)]
-    images = generate(model, labels if num_classes else None, image_seeds(args.seed, len(labels)), config,
-                      progress=True, **common)  # fmt: skip
-    path = save_labelled_grid(images, labels, args.out, nrow=args.per_class, num_classes=num_classes)
-    print(f"wrote {len(images)} images and the grid {path}")
+    classes = parse_classes(args.classes, opened.model.config.num_classes) if opened.model.config.num_classes else [0]
+    path, count = sample_grid(opened, args.out, classes, args.per_class, config, seed=args.seed)
+    print(f"wrote {count} images and the grid {path}")
 
 
 def _walk(args: argparse.Namespace) -> None:
     from ditkit.classes import parse_classes
     from ditkit.config import WALK_SAMPLING
     from ditkit.distributed import resolve_device
-    from ditkit.walk import class_walk, noise_walk, save_walk
+    from ditkit.walk import make_walks
 
-    config = _sample_config(args, WALK_SAMPLING)
+    kinds = tuple(k for k in ("noise", "class") if args.kind in (k, "both"))
+    _outputs(args, *(Path(args.out) / f"{k}_walk{suffix}" for k in kinds for suffix in (".gif", "_strip.png")))
     opened = _open(args, resolve_device(args.device))
     num_classes = opened.model.config.num_classes
-    classes = parse_classes(args.classes, num_classes) if num_classes else [None, None]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    common = {"diffusion": opened.diffusion, "vae": opened.vae}
-    if args.kind in ("noise", "both"):
-        frames = noise_walk(opened.model, classes[0], seeds[0], seeds[-1], args.frames, config, **common)
-        print("noise walk:", ", ".join(str(p) for p in save_walk(frames, args.out, "noise_walk").values()))
-    if args.kind in ("class", "both"):
-        if len(classes) < 2:
-            raise ValueError("a class walk needs two classes: --classes A,B")
-        frames = class_walk(opened.model, classes[0], classes[1], seeds[0], args.frames, config, **common)
-        print("class walk:", ", ".join(str(p) for p in save_walk(frames, args.out, "class_walk").values()))
+    classes = parse_classes(args.classes, num_classes) if num_classes else None
+    config = _sample_config(args, WALK_SAMPLING)
+    made = make_walks(opened.model, args.out, kinds=kinds, classes=classes, seeds=args.seeds, num_frames=args.frames,
+                      config=config, diffusion=opened.diffusion, vae=opened.vae)  # fmt: skip
+    for kind, paths in made.items():
+        print(f"{kind} walk:", ", ".join(str(p) for p in paths.values()))
 
 
 _TRAIN_FIELDS = ("image_size", "vae", "max_steps", "global_batch_size", "micro_batch_size", "lr", "warmup_steps",
                  "max_grad_norm", "ema_decay", "ckpt_every_steps", "log_every_steps", "sample_every_steps",
                  "eval_every_steps", "num_eval_samples", "seed", "precision", "num_workers", "device",
-                 "flip")  # fmt: skip
+                 "flip", "eval_ref")  # fmt: skip
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -118,16 +107,12 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from ditkit.distributed import resolve_device
-    from ditkit.scoring import score_samples
+    from ditkit.scoring import format_scores, score_samples
 
     result = score_samples(args.samples, metric=args.metric, ref=args.ref, inception=args.inception,
                            allow_download=args.allow_download, device=resolve_device(args.device),
-                           batch_size=args.batch_size)  # fmt: skip
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}")
+                           batch_size=args.batch_size, resize=args.resize)  # fmt: skip
+    print(json.dumps(result) if args.json else format_scores(result))
 
 
 def _ref_stats(args: argparse.Namespace) -> None:
@@ -135,36 +120,44 @@ def _ref_stats(args: argparse.Namespace) -> None:
     from ditkit.evaluate import ref_stats
     from ditkit.scoring import feature_extractor
 
+    _outputs(args, args.out)
     extractor = feature_extractor(args.metric, inception=args.inception, allow_download=args.allow_download,
-                                  device=resolve_device(args.device))  # fmt: skip
+                                  device=resolve_device(args.device), resize=args.resize)  # fmt: skip
     print(f"wrote {ref_stats(args.source, extractor, args.out, batch_size=args.batch_size)}")
 
 
 def _extract_latents(args: argparse.Namespace) -> None:
-    from ditkit import distributed
-    from ditkit.autoencoder import load_vae
-    from ditkit.latents import extract_latents, store_progress
+    from ditkit.latents import extract_latents_job
     from ditkit.loader import open_dataset
 
-    info = distributed.init(args.device)
-    vae = load_vae(args.vae, info.device)
-    if vae is None:
-        raise ValueError("extract-latents needs a VAE: --vae FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)")
-    dataset = open_dataset(args.data, args.image_size, flip=False)
-    extract_latents(dataset, vae, args.out, batch_size=args.batch_size, rank=info.rank, world_size=info.world_size,
-                    device=info.device, num_workers=args.num_workers)  # fmt: skip
-    distributed.barrier()
-    if info.is_main:
-        written, total = store_progress(args.out)
-        print(f"latent store {args.out}: {written}/{total} images")
-    distributed.shutdown()
+    dataset = open_dataset(args.data, args.image_size, flip=False)  # the cheap checks first
+    progress = extract_latents_job(dataset, args.vae, args.out, batch_size=args.batch_size,
+                                   num_workers=args.num_workers, device=args.device)  # fmt: skip
+    if progress is not None:
+        print(f"latent store {args.out}: {progress[0]}/{progress[1]} images")
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from ditkit.demo import run_demo, summary
+    from ditkit.demo import run_demo, run_latent_demo, summary
 
-    report = run_demo(args.out, num_samples=args.num_samples, **_given(args, "max_steps", "precision"))
+    demo = run_latent_demo if args.latent else run_demo
+    report = demo(args.out, num_samples=args.num_samples, **_given(args, "max_steps", "precision"))
     print(summary(report, args.out))
+
+
+def _study(args: argparse.Namespace) -> None:
+    from ditkit.study import load_spec, run_study
+
+    results = run_study(load_spec(args.spec), args.out, max_steps=args.max_steps, seeds=args.seeds)
+    print(f"study {results['study']}: {args.out}/results.md; ranking by FD: {', '.join(results['ranking_by_fd'])}")
+
+
+def _train_vae(args: argparse.Namespace) -> None:
+    from ditkit.config import VAETrainConfig
+    from ditkit.vae_training import train_vae
+
+    fields = _given(args, "data", "image_size", "max_steps", "batch_size", "lr", "kl_weight", "seed", "device")
+    print(f"VAE folder: {train_vae(VAETrainConfig(out_dir=args.out, **fields))}")
 
 
 def _flops(args: argparse.Namespace) -> None:
@@ -180,26 +173,40 @@ def _presets(args: argparse.Namespace) -> None:
 def _classes(args: argparse.Namespace) -> None:
     from ditkit.classes import imagenet_class_names
 
-    found = [f"{i} {n}" for i, n in enumerate(imagenet_class_names()) if (args.search or "").lower() in n.lower()]
-    print("\n".join(found))
+    print(
+        "\n".join(f"{i} {n}" for i, n in enumerate(imagenet_class_names()) if (args.search or "").lower() in n.lower())
+    )
 
 
 def _export(args: argparse.Namespace) -> None:
     from ditkit.checkpoint import export_ema
+    from ditkit.interop import export_diffusers
 
-    print(f"wrote {export_ema(args.run, args.out)}")
+    _outputs(args, *([args.out] if args.format == "safetensors" else []))
+    out = export_diffusers(args.run, args.out, vae=args.vae) if args.format == "diffusers" else None
+    print(f"wrote {out or export_ema(args.run, args.out)}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from ditkit.interop import import_weights
+
+    _outputs(args, args.out)
+    print(f"wrote {import_weights(args.source, args.out, num_classes=args.num_classes)}")
 
 
 def _bench(args: argparse.Namespace) -> None:
     from ditkit.bench import format_report, run_bench
-    from ditkit.files import write_json
 
-    result = run_bench(args.preset, image_size=args.image_size, batch_size=args.batch_size,
-                       sample_batch=args.sample_batch, device=args.device, precision=args.precision,
-                       compile=args.compile, steps=args.steps, what=tuple(args.what.split(",")))  # fmt: skip
-    if args.out:
-        write_json(args.out, result)
+    _outputs(args, *([args.out] if args.out else []))
+    options = _given(args, "image_size", "batch_size", "sample_batch", "device", "precision", "compile", "steps", "out")
+    result = run_bench(args.preset, what=tuple(args.what.split(",")), **options)
     print(json.dumps(result, indent=1) if args.json else format_report(result))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from ditkit.serve import serve
+
+    serve(args.ckpt, vae=args.vae, host=args.host, port=args.port, device=args.device, num_heads=args.num_heads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     handlers: dict[str, Callable[[argparse.Namespace], None]] = {
         "flops": _flops, "presets": _presets, "classes": _classes, "sample": _sample, "walk": _walk,
         "train": _train, "export": _export, "extract-latents": _extract_latents, "evaluate": _evaluate,
-        "ref-stats": _ref_stats, "demo": _demo, "bench": _bench,
+        "ref-stats": _ref_stats, "demo": _demo, "bench": _bench, "import": _import,
+        "serve": _serve, "train-vae": _train_vae, "study": _study,
     }  # fmt: skip
     add_flags(sub, handlers, presets=list(PRESETS), blocks=BLOCK_DESIGNS, samplers=SAMPLERS, precisions=PRECISIONS)
     return parser
@@ -222,27 +230,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.raiseExceptions = args.verbose  # e.g. a full disk under log.txt: no logging tracebacks
     try:
         args.fn(args)
-    except (ValueError, TypeError, OSError) as err:
-        if args.verbose:
+    except (Exception, KeyboardInterrupt) as err:
+        from ditkit.stopping import exit_status  # user errors and stopped runs: exit code and one line
+
+        inputs = [str(v) for k, v in vars(args).items() if k in ("ckpt", "data", "ref", "samples", "source") and v]
+        status = None if args.verbose else exit_status(err, inputs)
+        if status is None:
             raise
-        print(f"ditkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
-    except RuntimeError as err:  # ditkit.stopping.TrainingStopped carries its documented exit code
-        code = getattr(err, "exit_code", None)
-        if code is None or args.verbose:
-            raise
-        print(f"ditkit {args.command}: {_one_line(err)}", file=sys.stderr)
-        return int(code)
-    except KeyboardInterrupt:
-        print(f"ditkit {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"ditkit {args.command}: {status[1]}", file=sys.stderr)
+        return status[0]
     return 0
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+def _outputs(args: argparse.Namespace, *paths: str | Path) -> None:
+    """Refuse before any work: output paths that exist (without --overwrite), are folders or lie under a file."""
+    from ditkit.files import check_outputs
+
+    check_outputs(paths, overwrite=getattr(args, "overwrite", False))
 
 
 if __name__ == "__main__":

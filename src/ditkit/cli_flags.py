@@ -19,12 +19,16 @@ HELP = {
     "sample": "sample images (a grid, or --num N into an .npz for evaluation)",
     "walk": "latent walks: noise slerp and class-embedding interpolation",
     "train": "train a DiT (default: the CPU demo recipe on the embedded MNIST); rerun to resume",
-    "export": "write the EMA weights of a run as one safetensors file (loads with load_dit)",
+    "export": "write the EMA weights of a run as one safetensors file (load_dit) or a diffusers DiTPipeline folder",
+    "import": "convert a diffusers DiT (folder or hub id) or an official DiT-*.pt into one ditkit safetensors file",
     "extract-latents": "encode a dataset once into a latent store (shards under torchrun)",
     "evaluate": "FID / sFID / IS / precision / recall, or the digits metric",
     "ref-stats": "reference statistics for FID from an image folder or .npz",
     "demo": "the CPU demo: train on the embedded MNIST, sample with and without guidance, score",
+    "train-vae": "train a small KL autoencoder (diffusers AutoencoderKL) for latent DiTs; rerun to resume",
+    "study": "train and score a set of configs with seeds (blocks, scaling, guidance or a spec file); rerun resumes",
     "bench": "matmul peaks, training and sampling throughput, peak memory and compile time of a DiT here",
+    "serve": "a local web page to sample from a model: class grids and latent walks (pip install 'ditkit[web]')",
 }
 
 
@@ -47,7 +51,7 @@ def add_flags(
     p = add("flops")
     p.add_argument("--preset", action="append", choices=presets, help="repeatable; default: the 12 paper models")
     p.add_argument("--block", choices=blocks, help="block design (default adaln_zero)")
-    p.add_argument("--image-size", type=int, default=256, help="pixels (latent = pixels / 8)")
+    p.add_argument("--image-size", type=count(1), default=256, help="pixels (latent = pixels / 8)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add("presets")
     add("classes").add_argument("--search", help="only names containing this text")
@@ -56,38 +60,71 @@ def add_flags(
     _train_flags(add("train"), presets, blocks, precisions)
 
     p = add("export")
-    p.add_argument("run", help="run folder or checkpoint folder")
-    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("run", help="run folder or checkpoint folder (a weights file with --format diffusers)")
+    p.add_argument("out", help="output .safetensors file, or a new folder with --format diffusers")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"])
+    p.add_argument("--vae", help="diffusers: the VAE to ship (default: the run's)")
+
+    p = add("import")
+    p.add_argument("source", help="diffusers DiTPipeline or transformer folder, hub id, or DiT-XL-2-*.pt")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--num-classes", type=int, help="classes to keep (default: ditkit_config.json's, else the table's)")
 
     p = add("extract-latents")
     p.add_argument("--data", required=True, help="image folder or .npz")
     p.add_argument("--out", required=True, help="latent store folder (re-run to resume)")
     p.add_argument("--vae", required=True, help="diffusers VAE folder or hub id, e.g. stabilityai/sd-vae-ft-ema")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--image-size", type=count(1), default=256)
+    p.add_argument("--batch-size", type=count(1), default=32)
+    p.add_argument("--num-workers", type=count(0), default=4)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     _evaluation_flags(add("evaluate"), add("ref-stats"))
 
     p = add("demo")
     p.add_argument("--out", required=True, help="output folder (re-running resumes the training)")
-    p.add_argument("--num-samples", type=int, default=1000, help="samples per setting")
-    p.add_argument("--max-steps", type=int, help="training steps (default: the recipe's)")
+    p.add_argument("--num-samples", type=count(2), default=1000, help="samples per setting")
+    p.add_argument("--max-steps", type=count(1), help="training steps (default: the recipe's)")
     p.add_argument("--precision", choices=precisions, help="training and sampling (default auto)")
+    p.add_argument("--latent", action="store_true", help="the paper's route: autoencoder, latents, DiT on patches")
+
+    p = add("train-vae")
+    p.add_argument("--out", required=True, help="the VAE folder (diffusers layout; `--vae OUT` elsewhere)")
+    p.add_argument("--data", help="dataset spec (default: the embedded MNIST)")
+    for flag, kind in (("--image-size", count(1)), ("--max-steps", count(1)), ("--batch-size", count(1)),
+                       ("--lr", float), ("--kl-weight", float), ("--seed", count(0))):  # fmt: skip
+        p.add_argument(flag, type=kind, help="default: ditkit.config.VAETrainConfig")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+    p = add("study")
+    p.add_argument("spec", help="a .toml/.json study spec, or blocks, scaling, guidance (built in)")
+    p.add_argument("--out", required=True, help="study folder (results.json, results.md, plots, runs/)")
+    p.add_argument("--max-steps", type=count(1), help="override the spec's training steps (a quick smoke run)")
+    p.add_argument("--seeds", type=count(1), help="override the spec's seed count")
 
     p = add("bench")
     p.add_argument("--preset", default="DiT-S/2", choices=presets)
-    p.add_argument("--image-size", type=int, default=256, help="pixels (the model sees image-size / 8 latents)")
-    p.add_argument("--batch-size", type=int, help="training batch (default 32 on CPU, 256 on CUDA)")
-    p.add_argument("--sample-batch", type=int, help="images per sampling step (default 8 on CPU, 128 on CUDA)")
-    p.add_argument("--what", default="train,sample", help="train, sample or both (comma separated)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--image-size", type=count(1), default=256, help="pixels (the model sees image-size / 8 latents)")
+    p.add_argument("--batch-size", type=count(1), help="training batch (default 32 on CPU, 256 on CUDA)")
+    p.add_argument("--sample-batch", type=count(1), help="images per sampling step (default 8 on CPU, 128 on CUDA)")
+    p.add_argument("--what", type=bench_parts, default="train,sample", help="train, sample or both (comma separated)")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=precisions)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (reports the compile time)")
-    p.add_argument("--steps", type=int, default=3, help="timed repetitions after a warm-up")
+    p.add_argument("--steps", type=count(1), default=3, help="timed repetitions after a warm-up")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.add_argument("--out", help="also write the JSON object to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+    p = add("serve")
+    p.add_argument("--ckpt", required=True, help="weights file (.pt/.safetensors) or a ditkit run folder")
+    p.add_argument("--vae", help="VAE folder or hub id ('none' = pixel space); default: the run's, else none")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="default 7860")
+    p.add_argument("--device", type=device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--num-heads", type=int, help="head count, for weights that do not record it")
 
 
 def _sample_and_walk_flags(
@@ -99,16 +136,17 @@ def _sample_and_walk_flags(
         p.add_argument("--vae", help="VAE folder or hub id ('none' = pixel space); default: the run's, else none")
         p.add_argument("--classes", help="class ids or ImageNet names, comma separated")
         _sampling_flags(p, samplers, precisions)
-        p.add_argument("--num-heads", type=int, help="head count, for weights that do not record it")
-        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    sample.add_argument("--seed", type=int, default=0, help="image i has seed image_seed(seed, i)")
-    sample.add_argument("--per-class", type=int, default=4, help="grid images per class")
-    sample.add_argument("--num", type=int, help="sample N images into --npz (resumable, shards under torchrun)")
+        p.add_argument("--num-heads", type=count(1), help="head count, for weights that do not record it")
+        p.add_argument("--device", type=device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    sample.add_argument("--seed", type=count(0), default=0, help="image i has seed image_seed(seed, i)")
+    sample.add_argument("--per-class", type=count(1), default=4, help="grid images per class")
+    sample.add_argument("--num", type=count(1), help="sample N images into --npz (resumable, shards under torchrun)")
     sample.add_argument("--npz", help="output .npz for --num (default OUT/samples.npz)")
     sample.add_argument("--class-balanced", action="store_true", help="each class equally often with --num")
     walk.add_argument("--kind", default="both", choices=["noise", "class", "both"])
-    walk.add_argument("--seeds", default="0,1", help="noise walk from seed A to seed B")
-    walk.add_argument("--frames", type=int, default=16)
+    walk.add_argument("--seeds", type=seed_pair, default="0,1", help="noise walk from seed A to seed B")
+    walk.add_argument("--frames", type=count(2), default=16)
 
 
 def _evaluation_flags(evaluate: argparse.ArgumentParser, ref_stats: argparse.ArgumentParser) -> None:
@@ -117,12 +155,15 @@ def _evaluation_flags(evaluate: argparse.ArgumentParser, ref_stats: argparse.Arg
     evaluate.add_argument("--json", action="store_true", help="one JSON object")
     ref_stats.add_argument("source", help="image folder or .npz")
     ref_stats.add_argument("--out", required=True, help="output statistics .npz")
+    ref_stats.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     for p in (evaluate, ref_stats):
         p.add_argument("--metric", choices=["digits", "inception"], default="inception")
         p.add_argument("--inception", help="pt_inception-2015-12-05 weights or fid-helper's default_1.pt")
         p.add_argument("--allow-download", action="store_true", help="fetch the Inception weights when online")
-        p.add_argument("--batch-size", type=int, default=64)
-        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+        p.add_argument("--resize", choices=["adm", "pytorch-fid"], default="adm",
+                       help="Inception input: adm = ADM's evaluator (DiT's), pytorch-fid = pytorch-fid's")  # fmt: skip
+        p.add_argument("--batch-size", type=count(1), default=64)
+        p.add_argument("--device", type=device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
 
 
 def _sampling_flags(p: argparse.ArgumentParser, samplers: Sequence[str], precisions: Sequence[str]) -> None:
@@ -131,7 +172,7 @@ def _sampling_flags(p: argparse.ArgumentParser, samplers: Sequence[str], precisi
     p.add_argument("--cfg-scale", type=float, help="guidance scale (default 4; 1 = none)")
     p.add_argument("--cfg-channels", choices=["all", "3"], help="guided channels; 3 = the official DiT variant")
     p.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (default 0)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 32)")
+    p.add_argument("--batch-size", type=count(1), help="images per forward pass (default 32)")
     p.add_argument("--precision", choices=precisions, help="the network's arithmetic (default auto: bf16 on CUDA)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (CUDA: ~2x)")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
@@ -146,7 +187,7 @@ def _train_flags(
     p.add_argument("--preset", choices=presets, help="model size (default: DiT-XL/2; the demo's model for MNIST)")
     p.add_argument("--block", choices=blocks, help="block design (default adaln_zero)")
     p.add_argument("--num-classes", type=int, help="classes (default: the data's; 0 = unconditional)")
-    p.add_argument("--num-heads", type=int, help="attention heads")
+    p.add_argument("--num-heads", type=count(1), help="attention heads")
     p.add_argument("--learn-sigma", action=argparse.BooleanOptionalAction, default=None, help="learned variance")
     p.add_argument("--image-size", type=int, help="pixels (256 for the paper, 24 for the MNIST demo)")
     p.add_argument("--vae", help="'none' (pixel space), a diffusers VAE folder or hub id")
@@ -168,6 +209,7 @@ def _train_flags(
     ):
         dest = flag[2:].replace("-", "_") + ("_steps" if flag.endswith("-every") else "")
         p.add_argument(flag, dest=dest, type=kind, help=help_)
+    p.add_argument("--eval-ref", help="FID reference for --eval-every (ref-stats .npz, ADM batch, images)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels: exact resume")
     p.add_argument("--precision", choices=precisions)
@@ -175,3 +217,43 @@ def _train_flags(
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum (a usage error naming the flag and the value otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text!r}")
+        return value
+
+    return parse
+
+
+def seed_pair(text: str) -> list[int]:
+    """An argparse type: "A,B" (or one seed A) as a list of non-negative integers."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not 1 <= len(seeds) <= 2 or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"must be one or two seeds >= 0 like 0,1; got {text!r}")
+    return seeds
+
+
+def device(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N (whether that GPU exists is checked when it is used)."""
+    if text not in ("auto", "cpu", "cuda") and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N; got {text!r}")
+    return text
+
+
+def bench_parts(text: str) -> str:
+    """An argparse type: "train", "sample" or "train,sample"."""
+    if not text or not set(text.split(",")) <= {"train", "sample"}:
+        raise argparse.ArgumentTypeError(f"must be train, sample or train,sample; got {text!r}")
+    return text

@@ -37,10 +37,22 @@ shows it faster than fp32 (CPUs with bf16 units), else fp32. "tf32": fp32 with T
 official code uses; fp32 elsewhere). "bf16": bf16 autocast. Diffusion arithmetic and losses stay fp32."""
 
 
+# The `ditkit` flag of a config field where it is not "--" + the name with dashes; None: no flag sets it.
+_NO_FLAG = "keep_last_ckpts milestone_every_steps num_grid_images grid_seed eval_seed num_threads num_train_steps"
+_FLAGS: dict[str, str | None] = {
+    "ckpt_every_steps": "--ckpt-every",
+    "log_every_steps": "--log-every",
+    "sample_every_steps": "--sample-every",
+    "eval_every_steps": "--eval-every",
+    "out_dir": "--out",
+    **dict.fromkeys(_NO_FLAG.split()),
+}
+
+
 def _check_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        flag = "--" + name.replace("_", "-")
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r} ({flag})")
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}" + (f" ({flag})" if flag else ""))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,10 +136,10 @@ PRESETS: dict[str, ModelConfig] = {
 # Tiny presets for tests and CPU demos (torchtitan's "debugmodel" idea).
 PRESETS["DiT-T/2"] = ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=2, input_size=8, num_classes=10)
 PRESETS["DiT-T/4"] = ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=8, num_classes=10)
-# The CPU demo's model (ditkit.demo): 1.9M parameters on 24x24 MNIST digits, 36 tokens, no learned sigma.
+# The CPU demo's model (ditkit.demo): 1.1M parameters on 24x24 MNIST digits, 36 tokens, no learned sigma.
 PRESETS["DiT-Demo/4"] = ModelConfig(
     depth=6,
-    hidden_size=128,
+    hidden_size=96,
     num_heads=4,
     patch_size=4,
     input_size=24,
@@ -237,33 +249,19 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 NO_VAE = "none"  # TrainConfig.vae value for pixel-space training
 PAPER_VAE = "stabilityai/sd-vae-ft-ema"  # the paper's VAE (same encoder as sd-vae-ft-mse)
-# Fields that may differ when a run resumes: cadence, length and speed knobs that leave the math alone.
+# Fields that may change when a run resumes (config.json records the new values): cadence, length and speed, and
+# the optimisation knobs a diverged run needs (exit code 3 advises a lower --lr or a --max-grad-norm). The rest
+# (model, diffusion, data, image_size, vae, flip, batch, seed; AdamW's weight_decay, betas, eps, which its
+# state carries) may not: the checkpoint would no longer fit the run.
 RESUMABLE_FIELDS: frozenset[str] = frozenset(
-    {
-        "out_dir",
-        "max_steps",
-        "num_workers",
-        "micro_batch_size",
-        "deterministic",
-        "precision",
-        "compile",
-        "grad_checkpointing",
-        "device",
-        "num_threads",
-        "log_every_steps",
-        "ckpt_every_steps",
-        "keep_last_ckpts",
-        "milestone_every_steps",
-        "sample_every_steps",
-        "num_grid_images",
-        "grid_seed",
-        "sample",
-        "eval_every_steps",
-        "num_eval_samples",
-        "eval_seed",
-        "eval_ref",
-    }
-)
+    (
+        "lr", "lr_decay", "warmup_steps", "max_grad_norm", "ema_decay", "ema_warmup", "out_dir", "max_steps",
+        "num_workers", "micro_batch_size", "deterministic", "precision", "compile", "grad_checkpointing", "device",
+        "num_threads", "log_every_steps", "ckpt_every_steps", "keep_last_ckpts", "milestone_every_steps",
+        "sample_every_steps", "num_grid_images", "grid_seed", "sample", "eval_every_steps", "num_eval_samples",
+        "eval_seed", "eval_ref",
+    )
+)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -329,38 +327,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not str(self.out_dir).strip():
-            raise ValueError("out_dir must name a run directory; got an empty string (--out-dir runs/NAME)")
+            raise ValueError("out_dir must name a run directory; got an empty string (--out runs/NAME)")
         if self.model.learn_sigma != self.diffusion.learn_sigma:
             raise ValueError(
                 f"model.learn_sigma={self.model.learn_sigma} but diffusion.learn_sigma="
                 f"{self.diffusion.learn_sigma}; they must agree (set both, e.g. "
                 "DiffusionConfig(learn_sigma=model.learn_sigma))"
             )
-        for name in (
-            "image_size",
-            "max_steps",
-            "global_batch_size",
-            "log_every_steps",
-            "ckpt_every_steps",
-            "keep_last_ckpts",
-            "num_grid_images",
-        ):
+        optional = tuple(n for n in ("micro_batch_size", "num_threads") if getattr(self, n) is not None)
+        for name in _POSITIVE_COUNTS + optional:
             _check_int(name, getattr(self, name), minimum=1)
-        for name in (
-            "num_workers",
-            "warmup_steps",
-            "milestone_every_steps",
-            "sample_every_steps",
-            "eval_every_steps",
-            "grid_seed",
-            "eval_seed",
-            "seed",
-        ):
+        for name in _COUNTS:
             _check_int(name, getattr(self, name), minimum=0)
-        if self.micro_batch_size is not None:
-            _check_int("micro_batch_size", self.micro_batch_size, minimum=1)
-        if self.num_threads is not None:
-            _check_int("num_threads", self.num_threads, minimum=1)
         if self.eval_every_steps and self.num_eval_samples < 2:
             raise ValueError(f"num_eval_samples must be >= 2 to score samples; got {self.num_eval_samples}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -373,8 +351,11 @@ class TrainConfig:
             raise ValueError(f"adam_betas must be two numbers in [0, 1); got {self.adam_betas} (default 0.9 0.999)")
         if not self.adam_eps > 0:
             raise ValueError(f"adam_eps must be > 0; got {self.adam_eps}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None (no clipping); got {self.max_grad_norm}")
+        if self.max_grad_norm is not None and not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(
+                f"max_grad_norm must be > 0 and finite, or None (no clipping); got {self.max_grad_norm} "
+                "(--max-grad-norm, e.g. 1.0)"
+            )
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"ema_decay must be in [0, 1]; got {self.ema_decay} (the paper uses 0.9999)")
         if self.precision not in PRECISIONS:
@@ -431,12 +412,12 @@ class TrainConfig:
         return cls(**fields)
 
 
-_LEGACY_SAMPLE_FIELDS = {
-    "sampler": "sampler",
-    "num_sampling_steps": "num_steps",
-    "cfg_scale": "cfg_scale",
-    "eval_batch_size": "batch_size",
-}
+_POSITIVE_COUNTS = ("image_size", "max_steps", "global_batch_size", "log_every_steps", "ckpt_every_steps",
+                    "keep_last_ckpts", "num_grid_images")  # fmt: skip
+_COUNTS = ("num_workers", "warmup_steps", "milestone_every_steps", "sample_every_steps", "eval_every_steps",
+           "grid_seed", "eval_seed", "seed")  # fmt: skip
+_LEGACY_SAMPLE_FIELDS = {"sampler": "sampler", "num_sampling_steps": "num_steps", "cfg_scale": "cfg_scale",
+                         "eval_batch_size": "batch_size"}  # fmt: skip
 
 
 def validate_for_world(cfg: TrainConfig, world_size: int) -> None:
@@ -453,3 +434,67 @@ def validate_for_world(cfg: TrainConfig, world_size: int) -> None:
             f"micro_batch_size {micro} must divide the per-process batch {per_rank} "
             f"(global {cfg.global_batch_size} / {world_size} processes); pick a divisor of {per_rank}"
         )
+
+
+# Autoencoder training (`ditkit train-vae`).
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAETrainConfig:
+    """A small KL autoencoder (diffusers' AutoencoderKL, the SD architecture at small width) trained by ditkit.
+
+    Defaults: the embedded MNIST at 32 px -> 8x8x4 latents, L1 reconstruction plus a light KL term (SD's
+    objective without its perceptual and adversarial terms, which need pretrained networks). The latent scaling
+    factor (1 / std of the latents, as SD chose 0.18215) is measured at the end and stored in config.json.
+    """
+
+    out_dir: str  # the VAE folder (diffusers layout: `--vae DIR`, AutoencoderKL.from_pretrained(DIR)); rerun resumes
+    data: str | None = None  # any ditkit dataset spec; None = the embedded MNIST
+    image_size: int = 32  # pixels (a multiple of the downsampling)
+    block_out_channels: tuple[int, ...] = (16, 32, 32)  # one block per entry; downsampling 2 ** (blocks - 1)
+    layers_per_block: int = 1
+    latent_channels: int = VAE_LATENT_CHANNELS
+    norm_num_groups: int = 8  # GroupNorm groups (must divide every block width)
+    max_steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3  # AdamW, with a linear warm-up over the first 5% of steps
+    kl_weight: float = 1e-6  # weight of the KL term (summed per image) against the per-pixel L1 (mean)
+    log_every_steps: int = 50
+    ckpt_every_steps: int = 200
+    num_scale_images: int = 2048  # training images whose latents set the scaling factor
+    seed: int = 0
+    device: DeviceChoice = "auto"
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not str(self.out_dir).strip():
+            raise ValueError("out_dir must name the VAE folder to write; got an empty string (--out DIR)")
+        for name in ("image_size", "max_steps", "batch_size", "log_every_steps", "ckpt_every_steps"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("num_scale_images", self.num_scale_images, minimum=2)
+        _check_int("latent_channels", self.latent_channels, minimum=1)
+        if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(
+                f"block_out_channels {self.block_out_channels} must be non-empty multiples of norm_num_groups "
+                f"{self.norm_num_groups}"
+            )
+        if self.image_size % self.downsample:
+            fit = max(self.downsample, self.image_size // self.downsample * self.downsample)
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of the downsampling {self.downsample} "
+                f"({len(self.block_out_channels)} blocks); pass --image-size {fit}"
+            )
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.kl_weight >= 0 and math.isfinite(self.kl_weight)):
+            raise ValueError(f"lr must be > 0 and kl_weight >= 0, both finite; got {self.lr}, {self.kl_weight}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def replace(self, **changes: object) -> VAETrainConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -6,6 +6,7 @@ The training recipe is `ditkit.recipes.demo_train_config`; sampling uses the run
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,14 +14,24 @@ from typing import Any
 
 import numpy as np
 
+from ditkit.autoencoder import load_vae
 from ditkit.classifier import digits_metrics, load_digit_classifier
-from ditkit.data import frame_digits
+from ditkit.config import TrainConfig
+from ditkit.data import STORE_META_FILE, EmbeddedMNIST, frame_digits
 from ditkit.files import save_npz, write_json
 from ditkit.generate import generate, image_seeds, job_labels
 from ditkit.grid import save_labelled_grid
-from ditkit.recipes import DEMO_REPORT_IMAGE_SIZE, DEMO_SAMPLING, demo_train_config
+from ditkit.latents import extract_latents, store_progress
+from ditkit.recipes import (
+    DEMO_REPORT_IMAGE_SIZE,
+    DEMO_SAMPLING,
+    demo_train_config,
+    latent_demo_train_config,
+    latent_demo_vae_config,
+)
 from ditkit.run import open_for_sampling
 from ditkit.train import train
+from ditkit.vae_training import train_vae
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +50,52 @@ def run_demo(
     out_dir = Path(out_dir)
     start = time.perf_counter()
     cfg = demo_train_config(out_dir, **train_overrides)
-    sampling = DEMO_SAMPLING.replace(precision=cfg.precision)
     train(cfg)
-    train_seconds = time.perf_counter() - start
-    opened = open_for_sampling(out_dir)
+    report: dict[str, Any] = {"route": "pixel", "train_seconds": round(time.perf_counter() - start, 1)}
+    return _sample_and_score(cfg, out_dir, report, start, num_samples, seed)
+
+
+def run_latent_demo(
+    out_dir: str | Path, *, num_samples: int = DEMO_NUM_SAMPLES, seed: int = 0, **train_overrides: Any
+) -> dict[str, Any]:
+    """The paper's route on the embedded MNIST: train a small KL autoencoder (32 px -> 8x8x4), encode the
+    digits once into a latent store, train a DiT on 2x2 latent patches, then sample, decode and score as
+    `run_demo`. Every stage resumes on a rerun; `train_overrides` replace fields of the DiT's recipe."""
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    vae_dir = train_vae(latent_demo_vae_config(out_dir / "vae"))
+    vae_seconds = time.perf_counter() - start
+    store = out_dir / "latents"
+    if not (store / STORE_META_FILE).is_file() or store_progress(store)[0] < store_progress(store)[1]:
+        vae = load_vae(str(vae_dir))
+        extract_latents(EmbeddedMNIST("train", DEMO_REPORT_IMAGE_SIZE), vae, store, batch_size=500, mirror=False)
+    cfg = latent_demo_train_config(out_dir / "dit", store, vae_dir, **train_overrides)
+    train(cfg)
+    report: dict[str, Any] = {
+        "route": "latent",
+        "vae_seconds": round(vae_seconds, 1),
+        "vae": json.loads((vae_dir / "report.json").read_text()),
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
+    return _sample_and_score(cfg, out_dir, report, start, num_samples, seed)
+
+
+def _sample_and_score(
+    cfg: TrainConfig, out_dir: Path, report: dict[str, Any], start: float, num_samples: int, seed: int
+) -> dict[str, Any]:
+    """Sample `num_samples` class-balanced digits with and without guidance, score them, write the report."""
+    opened = open_for_sampling(cfg.out_dir)
+    sampling = cfg.sample.replace(precision=cfg.precision, batch_size=DEMO_SAMPLING.batch_size)
     classifier = load_digit_classifier()
-    report: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "train_steps": cfg.max_steps}
     labels = job_labels(num_samples, 10, seed, class_balanced=True)
     seeds = image_seeds(seed, num_samples)
+    report["train_steps"] = cfg.max_steps
     for key, scale in (("cfg", sampling.cfg_scale), ("nocfg", 1.0)):
         t0 = time.perf_counter()
-        config = sampling.replace(cfg_scale=scale)
-        images = generate(opened.model, labels.tolist(), seeds, config, diffusion=opened.diffusion)
+        images = generate(
+            opened.model, labels.tolist(), seeds, sampling.replace(cfg_scale=scale), diffusion=opened.diffusion,
+            vae=opened.vae,
+        )  # fmt: skip
         images = frame_digits(images, DEMO_REPORT_IMAGE_SIZE)
         metrics = digits_metrics(images, labels, classifier)
         save_npz(out_dir / f"samples_{key}.npz", arr_0=images, labels=labels)
@@ -60,18 +105,14 @@ def run_demo(
         report[f"sampling_seconds_{key}"] = round(time.perf_counter() - t0, 1)
         grid_idx = np.concatenate([np.flatnonzero(labels == c)[:10] for c in range(10)])
         save_labelled_grid(
-            images[grid_idx],
-            labels[grid_idx].tolist(),
-            out_dir / f"grid_{key}",
-            nrow=10,
-            num_classes=10,
+            images[grid_idx], labels[grid_idx].tolist(), out_dir / f"grid_{key}", nrow=10, num_classes=10,
             write_images=False,
-        )
+        )  # fmt: skip
     report.update(
         num_samples=num_samples,
-        cfg_scale=DEMO_SAMPLING.cfg_scale,
-        sampler=DEMO_SAMPLING.sampler,
-        num_sampling_steps=DEMO_SAMPLING.num_steps,
+        cfg_scale=sampling.cfg_scale,
+        sampler=sampling.sampler,
+        num_sampling_steps=sampling.num_steps,
         seconds=round(time.perf_counter() - start, 1),
     )
     write_json(out_dir / REPORT_FILE, report)
@@ -88,5 +129,7 @@ def summary(report: dict[str, Any], out_dir: str | Path) -> str:
         f"  grids:      {out / 'grid_cfg' / 'grid.png'}  {out / 'grid_nocfg' / 'grid.png'}\n"
         f"  loss curve: {out / 'loss_curve.png'}\n"
         f"  report:     {out / REPORT_FILE}\n"
-        f"  weights:    {out / 'checkpoints'} (sample more: ditkit sample --ckpt {out} --out {out / 'more'})"
+        f"  weights:    {out / 'checkpoints'} (sample more: ditkit sample --ckpt {out} --out {out / 'more'})\n"
+        f"  try it in a browser: ditkit serve --ckpt {out}  (then open http://127.0.0.1:7860; "
+        "needs pip install 'ditkit[web]')"
     )

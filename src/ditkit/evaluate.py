@@ -1,13 +1,17 @@
 """Sample-quality metrics: FID, sFID, Inception Score, precision/recall and KID on uint8 NHWC images.
 
-Definitions follow the ADM evaluator (Dhariwal & Nichol 2021, openai/guided-diffusion `evaluations/`);
-statistics stream in float64 and the feature network is pluggable (`FeatureExtractor`).
+Definitions and numerics follow ADM's evaluator (Dhariwal & Nichol 2021, openai/guided-diffusion
+`evaluations/evaluator.py`, the suite DiT's FID-50K 2.27 was measured with): FID/sFID through scipy's `sqrtm`
+with its retry and complex-part check, IS over contiguous splits of 5000, precision/recall in `ditkit.manifold`.
+Statistics stream in float64 and the feature network is pluggable (`FeatureExtractor`); docs/evaluation.md
+lists what differs from ADM and from other FID libraries.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ from torch import Tensor
 
 from ditkit.files import save_npz
 from ditkit.imageset import ImageSet, ImageSource, open_images
+from ditkit.manifold import precision_recall
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +46,16 @@ _STAT_KEYS = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}  # ADM re
 # Frechet distance and streaming statistics.
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (float64)."""
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians, as ADM computes it.
+
+    ADM passes the samples' statistics first and the reference's second. (S1 S2)^(1/2) is scipy's `sqrtm`;
+    if that is not finite, `eps` is added to both diagonals and it is taken again; a complex result is
+    accepted when its diagonal's imaginary part is within 1e-3 of zero (then the real part is used), else
+    ValueError, as in ADM's `FIDStatistics.frechet_distance`. Arithmetic in float64 (ADM's mean term: float32).
+    """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = (
         np.atleast_2d(np.asarray(sigma1, np.float64)),
@@ -55,22 +68,27 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}: were both computed by the same extractor?"
         )
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * _trace_sqrt_product(sigma1, sigma2))
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        logger.warning("Frechet distance: singular covariance product; adding %g to the diagonals (as ADM)", eps)
+        offset = np.eye(d) * eps
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(
+                f"Frechet distance: the covariance square root has an imaginary part up to "
+                f"{np.abs(covmean.imag).max():.3g} (ADM's evaluator stops here too): the statistics are too "
+                f"degenerate; use more images (at least the feature dimension, {d})"
+            )
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 
-def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Tr((S1 S2)^(1/2)) for covariance matrices, via two symmetric eigendecompositions.
-
-    (S1 S2)^(1/2) is similar to (S1^(1/2) S2 S1^(1/2))^(1/2), which is symmetric PSD, so its trace is the
-    sum of the square roots of that matrix's eigenvalues. Equal to ADM's scipy.linalg.sqrtm route to
-    ~1e-12 relative, 3-5x faster at 2048 dims, and singular (rank-deficient) statistics need no
-    regularisation: round-off negatives are clipped to 0 instead of producing complex roots.
-    """
-    w, v = linalg.eigh(sigma1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^(1/2)
-    inner = root1 @ sigma2 @ root1
-    eigvals = linalg.eigvalsh((inner + inner.T) / 2)
-    return float(np.sqrt(np.clip(eigvals, 0, None)).sum())
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """scipy.linalg.sqrtm without its singular-matrix warning (ADM calls it with disp=False: no message)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        return linalg.sqrtm(a)
 
 
 class ActivationStats:
@@ -160,75 +178,32 @@ class ActivationStats:
         return stats
 
 
-# Inception Score, precision/recall, KID.
+# Inception Score and KID (precision/recall: ditkit.manifold).
 
 
-def inception_score(logits: np.ndarray | Tensor, num_splits: int = 10) -> float:
-    """Inception Score exp(E_x KL(p(y|x) || p(y))), averaged over `num_splits` consecutive splits (ADM: 10)."""
-    x = _to_numpy(logits, np.float64)
-    if x.ndim != 2 or not 1 <= num_splits <= x.shape[0]:
-        raise ValueError(
-            f"inception_score needs logits (N, K) with N >= num_splits; got shape {x.shape}, "
-            f"num_splits={num_splits}: pass fewer splits or more samples"
-        )
-    log_p = x - x.max(axis=1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))  # log softmax
-    scores = []
-    for part in np.array_split(log_p, num_splits):
-        p = np.exp(part)
-        log_marginal = np.log(p.mean(axis=0, keepdims=True))
-        scores.append(np.exp(np.mean(np.sum(p * (part - log_marginal), axis=1))))
-    return float(np.mean(scores))
+def inception_score(logits: np.ndarray | Tensor, split_size: int = 5000) -> float:
+    """Inception Score exp(E_x KL(p(y|x) || p(y))), averaged over contiguous splits of `split_size` (ADM: 5000).
 
-
-def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
-    """(A, B) squared Euclidean distances, as the ADM evaluator computes them."""
-    d = (a * a).sum(1, keepdim=True) - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
-    return d.clamp_min_(0.0)
-
-
-def _row_block(num_cols: int, max_elems: int = 1 << 25) -> int:
-    return max(1, min(4096, max_elems // max(num_cols, 1)))  # caps a distance block near 128 MB (fp32)
-
-
-def manifold_radii(feats: np.ndarray | Tensor, k: int = 3) -> np.ndarray:
-    """(N,) squared distance from each point to its k-th nearest neighbour in the same set (self excluded)."""
-    x = torch.as_tensor(_to_numpy(feats, np.float32))
-    if x.ndim != 2 or x.shape[0] <= k:
-        raise ValueError(f"manifold_radii needs features (N, D) with N > k={k}; got shape {tuple(x.shape)}")
-    block = _row_block(x.shape[0])
-    radii = [_sq_dists(x[i : i + block], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), block)]
-    return torch.cat(radii).numpy()
-
-
-def _inside_manifold(queries: Tensor, feats: Tensor, radii: Tensor) -> Tensor:
-    """(Q,) bool: query lies within radii[j] of some feats[j]."""
-    block = _row_block(feats.shape[0])
-    inside = [
-        (_sq_dists(queries[i : i + block], feats) <= radii[None, :]).any(dim=1) for i in range(0, len(queries), block)
-    ]
-    return torch.cat(inside)
-
-
-def precision_recall(
-    ref_feats: np.ndarray | Tensor, sample_feats: np.ndarray | Tensor, k: int = 3
-) -> tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN manifolds, as the ADM evaluator.
-
-    Precision: fraction of samples inside the reference manifold; recall: fraction of reference points
-    inside the sample manifold. Distances are computed in row blocks, so 50K x 2048 fits in memory.
+    Args:
+        logits: (N, K) pre-softmax scores (for Inception: pool_3 @ W, 1008 classes, no bias).
+    As ADM's `compute_inception_score`: float32 softmax and float32 numpy arithmetic, splits in order, the last
+    one shorter when N is not a multiple (50K samples: 10 splits). A probability that underflows to 0 counts
+    as 0 * log 0 = 0 (ADM gets NaN).
     """
-    ref = torch.as_tensor(_to_numpy(ref_feats, np.float32))
-    sample = torch.as_tensor(_to_numpy(sample_feats, np.float32))
-    if ref.ndim != 2 or sample.ndim != 2 or ref.shape[1] != sample.shape[1]:
+    x = torch.as_tensor(_to_numpy(logits, np.float32))
+    if x.ndim != 2 or x.shape[0] < 1 or split_size < 1:
         raise ValueError(
-            f"precision_recall needs (N, D) features of one D; got {tuple(ref.shape)} and {tuple(sample.shape)}"
+            f"inception_score needs logits (N, K) and split_size >= 1; got shape {tuple(x.shape)}, "
+            f"split_size={split_size}"
         )
-    ref_radii = torch.from_numpy(manifold_radii(ref, k))
-    sample_radii = torch.from_numpy(manifold_radii(sample, k))
-    precision = _inside_manifold(sample, ref, ref_radii).double().mean().item()
-    recall = _inside_manifold(ref, sample, sample_radii).double().mean().item()
-    return precision, recall
+    preds = torch.softmax(x, dim=1).numpy()
+    scores = []
+    for i in range(0, len(preds), split_size):
+        part = preds[i : i + split_size]
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 * log 0 -> 0 below
+            kl = np.where(part > 0, part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0))), 0.0)
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores))
 
 
 def kernel_inception_distance(
@@ -265,7 +240,9 @@ class FeatureExtractor(Protocol):
     `__call__` takes a uint8 batch (N, H, W, C), C in {1, 3}, and returns CPU or device tensors for a
     subset of FEATURE_KINDS: "pool" (N, D) for FID / precision / recall / KID, "spatial" (N, Ds) for sFID,
     "logits" (N, K) for IS. `available` names the kinds it returns. An optional `name` attribute is
-    stored in reference files so statistics from different networks are never compared.
+    stored in reference files so statistics from different networks are never compared; an optional
+    `matches_adm` (True for Inception with ADM's input path) says that ADM's precomputed reference
+    statistics are comparable with its features; an optional `device` is where precision/recall runs.
     """
 
     available: AbstractSet[str]
@@ -275,6 +252,12 @@ class FeatureExtractor(Protocol):
 
 def extractor_name(extractor: FeatureExtractor) -> str:
     return str(getattr(extractor, "name", type(extractor).__name__))
+
+
+def stats_extractor(path: str | os.PathLike) -> str | None:
+    """The extractor name stored in a `ref_stats` file; None for files without one (ADM reference batches)."""
+    with np.load(path) as data:
+        return str(data["extractor"]) if "extractor" in data.files else None
 
 
 # Feature extraction and the entry points.
@@ -361,21 +344,34 @@ def _load_reference(
     kinds: list[str],
     need_pool: bool,
     batch_size: int,
-    max_features: int,
+    max_features: int | None,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray | None]:
-    """({kind: (mu, sigma)}, pool features or None) from a stats file (ours or ADM's) or from images."""
+    """({kind: (mu, sigma)}, pool features or None) from a stats file (ours or ADM's) or from images.
+
+    An ADM reference batch (arr_0 images + mu/sigma/mu_s/sigma_s) is read as ADM reads it: the stored
+    statistics for FID/sFID, the features of its images (all of them unless `max_features`) for P/R.
+    """
     stats, pool = {}, None
     is_npz = not isinstance(ref, (np.ndarray, Tensor)) and Path(ref).suffix == ".npz" and Path(ref).is_file()
     if is_npz:
         with np.load(ref) as data:
-            if "extractor" in data.files and str(data["extractor"]) != extractor_name(extractor):
+            stored = str(data["extractor"]) if "extractor" in data.files else None
+            if stored is not None and stored != extractor_name(extractor):
                 raise ValueError(
-                    f"{ref} was computed with extractor {str(data['extractor'])!r} but evaluation "
-                    f"uses {extractor_name(extractor)!r}: rebuild it with ref_stats (ditkit ref-stats)"
+                    f"{ref} was computed with extractor {stored!r} but evaluation uses "
+                    f"{extractor_name(extractor)!r}: rebuild it with ditkit ref-stats, or evaluate with the "
+                    "extractor it was made with (files named 'inception-2015-12-05' need --resize pytorch-fid)"
                 )
             stats = {k: (data[m], data[s]) for k, (m, s) in _STAT_KEYS.items() if {m, s} <= set(data.files)}
             pool = data["pool_features"] if "pool_features" in data.files else None
             has_images = "arr_0" in data.files or "images" in data.files
+        if stats and stored is None and not getattr(extractor, "matches_adm", False):
+            logger.warning(
+                "%s holds precomputed statistics without an extractor name (an ADM reference batch): they come "
+                "from ADM's evaluator, but %s is not its input path; FID/sFID mix the two",
+                ref,
+                extractor_name(extractor),
+            )
     if is_npz and stats:
         if pool is None and need_pool and has_images:
             # An ADM reference batch: mu/sigma are stored, its images give the precision/recall features.
@@ -392,18 +388,21 @@ def evaluate_samples(
     batch_size: int = 64,
     metrics: Sequence[str] = DEFAULT_METRICS,
     num_samples: int | None = None,
-    max_ref_features: int = 10_000,
-    is_splits: int = 10,
+    max_ref_features: int | None = None,
+    is_split_size: int = 5000,
 ) -> dict:
     """Score generated images against a reference.
 
     Args:
         samples: uint8 (N, H, W, C) array, .npz (`arr_0`, the ADM layout), .npy or folder of images.
         ref: a `ref_stats` file, an ADM reference batch (arr_0 + mu/sigma/mu_s/sigma_s), or reference
-            images in any `samples` form (at most `max_ref_features` of them kept for precision/recall).
+            images in any `samples` form.
         metrics: any of METRICS; "kid" is off by default (it costs 100 subset MMDs).
         num_samples: use only the first this many samples (default: all). All their pool features are
             kept for precision/recall (50K x 2048 float32 = 400 MB).
+        max_ref_features: reference images used for precision/recall; default all of them (ADM; its
+            ImageNet batches hold 10K), else a seeded random subset.
+        is_split_size: Inception Score split length (ADM: 5000, so 10 splits for 50K samples).
     Returns:
         {"fid", "sfid", "is", "precision", "recall", "kid"}: floats for the metrics computed, plus
         "num_samples" and "unavailable": the requested metrics that the extractor or reference cannot give.
@@ -439,9 +438,9 @@ def evaluate_samples(
         if metric in wanted:
             result[metric] = frechet_distance(feats.stats[kind].mean, feats.stats[kind].cov, *ref_moments[kind])
     if "is" in wanted:
-        result["is"] = inception_score(feats.logits, num_splits=min(is_splits, n))
+        result["is"] = inception_score(feats.logits, split_size=is_split_size)
     if "precision" in wanted or "recall" in wanted:
-        precision, recall = precision_recall(ref_pool, feats.pool)
+        precision, recall = precision_recall(ref_pool, feats.pool, device=getattr(extractor, "device", "cpu"))
         result.update({m: v for m, v in (("precision", precision), ("recall", recall)) if m in wanted})
     if "kid" in wanted:
         result["kid"] = kernel_inception_distance(ref_pool, feats.pool)

@@ -8,14 +8,26 @@ a reader, or a run killed at any moment, sees the old file or the new one, never
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import socket
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: locks fall back to O_EXCL files and a pid check
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"  # every temp file and folder ditkit writes starts with this
 
@@ -69,3 +81,148 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return Path(path)
+
+
+# Outputs that must not replace an existing file.
+
+
+def check_outputs(paths: Iterable[str | os.PathLike], *, overwrite: bool = False) -> None:
+    """Raise ValueError (one line: the path, the problem, the fix) unless every path can be written.
+
+    A path that is a folder, or whose parent is a file, is always an error; an existing file is one unless
+    `overwrite` (the `--overwrite` flag). Call this before any expensive work, so nothing runs in vain.
+    """
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise ValueError(f"output {str(path)!r} is a folder; give a file path (e.g. {str(path / 'out')!r})")
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ValueError(f"output {str(path)!r} lies under {str(parent)!r}, which is a file; choose another path")
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise ValueError(f"output {str(path)!r} exists; pass --overwrite to replace it, or choose another path")
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Raise ValueError when `path` (an output folder) is a file or lies under one; returns it as a Path."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"output folder {str(path)!r}: {str(blocker)!r} is a file; choose another folder")
+    return path
+
+
+# An exclusive lock on a file: one process at a time, released by the kernel when the holder dies.
+
+
+class FileLocked(ValueError):
+    """The lock is held by a live process; `holder` is what it wrote (pid, host, since, command)."""
+
+    def __init__(self, path: Path, holder: dict[str, Any]):
+        self.path, self.holder = path, holder
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
+        super().__init__(f"{str(path)!r} is held by {who}")
+
+
+_HELD: set[str] = set()  # locks this process holds (a POSIX lock does not stop its own process)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Hold `path` as a lock file while the block runs; raise FileLocked when a live process holds it.
+
+    The file holds JSON {"pid", "host", "since", "command"} of the holder and is deleted on release. The
+    lock itself is a POSIX record lock (fcntl.lockf) on the file: the kernel drops it when the holder exits
+    in any way, kill -9 included, and forked children (data-loader workers) do not inherit it. So a lock
+    file left by a killed process is stale by construction: the next process takes it over (with a
+    warning naming the old pid). Where record locks are unsupported (some network file systems, Windows),
+    the file is created with O_EXCL and a holder on this host whose pid no longer runs counts as stale.
+    Yields the record written.
+    """
+    path = Path(path).absolute()
+    key = str(path)
+    if key in _HELD:
+        raise FileLocked(path, {"pid": os.getpid(), "host": socket.gethostname()})
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join(sys.argv)[:300]}  # fmt: skip
+    fd = _lock_fd(path) if fcntl is not None else None
+    if fd is None:
+        fd = _exclusive_create(path)
+    previous = _read_record(fd)
+    if previous.get("pid") not in (None, os.getpid()):
+        logger.warning(
+            "taking over the lock %s of pid %s on %s (no longer running)", path, previous["pid"], previous.get("host")
+        )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    os.fsync(fd)
+    _HELD.add(key)
+    try:
+        yield record
+    finally:
+        _HELD.discard(key)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still locked: nobody can take over a file that is going away
+        os.close(fd)
+
+
+def _lock_fd(path: Path) -> int | None:
+    """An fd of `path` holding its record lock; None where record locks are unsupported."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _read_record(fd)
+            os.close(fd)
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                raise FileLocked(path, holder) from None
+            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return None
+            raise
+        try:  # a releasing holder may have deleted the file between our open and lock: lock the new one
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _exclusive_create(path: Path) -> int:
+    """The fallback lock: create `path` exclusively; a record of a dead pid on this host is stale."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            fd = os.open(path, os.O_RDONLY)
+            holder = _read_record(fd)
+            os.close(fd)
+            if holder.get("host") != socket.gethostname() or _pid_alive(holder.get("pid")):
+                raise FileLocked(path, holder) from None
+            stale = temp_path(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, stale)  # one of several racing processes wins the rename
+                os.unlink(stale)
+    raise FileLocked(path, {})
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _read_record(fd: int) -> dict[str, Any]:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

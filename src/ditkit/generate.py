@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ditkit import backend
+from ditkit import backend, distributed
 from ditkit.autoencoder import to_uint8
 from ditkit.config import DiffusionConfig, SampleConfig, default_diffusion
 from ditkit.files import save_npz, write_json
+from ditkit.grid import save_labelled_grid
 from ditkit.sample import initial_noise, sample_loop
 
 log = logging.getLogger(__name__)
@@ -240,3 +241,34 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int) -> None:
             )
     elif rank == 0:
         write_json(path, job)
+
+
+# The `ditkit sample` jobs.
+
+
+def sample_grid(
+    opened: Any, out_dir: str | Path, classes: list[int], per_class: int, config: SampleConfig, *, seed: int = 0
+) -> tuple[Path, int]:
+    """`per_class` images of each class (image i has seed image_seed(seed, i)) as a captioned grid with the
+    images beside it in `out_dir`; returns (grid path, number of images). `opened` is a run.SamplingModel."""
+    num_classes = opened.model.config.num_classes
+    labels = [c for c in classes for _ in range(per_class)]
+    images = generate(opened.model, labels if num_classes else None, image_seeds(seed, len(labels)), config,
+                      diffusion=opened.diffusion, vae=opened.vae, progress=True)  # fmt: skip
+    path = save_labelled_grid(images, labels, out_dir, nrow=per_class, num_classes=num_classes)
+    return path, len(images)
+
+
+def sample_npz_job(
+    opened: Any, npz: str | Path, num: int, config: SampleConfig, *, seed: int = 0, class_balanced: bool = False
+) -> Path | None:
+    """`num` samples into an ADM-layout .npz, sharded over the ranks of a torchrun job (init done by the
+    caller), resumable; rank 0 assembles the file and returns its path (None on other ranks)."""
+    info = distributed.init()
+    sample_npz(opened.model, npz, num, config, seed=seed, class_balanced=class_balanced, diffusion=opened.diffusion,
+               vae=opened.vae, device=info.device, rank=info.rank, world_size=info.world_size,
+               progress=info.is_main)  # fmt: skip
+    distributed.barrier()
+    path = assemble_npz(npz) if info.is_main else None
+    distributed.shutdown()
+    return path

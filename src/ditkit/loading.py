@@ -56,13 +56,50 @@ def read_diffusion_config(path: str | Path, model_config: ModelConfig) -> Diffus
     run_config = Path(path) / "config.json"  # a run folder records its whole TrainConfig
     weights = resolve_weights_path(path)
     if weights.suffix == ".safetensors":
-        with safe_open(str(weights), framework="pt") as f:
-            metadata = f.metadata() or {}
+        metadata = _metadata(weights)
         if DIFFUSION_METADATA_KEY in metadata:
-            return DiffusionConfig.from_dict(json.loads(metadata[DIFFUSION_METADATA_KEY]))
-    if run_config.is_file() and isinstance(json.loads(run_config.read_text()).get("diffusion"), dict):
-        return DiffusionConfig.from_dict(json.loads(run_config.read_text())["diffusion"])
+            return _parse(weights, DIFFUSION_METADATA_KEY, metadata[DIFFUSION_METADATA_KEY], DiffusionConfig.from_dict)
+    if run_config.is_file():
+        stored = _parse(run_config, "config", run_config.read_text(), lambda d: d)
+        if isinstance(stored, dict) and isinstance(stored.get("diffusion"), dict):
+            return _parse(run_config, "diffusion", stored["diffusion"], DiffusionConfig.from_dict)
     return default_diffusion(model_config)
+
+
+def describe_load_error(err: BaseException) -> str:
+    """One line for an error of torch.load or safetensors: its type and first line, but never torch's advice
+    to unpickle arbitrary code (weights_only=False) when a file holds more than tensors."""
+    text = str(err).strip()
+    if "weights_only" in text or "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" (it references {found.group(1)})" if found else ""
+        return f"{type(err).__name__}: the file holds pickled objects, not only tensors{what}; ditkit never runs them"
+    first = text.splitlines()[0] if text else "empty or unreadable"
+    return f"{type(err).__name__}: {first[:200]}"
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    path.open("rb").close()  # a PermissionError as such (safetensors reports it as "No such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:
+        raise ValueError(_unreadable(path, err)) from None
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    return (
+        f"cannot read {str(path)!r} as safetensors weights ({describe_load_error(err)}); the file is damaged, "
+        "truncated or not a weights file: export or download it again"
+    )
+
+
+def _parse(path: Path, key: str, value: Any, build: Any) -> Any:
+    """build(json.loads(value)) (value: a JSON string or an already parsed object), as a one-line ValueError."""
+    try:
+        return build(json.loads(value) if isinstance(value, str) else value)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{str(path)!r} holds a broken {key!r} entry ({err}); export or download it again") from None
 
 
 def resolve_weights_path(path: str | Path) -> Path:
@@ -75,8 +112,9 @@ def resolve_weights_path(path: str | Path) -> Path:
     ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     latest = ckpt_dir / RUN_LATEST_FILE
     if latest.is_file():
-        candidate = ckpt_dir / latest.read_text().strip() / EMA_WEIGHTS_FILE
-        if candidate.is_file():
+        name = latest.read_text(errors="replace").strip()
+        candidate = ckpt_dir / name / EMA_WEIGHTS_FILE
+        if Path(name).name == name not in ("", ".", "..") and candidate.is_file():  # a name, not a path out
             return candidate
     if (ckpt_dir / EMA_WEIGHTS_FILE).is_file():
         return ckpt_dir / EMA_WEIGHTS_FILE
@@ -89,12 +127,14 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | 
     """State dict (EMA weights when the file holds several) and the stored config, if any."""
     path = resolve_weights_path(path)
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+        metadata = _metadata(path)
         config = None
         if CONFIG_METADATA_KEY in metadata:
-            config = ModelConfig(**json.loads(metadata[CONFIG_METADATA_KEY]))
-        return load_file(str(path)), config
+            config = _parse(path, CONFIG_METADATA_KEY, metadata[CONFIG_METADATA_KEY], lambda d: ModelConfig(**d))
+        try:
+            return load_file(str(path)), config
+        except Exception as err:
+            raise ValueError(_unreadable(path, err)) from None
     try:
         # Official train.py checkpoints pickle an argparse.Namespace beside the tensors: allow just that.
         # safe_globals arrived in torch 2.5; before it such checkpoints cannot load (plain state dicts can).
@@ -103,8 +143,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | 
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(
-            f"cannot read {str(path)!r} as weights ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            "ditkit loads only plain tensors (weights_only) from .pt files"
+            f"cannot read {str(path)!r} as weights ({describe_load_error(err)}); ditkit loads only plain tensors "
+            "from .pt files: save a state dict (torch.save(model.state_dict(), path)) or a .safetensors file"
         ) from None
     if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
         obj = obj["ema"]  # official train.py checkpoint: sample from the EMA weights
@@ -121,7 +161,7 @@ def infer_config(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig
         hidden, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
     except KeyError:
         raise ValueError("not a DiT state dict: no 'x_embedder.proj.weight' key") from None
-    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+    depth = 1 + max((int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     fields: dict[str, Any] = {"hidden_size": hidden, "in_channels": in_channels, "patch_size": patch, "depth": depth}
     fields["mlp_ratio"] = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden
     fields["learn_sigma"] = state_dict["final_layer.linear.weight"].shape[0] // (patch * patch) == 2 * in_channels
@@ -167,7 +207,12 @@ def load_dit(path: str | Path, *, device: str | torch.device = "cpu", **override
     if stored is not None:
         config = stored.replace(**overrides) if overrides else stored
     else:
-        config = infer_config(state_dict, **overrides)
+        try:
+            config = infer_config(state_dict, **overrides)
+        except (KeyError, IndexError, AttributeError) as err:
+            raise ValueError(
+                f"{str(path)!r} is not a DiT state dict (no usable tensor {err}); pass DiT weights"
+            ) from None
     model = DiT(config)
     load_strict(model, state_dict, source=str(path))
     return model.to(device).eval()

@@ -27,7 +27,10 @@ logger = logging.getLogger(__name__)
 
 
 class IntervalStats:
-    """Per-step stats since the last report, kept on the device; `flush` syncs once and checks finiteness."""
+    """Per-step stats since the last report, kept on the device; `flush` syncs once and checks finiteness:
+    the loss and the gradient norm of every step, and the state the optimizer steps left (weights, EMA and
+    AdamW moments: a finite gradient can still overflow the second moment). Since a checkpoint is only
+    written after a flush, every checkpoint holds finite numbers."""
 
     KEYS = ("loss", "mse", "vb", "grad_norm")
 
@@ -41,24 +44,39 @@ class IntervalStats:
             self.first_step = step
         self.rows.append(torch.stack([stats[k] for k in self.KEYS]))
 
-    def flush(self, run_dir: Path) -> dict[str, float]:
-        """Means over the interval and the ranks; raises NonFiniteLoss naming the first bad step."""
+    def flush(
+        self,
+        run_dir: Path,
+        model: nn.Module | None = None,
+        ema: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> dict[str, float]:
+        """Means over the interval and the ranks; raises NonFiniteLoss naming the first bad step and value."""
         table = distributed.all_reduce_mean(torch.stack(self.rows).float()).tolist()  # (k, 4), one host sync
         for i, row in enumerate(table):
-            if not math.isfinite(row[0]):
-                last = checkpoint.newest_readable(run_dir)
-                kept = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint yet"
-                raise NonFiniteLoss(
-                    f"loss is {row[0]} at step {self.first_step + i + 1}; training stopped "
-                    f"({kept}). Lower --lr, set --max-grad-norm or use --precision fp32, "
-                    "then rerun to resume"
-                )
+            for key in ("loss", "grad_norm"):
+                value = row[self.KEYS.index(key)]
+                if not math.isfinite(value):
+                    name = "loss" if key == "loss" else "gradient norm"
+                    raise _stopped(run_dir, f"{name} is {value} at step {self.first_step + i + 1}")
+        bad = checkpoint.non_finite(model, ema, optimizer) if model is not None else ""
+        if distributed.any_rank(bool(bad)):
+            raise _stopped(run_dir, f"inf or NaN in {bad or 'the state'} after step {self.first_step + len(table)}")
         elapsed = time.perf_counter() - self.t0
         means = np.asarray(table).mean(axis=0).tolist()
         self.rows, self.t0 = [], time.perf_counter()
         record = dict(zip(self.KEYS, means))
         record["steps_per_sec"] = len(table) / elapsed if elapsed > 0 else 0.0
         return record
+
+
+def _stopped(run_dir: Path, what: str) -> NonFiniteLoss:
+    last = checkpoint.newest_readable(run_dir)
+    kept = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint yet: a rerun starts over"
+    return NonFiniteLoss(
+        f"{what}; training stopped ({kept}). Rerun with a lower --lr, a --max-grad-norm (e.g. 1.0) or "
+        "--precision fp32 to resume from it (these may change when a run resumes)"
+    )
 
 
 class RunMonitor:
@@ -99,7 +117,7 @@ class RunMonitor:
         self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         if not self.info.is_main:
             return
-        run.append_metrics(self.run_dir, record)
+        run.append_metrics(self.run_dir, record, durable="ckpt" in due)  # before the checkpoint, see train()
         self.history.append((step, record["loss"]))
         if self.tb is not None:
             for key, value in record.items():

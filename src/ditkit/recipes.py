@@ -12,16 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ditkit.config import PRESETS, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
+from ditkit.config import PRESETS, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig, VAETrainConfig
 
 DEMO_IMAGE_SIZE = 24  # MNIST digits cropped 28 -> 24 (every digit stays whole: 36 tokens at patch 4)
 DEMO_REPORT_IMAGE_SIZE = 32  # samples are framed back to 32 px (the classifier's and the usual MNIST-32 layout)
-DEMO_SAMPLING = SampleConfig(sampler="dpm++2m", num_steps=20, cfg_scale=3.0, batch_size=250)
-"""How the demo samples (training grids and evaluation too): DPM-Solver++(2M), 20 steps, guidance 3."""
+DEMO_SAMPLING = SampleConfig(sampler="dpm++2m", num_steps=12, cfg_scale=3.0, batch_size=250)
+"""How the demo samples (training grids and evaluation too): DPM-Solver++(2M), 12 steps, guidance 3 (12 and
+20 steps gave the same accuracy, 0.996 / 0.78 guided / unguided on 500 samples of a 900-step model)."""
 
 
 def demo_model_config() -> ModelConfig:
-    """The demo's model: the DiT-Demo/4 preset (adaLN-Zero, 6 x 128, patch 4 on 24x24 digits)."""
+    """The demo's model: the DiT-Demo/4 preset (adaLN-Zero, 6 x 96, patch 4 on 24x24 digits)."""
     return PRESETS["DiT-Demo/4"]
 
 
@@ -36,9 +37,9 @@ def demo_train_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
         "vae": "none",
         "flip": False,
         "num_workers": 0,
-        "max_steps": 1800,
+        "max_steps": 1500,
         "global_batch_size": 64,
-        "lr": 2e-3,
+        "lr": 3e-3,
         "warmup_steps": 100,
         "adam_betas": (0.9, 0.99),
         "ema_decay": 0.999,
@@ -46,11 +47,40 @@ def demo_train_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
         "log_every_steps": 50,
         "ckpt_every_steps": 250,
         "keep_last_ckpts": 1,
-        "sample_every_steps": 600,
+        "sample_every_steps": 750,
         "num_grid_images": 30,
         "sample": DEMO_SAMPLING.replace(batch_size=200),
-        "eval_every_steps": 900,
+        "eval_every_steps": 750,
         "num_eval_samples": 200,
     }
     fields.update(overrides)
     return TrainConfig(**fields)
+
+
+# The latent route on the same digits (`ditkit demo --latent`).
+
+LATENT_DEMO_MODEL = ModelConfig(
+    input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=6, num_heads=4, num_classes=10,
+    learn_sigma=False,
+)  # fmt: skip
+"""The latent demo's DiT: 16 tokens (2x2 patches of 8x8x4 latents), adaLN-Zero, 6 x 128."""
+
+
+def latent_demo_vae_config(out_dir: str | Path, **overrides: Any) -> VAETrainConfig:
+    """The latent demo's autoencoder: the VAETrainConfig defaults (MNIST 32 px -> 8x8x4 latents)."""
+    return VAETrainConfig(out_dir=str(out_dir), **overrides)
+
+
+def latent_demo_train_config(
+    out_dir: str | Path, latents: str | Path, vae: str | Path, **overrides: Any
+) -> TrainConfig:
+    """The pixel demo's recipe on a latent store of the digits (decoded by `vae` for grids and scoring)."""
+    fields: dict[str, Any] = {
+        "model": LATENT_DEMO_MODEL,
+        "data": str(latents),
+        "image_size": DEMO_REPORT_IMAGE_SIZE,
+        "vae": str(vae),
+        "sample": DEMO_SAMPLING.replace(batch_size=200),
+    }
+    fields.update(overrides)
+    return demo_train_config(out_dir, **fields)

@@ -3,8 +3,10 @@ and a trained model opened for sampling.
 
 Layout of `out_dir`:
     config.json          the TrainConfig (TrainConfig.to_dict); a rerun must match it (see RESUMABLE_FIELDS)
+    train.lock           while a process trains here: its pid, host, start time and command (`lock_run_dir`)
     log.txt              the run's log (rank 0)
-    metrics.jsonl        one JSON object per report: "step", "loss", ... and "eval_*" metrics
+    metrics.jsonl        one JSON object per report: "step", "loss", ... and "eval_*" metrics; exactly one
+                         line per reported step, whatever kills and resumes happened (see `RunMonitor`)
     loss_curve.png       the loss over steps (raw and smoothed)
     checkpoints/         step_XXXXXXX/ folders and `latest` (ditkit.checkpoint)
     samples/             step_XXXXXXX.png EMA sample grids
@@ -14,10 +16,12 @@ Layout of `out_dir`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ import torch
 from ditkit import checkpoint, distributed
 from ditkit.autoencoder import Autoencoder, load_vae, vae_geometry
 from ditkit.config import NO_VAE, RESUMABLE_FIELDS, DiffusionConfig, TrainConfig, get_preset
-from ditkit.files import write_json, write_text
+from ditkit.files import TEMP_PREFIX, FileLocked, check_output_dir, exclusive_lock, write_json, write_text
 from ditkit.loader import open_dataset
 from ditkit.loading import load_model
 from ditkit.model import DiT
@@ -36,6 +40,7 @@ from ditkit.recipes import demo_train_config
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = "train.lock"
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -78,14 +83,52 @@ def resume_conflicts(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def lock_run_dir(out_dir: str | os.PathLike, is_main: bool) -> Iterator[Path]:
+    """Hold the run folder (created if need be) for one training process: rank 0 holds out_dir/train.lock.
+
+    A second process gets a one-line ValueError naming the holder's pid and host; a lock left by a killed
+    process is taken over (the kernel released it; `ditkit.files.exclusive_lock`). Every rank raises alike.
+    """
+    run_dir = check_output_dir(out_dir)
+    created = not run_dir.exists()
+    with contextlib.ExitStack() as stack:
+        if created and is_main:  # a run that fails before writing anything leaves no empty folder behind
+            stack.callback(_remove_if_empty, run_dir)
+        error = None
+        if is_main:
+            try:
+                stack.enter_context(exclusive_lock(run_dir / LOCK_FILE))
+            except FileLocked as err:
+                holder = err.holder
+                who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
+                since = f" since {holder['since']}" if holder.get("since") else ""
+                error = (
+                    f"run folder {str(run_dir)!r} is in use by {who}{since} (another `ditkit train`); wait for it "
+                    f"to finish, stop it (it checkpoints first), or pass another --out"
+                )
+        error = distributed.broadcast_object(error)
+        if error:
+            raise ValueError(error)
+        yield run_dir
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # fails, as it should, when anything is inside
+
+
 def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
-    """Check that an existing run was started with compatible settings; rank 0 writes config.json."""
-    run_dir = Path(cfg.out_dir)
-    if checkpoint.list_checkpoints(run_dir) and (run_dir / CONFIG_FILE).is_file():
-        try:
-            stored = json.loads((run_dir / CONFIG_FILE).read_text())
-        except ValueError:
-            stored = {}
+    """Check that out_dir may hold this run, before anything is written there.
+
+    It may be new or empty, or a ditkit run: one whose checkpoints were made with compatible settings (only
+    RESUMABLE_FIELDS may differ) resumes. A file, a folder with other content, or a config.json that is not
+    a ditkit run's is refused, with nothing changed. Rank 0 writes config.json of a new run here; an existing
+    run's is rewritten by `write_run_config` only once the run resumed (a failed resume changes nothing).
+    """
+    run_dir = check_output_dir(cfg.out_dir)
+    stored = _stored_config(run_dir)
+    if stored is not None and checkpoint.list_checkpoints(run_dir):
         conflicts = resume_conflicts(stored, cfg)
         if conflicts:
             raise ValueError(
@@ -94,9 +137,52 @@ def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
                 "or pass a new --out"
             )
     if is_main:
-        write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+        for stale in (*run_dir.glob(f"{TEMP_PREFIX}*"), *run_dir.glob(f"*/{TEMP_PREFIX}*")):
+            if stale.is_file():  # left by a process killed mid-write (we hold the lock: nobody writes them now)
+                stale.unlink(missing_ok=True)
+        if stored is None:
+            write_json(run_dir / CONFIG_FILE, cfg.to_dict())
     distributed.barrier()
     return run_dir
+
+
+def write_run_config(cfg: TrainConfig, is_main: bool) -> None:
+    """Record cfg in config.json (rank 0) when it differs: a resumed run with other RESUMABLE_FIELDS."""
+    path = Path(cfg.out_dir) / CONFIG_FILE
+    if is_main and _stored_config(Path(cfg.out_dir)) != json.loads(json.dumps(cfg.to_dict())):
+        write_json(path, cfg.to_dict())
+
+
+_OWN_ENTRIES = (LOCK_FILE, LOG_FILE)  # what a ditkit run folder may hold before its config.json exists
+
+
+def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+    """config.json of a ditkit run in run_dir (None when there is none); ValueError for anything else there."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        others = sorted(p.name for p in run_dir.iterdir() if p.name not in _OWN_ENTRIES and not
+                        p.name.startswith(TEMP_PREFIX)) if run_dir.is_dir() else []  # fmt: skip
+        if others:
+            raise ValueError(
+                f"--out {str(run_dir)!r} is not a ditkit run folder (no {CONFIG_FILE}) and not empty "
+                f"(it holds {', '.join(map(repr, others[:3]))}{' ...' if len(others) > 3 else ''}); "
+                "pass a new or empty folder"
+            )
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        TrainConfig.from_dict(stored)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not the config of a ditkit run ({_short(err)}); ditkit leaves it as it is: "
+            "pass a new or empty folder as --out"
+        ) from None
+    return stored
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 # metrics.jsonl
@@ -124,9 +210,13 @@ def trim_metrics(run_dir: str | os.PathLike, up_to_step: int) -> list[dict[str, 
     return kept
 
 
-def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+def append_metrics(run_dir: str | os.PathLike, record: dict[str, Any], *, durable: bool = False) -> None:
+    """Append one line; `durable` flushes it to disk (before a checkpoint that must not get ahead of it)."""
     with open(Path(run_dir) / METRICS_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 # Building a TrainConfig from a user's choices.

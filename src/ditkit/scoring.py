@@ -17,8 +17,9 @@ import torch
 from ditkit.autoencoder import to_uint8
 from ditkit.classifier import DigitFeatureExtractor, digits_metrics, load_digit_classifier
 from ditkit.data import MNIST_MIN_FRAME
-from ditkit.evaluate import FeatureExtractor, evaluate_samples, fid, ref_stats
+from ditkit.evaluate import FeatureExtractor, evaluate_samples, extractor_name, fid, ref_stats, stats_extractor
 from ditkit.inception import load_inception
+from ditkit.resize import ResizeMode
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,13 @@ def feature_extractor(
     inception: str | os.PathLike | None = None,
     allow_download: bool = False,
     device: str | torch.device = "cpu",
+    resize: ResizeMode = "adm",
 ) -> FeatureExtractor:
-    """The digit classifier's features, or the FID Inception network (see `load_inception`)."""
+    """The digit classifier's features, or the FID Inception network (see `load_inception`; `resize`: "adm"
+    reproduces ADM's evaluator, "pytorch-fid" pytorch-fid's numbers)."""
     if metric == "digits":
         return DigitFeatureExtractor()
-    return load_inception(inception, allow_download=allow_download, device=device)
+    return load_inception(inception, allow_download=allow_download, device=device, resize=resize)
 
 
 def score_samples(
@@ -54,6 +57,7 @@ def score_samples(
     allow_download: bool = False,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
+    resize: ResizeMode = "adm",
 ) -> dict[str, Any]:
     """Metrics of a samples .npz (arr_0 uint8 NHWC, + labels): `ditkit evaluate`.
 
@@ -73,7 +77,9 @@ def score_samples(
     if ref is not None or metric == "inception":
         if ref is None:
             raise ValueError("--metric inception needs --ref REF.npz (reference images or ditkit ref-stats output)")
-        extractor = feature_extractor(metric, inception=inception, allow_download=allow_download, device=device)
+        extractor = feature_extractor(
+            metric, inception=inception, allow_download=allow_download, device=device, resize=resize
+        )
         result.update(evaluate_samples(samples, ref, extractor, batch_size=batch_size))
     return result
 
@@ -118,7 +124,7 @@ def make_scorer(
             )
             return None
         ref = Path(reference_cache)
-        if not ref.is_file():
+        if not ref.is_file() or stats_extractor(ref) != extractor_name(extractor):  # missing, or an older input path
             ref_stats(reference_images(), extractor, ref)
     return lambda images, labels: {"eval_fid": fid(images, ref, extractor)}
 
@@ -128,3 +134,8 @@ def dataset_reference_images(dataset: Any, count: int, seed: int) -> np.ndarray:
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     chosen = order[: min(len(dataset), max(count, 2))].tolist()
     return to_uint8(torch.stack([dataset.get(i, torch.Generator().manual_seed(i))[0] for i in chosen])).numpy()
+
+
+def format_scores(result: dict[str, Any]) -> str:
+    """`ditkit evaluate`'s table: one metric per line."""
+    return "\n".join(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v}" for k, v in result.items())

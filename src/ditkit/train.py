@@ -195,8 +195,10 @@ def train(cfg: TrainConfig) -> Path:
     precision = backend.resolve_precision(cfg.precision, info.device)
     teardown.enter_context(backend.precision_scope(precision, info.device))
     try:
-        # Run directory (a finished run is a no-op; a larger max_steps continues it).
-        run_dir = run.prepare_run_dir(cfg, info.is_main)
+        # Run directory: held by this process (train.lock) and checked before anything is written there (a
+        # finished run is a no-op; a larger max_steps continues it).
+        run_dir = teardown.enter_context(run.lock_run_dir(cfg.out_dir, info.is_main))
+        run.prepare_run_dir(cfg, info.is_main)
         teardown.callback(distributed.setup_logging(info.rank, run_dir / run.LOG_FILE if info.is_main else None))
         if _finished(run_dir, cfg):
             clean = True
@@ -210,6 +212,7 @@ def train(cfg: TrainConfig) -> Path:
         model, ema, optimizer = build_model_and_optimizer(cfg, info.device)
         diffusion = diffusion_from_config(cfg.diffusion)
         start = _resume(run_dir, model, ema, optimizer, info)
+        run.write_run_config(cfg, info.is_main)  # only now: a resume that fails leaves config.json as it was
         net = _wrap(model, cfg, info)
 
         # Batches from `start` on, and the reports.
@@ -257,13 +260,13 @@ def train(cfg: TrainConfig) -> Path:
             monitor.progress.update(1)
             signum = stop.requested()
             due = _due(cfg, step, signum)
-            if due:
-                record = {"step": step, **interval.flush(run_dir), "lr": lr_at(cfg, step - 1)}
+            if due:  # metrics line first, then the checkpoint: a resume trims lines past its checkpoint's step
+                record = {"step": step, **interval.flush(run_dir, model, ema, optimizer), "lr": lr_at(cfg, step - 1)}
                 record["ema_decay"] = ema_decay_at(cfg, step - 1)
                 record["img_per_sec"] = record["steps_per_sec"] * cfg.global_batch_size
+                monitor.report(step, due, record, ema)
                 if "ckpt" in due:
                     _save_checkpoint(run_dir, step, model, ema, optimizer, cfg, info)
-                monitor.report(step, due, record, ema)
             if signum:
                 raise interrupted(signum, step)
         logger.info("done: %s reached step %d", run_dir, step)
@@ -325,6 +328,8 @@ def _resume(
         )
     if start:
         logger.info("resumed from step %d", start)
+        if info.is_main:  # a kill between a checkpoint's rename and `latest`, or a skipped broken one
+            checkpoint.point_latest(run_dir, start)
     return start
 
 

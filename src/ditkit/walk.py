@@ -98,6 +98,34 @@ def class_walk(
     return generate(model, labels, seeds, config, diffusion=diffusion, vae=vae, noise=noise)
 
 
+def make_walks(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    kinds: tuple[str, ...] = ("noise", "class"),
+    classes: list[int] | None = None,
+    seeds: tuple[int, int] = (0, 1),
+    num_frames: int = 16,
+    config: SampleConfig = WALK_SAMPLING,
+    diffusion: DiffusionConfig | None = None,
+    vae: Any = None,
+) -> dict[str, dict[str, Path]]:
+    """`ditkit walk`: a noise walk from seeds[0] to seeds[1] in class classes[0], and/or a class walk from
+    classes[0] to classes[1]; each saved by `save_walk` as OUT/<kind>_walk.* . Returns {kind: paths}."""
+    classes = classes or [None, None]  # type: ignore[list-item]
+    if "class" in kinds and len(classes) < 2:
+        raise ValueError("a class walk needs two classes: --classes A,B")
+    made = {}
+    common = {"diffusion": diffusion, "vae": vae}
+    if "noise" in kinds:
+        frames = noise_walk(model, classes[0], seeds[0], seeds[-1], num_frames, config, **common)
+        made["noise"] = save_walk(frames, out_dir, "noise_walk")
+    if "class" in kinds:
+        frames = class_walk(model, classes[0], classes[1], seeds[0], num_frames, config, **common)  # type: ignore[arg-type]
+        made["class"] = save_walk(frames, out_dir, "class_walk")
+    return made
+
+
 def save_walk(frames: np.ndarray, out_dir: str | Path, name: str, fps: int = 8) -> dict[str, Path]:
     """Write `name`.gif, `name`_strip.png and, when ffmpeg exists, `name`.mp4 (each atomically); returns paths."""
     out_dir = Path(out_dir)

@@ -143,3 +143,33 @@ def test_export_ema_is_readable_by_load_dit(tmp_path):
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_0000003")
     with pytest.raises(ValueError, match="has no readable checkpoint"):
         checkpoint.export_ema(tmp_path / "run", tmp_path / "x.safetensors")
+
+
+def test_a_failed_write_keeps_the_checkpoint_the_run_resumed_from(tmp_path, monkeypatch):
+    """Pruning before a write never removes the newest earlier checkpoint, even when a newer broken one
+    exists (the run resumed from step 2 because step 4 is corrupt, and now re-saves step 4 on a full disk)."""
+    model, ema, opt = _trained_triplet()
+    for step in (2, 4):
+        _save(tmp_path, step, model, ema, opt)
+    (tmp_path / "checkpoints" / "step_0000004" / checkpoint.STATE_FILE).write_text("")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError):
+        _save(tmp_path, 4, model, ema, opt)
+    assert checkpoint.newest_readable(tmp_path).name == "step_0000002"
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_non_finite_state_is_found_and_such_a_checkpoint_is_skipped(tmp_path):
+    model, ema, opt = _trained_triplet()
+    assert checkpoint.non_finite(model, ema, opt) == ""
+    _save(tmp_path, 1, model, ema, opt)
+    next(iter(opt.state.values()))["exp_avg_sq"].view(-1)[0] = float("nan")
+    with torch.no_grad():
+        next(ema.parameters()).view(-1)[0] = float("inf")
+    assert checkpoint.non_finite(model, ema, opt) == "the EMA weights, the optimizer state"
+    _save(tmp_path, 2, model, ema, opt)  # as an older ditkit could have written it
+    assert checkpoint.load_latest(tmp_path, *_trained_triplet(1))["step"] == 1

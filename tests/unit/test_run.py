@@ -91,3 +91,28 @@ def test_open_for_sampling_needs_a_vae_for_latent_models(tmp_path):
     pixel = get_preset("DiT-T/2", in_channels=3)
     opened = open_for_sampling(save_weights(DiT(pixel).state_dict(), pixel, tmp_path / "p.safetensors"))
     assert opened.pixel_space and opened.diffusion.learn_sigma == pixel.learn_sigma
+
+
+def test_run_folder_checks_refuse_what_is_not_a_ditkit_run_and_change_nothing(tmp_path):
+    from ditkit.run import CONFIG_FILE, LOCK_FILE, LOG_FILE, prepare_run_dir, write_run_config
+
+    cfg = demo_train_config(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"is not a ditkit run folder \(no config.json\) and not empty"):
+        prepare_run_dir(cfg, is_main=True)
+    (tmp_path / "run" / "photo.jpg").unlink()
+    (tmp_path / "run" / CONFIG_FILE).write_text('{"epochs": 3}')  # someone else's config.json
+    with pytest.raises(ValueError, match="is not the config of a ditkit run"):
+        prepare_run_dir(cfg, is_main=True)
+    assert (tmp_path / "run" / CONFIG_FILE).read_text() == '{"epochs": 3}'
+    (tmp_path / "run" / CONFIG_FILE).unlink()
+    for name in (LOCK_FILE, LOG_FILE, ".tmp-0123-config.json"):  # what a run killed at its start leaves
+        (tmp_path / "run" / name).write_text("")
+    prepare_run_dir(cfg, is_main=True)
+    assert json.loads((tmp_path / "run" / CONFIG_FILE).read_text()) == json.loads(json.dumps(cfg.to_dict()))
+    assert not (tmp_path / "run" / ".tmp-0123-config.json").exists()
+    write_run_config(cfg.replace(lr=1e-5), is_main=True)  # a resumable change is recorded once resumed
+    assert json.loads((tmp_path / "run" / CONFIG_FILE).read_text())["lr"] == 1e-5
+    with pytest.raises(ValueError, match="is a file; choose another folder"):
+        prepare_run_dir(cfg.replace(out_dir=str(tmp_path / "run" / LOG_FILE)), is_main=True)
