@@ -140,8 +140,10 @@ def _extract_latents(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from ditkit.demo import run_demo, run_latent_demo, summary
 
-    demo = run_latent_demo if args.latent else run_demo
-    report = demo(args.out, num_samples=args.num_samples, **_given(args, "max_steps", "precision"))
+    options = _given(args, "max_steps", "precision") | ({"train_autoencoder": True} if args.train_vae else {})
+    report = (run_latent_demo if args.route == "latent" else run_demo)(
+        args.out, num_samples=args.num_samples, **options
+    )
     print(summary(report, args.out))
 
 

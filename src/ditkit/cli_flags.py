@@ -24,7 +24,7 @@ HELP = {
     "extract-latents": "encode a dataset once into a latent store (shards under torchrun)",
     "evaluate": "FID / sFID / IS / precision / recall, or the digits metric",
     "ref-stats": "reference statistics for FID from an image folder or .npz",
-    "demo": "the CPU demo: train on the embedded MNIST, sample with and without guidance, score",
+    "demo": "the CPU demo: a DiT on the embedded MNIST (the latent route by default), sampled and scored",
     "train-vae": "train a small KL autoencoder (diffusers AutoencoderKL) for latent DiTs; rerun to resume",
     "study": "train and score a set of configs with seeds (blocks, scaling, guidance or a spec file); rerun resumes",
     "bench": "matmul peaks, training and sampling throughput, peak memory and compile time of a DiT here",
@@ -59,6 +59,13 @@ def add_flags(
     _sample_and_walk_flags(add("sample"), add("walk"), samplers, precisions)
     _train_flags(add("train"), presets, blocks, precisions)
 
+    _weights_flags(add)
+    _evaluation_flags(add("evaluate"), add("ref-stats"))
+    _recipe_flags(add, precisions)
+    _tool_flags(add, presets, precisions)
+
+
+def _weights_flags(add: Callable[[str], argparse.ArgumentParser]) -> None:
     p = add("export")
     p.add_argument("run", help="run folder or checkpoint folder (a weights file with --format diffusers)")
     p.add_argument("out", help="output .safetensors file, or a new folder with --format diffusers")
@@ -81,14 +88,18 @@ def add_flags(
     p.add_argument("--num-workers", type=count(0), default=4)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    _evaluation_flags(add("evaluate"), add("ref-stats"))
 
+def _recipe_flags(add: Callable[[str], argparse.ArgumentParser], precisions: Sequence[str]) -> None:
     p = add("demo")
     p.add_argument("--out", required=True, help="output folder (re-running resumes the training)")
     p.add_argument("--num-samples", type=count(2), default=1000, help="samples per setting")
     p.add_argument("--max-steps", type=count(1), help="training steps (default: the recipe's)")
     p.add_argument("--precision", choices=precisions, help="training and sampling (default auto)")
-    p.add_argument("--latent", action="store_true", help="the paper's route: autoencoder, latents, DiT on patches")
+    route = p.add_mutually_exclusive_group()
+    route.add_argument("--latent", dest="route", action="store_const", const="latent", default="latent",
+                       help="the paper's route (default): autoencoder, latents, DiT on latent patches")  # fmt: skip
+    route.add_argument("--pixel", dest="route", action="store_const", const="pixel", help="DiT on the pixels")
+    p.add_argument("--train-vae", action="store_true", help="latent route: train the autoencoder (~25 min)")
 
     p = add("train-vae")
     p.add_argument("--out", required=True, help="the VAE folder (diffusers layout; `--vae OUT` elsewhere)")
@@ -104,6 +115,10 @@ def add_flags(
     p.add_argument("--max-steps", type=count(1), help="override the spec's training steps (a quick smoke run)")
     p.add_argument("--seeds", type=count(1), help="override the spec's seed count")
 
+
+def _tool_flags(
+    add: Callable[[str], argparse.ArgumentParser], presets: Sequence[str], precisions: Sequence[str]
+) -> None:
     p = add("bench")
     p.add_argument("--preset", default="DiT-S/2", choices=presets)
     p.add_argument("--image-size", type=count(1), default=256, help="pixels (the model sees image-size / 8 latents)")

@@ -24,16 +24,25 @@ from typing import Any
 
 import numpy as np
 
+from ditkit.autoencoder import load_vae
 from ditkit.classifier import digits_metrics, load_digit_classifier
 from ditkit.config import TrainConfig, get_preset
-from ditkit.data import frame_digits
+from ditkit.data import STORE_META_FILE, EmbeddedMNIST, frame_digits
 from ditkit.files import write_json, write_text
 from ditkit.flops import model_cost
 from ditkit.generate import generate, image_seeds, job_labels
 from ditkit.grid import plot_curves, plot_scatter
-from ditkit.recipes import DEMO_REPORT_IMAGE_SIZE, demo_train_config, latent_demo_train_config
+from ditkit.latents import extract_latents, store_progress
+from ditkit.recipes import (
+    DEMO_REPORT_IMAGE_SIZE,
+    demo_train_config,
+    latent_demo_train_config,
+    latent_demo_vae_config,
+    shipped_mnist_vae,
+)
 from ditkit.run import open_for_sampling, read_metrics
 from ditkit.train import train
+from ditkit.vae_training import train_vae
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +166,7 @@ def _shared_inputs(spec: StudySpec, out: Path) -> dict[str, Path]:
     """The latent route's autoencoder and latent store, made once for every config of the study."""
     if spec.recipe != "latent-demo":
         return {}
-    from ditkit.autoencoder import load_vae
-    from ditkit.data import STORE_META_FILE, EmbeddedMNIST
-    from ditkit.latents import extract_latents, store_progress
-    from ditkit.recipes import latent_demo_vae_config
-    from ditkit.vae_training import train_vae
-
-    vae_dir = train_vae(latent_demo_vae_config(out / "shared" / "vae"))
+    vae_dir = shipped_mnist_vae() or train_vae(latent_demo_vae_config(out / "shared" / "vae"))
     store = out / "shared" / "latents"
     if not (store / STORE_META_FILE).is_file() or store_progress(store)[0] < store_progress(store)[1]:
         extract_latents(EmbeddedMNIST("train", DEMO_REPORT_IMAGE_SIZE), load_vae(str(vae_dir)), store,

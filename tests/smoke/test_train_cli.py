@@ -120,3 +120,16 @@ def test_embedded_default_with_its_grid_and_scoring(tmp_path: Path) -> None:
     last = metrics(tmp_path / "d")[-1]
     assert last["step"] == 1 and 0.0 <= last["eval_accuracy"] <= 1.0 and last["eval_fd"] > 0
     assert (tmp_path / "d" / "samples" / "step_0000001.png").is_file()
+
+
+@pytest.mark.slow
+def test_latent_demo_end_to_end(tmp_path: Path) -> None:
+    """`ditkit demo` (the latent route: the shipped autoencoder, a latent store, a DiT on 2x2 latent patches)."""
+    out = tmp_path / "demo"
+    proc = invoke("demo", "--out", str(out), "--max-steps", "4", "--num-samples", "20", "--precision", "fp32")
+    assert "latent route" in proc.stdout and f"ditkit serve --ckpt {out / 'dit'}" in proc.stdout
+    report = json.loads((out / "demo_report.json").read_text())
+    assert report["route"] == "latent" and report["vae"]["digit_accuracy"] >= 0.98 and report["train_steps"] == 4
+    with np.load(out / "samples_cfg.npz") as data:
+        assert data["arr_0"].shape == (20, 32, 32, 1)  # decoded by the autoencoder, 32 px digits
+    assert (out / "latents" / "meta.json").is_file() and (out / "dit" / "checkpoints" / "latest").is_file()

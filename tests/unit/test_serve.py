@@ -142,7 +142,9 @@ def test_serve_flags_default_to_localhost() -> None:
 
 def test_demo_ends_with_the_serve_command() -> None:
     report = {"seconds": 1.0, "accuracy_cfg": 0.9, "accuracy_nocfg": 0.5, "cfg_scale": 3.0, "num_samples": 10}
-    assert "ditkit serve --ckpt runs/demo" in summary(report, "runs/demo").splitlines()[-1]
+    assert "ditkit serve --ckpt runs/demo " in summary(report, "runs/demo").splitlines()[-1]
+    latent = summary({**report, "route": "latent"}, "runs/demo").splitlines()
+    assert "ditkit serve --ckpt runs/demo/dit " in latent[-1] and "latent route" in latent[0]
 
 
 @pytest.mark.parametrize(
