@@ -50,7 +50,7 @@ def run_demo(
     """
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    cfg = demo_train_config(out_dir, **train_overrides)
+    cfg = demo_train_config(out_dir, **{"eval_every_steps": 0, **train_overrides})
     train(cfg)
     report: dict[str, Any] = {"route": "pixel", "train_seconds": round(time.perf_counter() - start, 1)}
     return _sample_and_score(cfg, out_dir, report, start, num_samples, seed)
@@ -77,7 +77,7 @@ def run_latent_demo(
     if not (store / STORE_META_FILE).is_file() or store_progress(store)[0] < store_progress(store)[1]:
         vae = load_vae(str(vae_dir))
         extract_latents(EmbeddedMNIST("train", DEMO_REPORT_IMAGE_SIZE), vae, store, batch_size=500, mirror=False)
-    cfg = latent_demo_train_config(out_dir / "dit", store, vae_dir, **train_overrides)
+    cfg = latent_demo_train_config(out_dir / "dit", store, vae_dir, **{"eval_every_steps": 0, **train_overrides})
     train(cfg)
     report: dict[str, Any] = {
         "route": "latent",
