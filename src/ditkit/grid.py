@@ -153,18 +153,20 @@ def plot_curves(
     size: tuple[int, int] = (800, 450),
     smoothed: bool = True,
     x_label: str = "step",
+    log_x: bool = False,
 ) -> Path:
     """Line plot of one or more series over `steps` (x axis) as a PNG; non-finite points are skipped.
 
-    A log y axis is used when `log_y` and every value is positive. With `smoothed`, each series is drawn
-    pale with a centred moving average (`smooth`, taken in the plotted space) over it; otherwise plain
-    lines with a dot per point (short series, such as evaluations of a study).
+    A log y axis is used when `log_y` and every value is positive (a log x axis with `log_x`). With `smoothed`,
+    each series is drawn pale with a centred moving average (`smooth`, taken in the plotted space) over it;
+    otherwise plain lines with a dot per point (short series, such as evaluations of a study).
     """
     width, height = size
     margins = (70, 20, 30 if title else 15, 40)
     image = Image.new("RGB", size, _BACKGROUND)
     draw, font = ImageDraw.Draw(image), ImageFont.load_default()
     xs = np.asarray(steps, dtype=np.float64)
+    xs = np.log10(xs) if log_x else xs
     finite = [np.asarray(v, dtype=np.float64) for v in series.values()]
     every = np.concatenate([v[np.isfinite(v)] for v in finite]) if finite else np.zeros(0)
     if len(xs) == 0 or every.size == 0:
@@ -177,7 +179,7 @@ def plot_curves(
         y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
     x_lo, x_hi = float(xs.min()), float(xs.max())
     frame = _Frame(size, margins, (x_lo, x_hi if x_hi > x_lo else x_lo + 1.0), (y_lo, y_hi))
-    _draw_axes(draw, font, frame, use_log)
+    _draw_axes(draw, font, frame, use_log, x_log=log_x)
     for k, (name, values) in enumerate(series.items()):
         color = _COLORS[k % len(_COLORS)]
         v = np.asarray(values, dtype=np.float64)
@@ -254,7 +256,11 @@ def _draw_axes(draw: ImageDraw.ImageDraw, font: Any, frame: _Frame, use_log: boo
     for y in y_ticks:
         draw.line([(left, frame.py(y)), (width - right, frame.py(y))], fill=_GRIDLINE)
         draw.text((4, frame.py(y) - 6), _fmt(10**y if use_log else y), fill=_AXIS, font=font)
-    for x in _nice_ticks(*frame.x_range):
+    x_lo, x_hi = frame.x_range
+    whole_decades = x_log and x_hi - x_lo >= 1
+    for x in (
+        [float(e) for e in range(math.ceil(x_lo), math.floor(x_hi) + 1)] if whole_decades else _nice_ticks(x_lo, x_hi)
+    ):
         draw.line([(frame.px(x), top), (frame.px(x), height - bottom)], fill=_GRIDLINE)
         draw.text((frame.px(x) - 10, height - bottom + 6), _fmt(10**x if x_log else x), fill=_AXIS, font=font)
     draw.rectangle([left, top, width - right, height - bottom], outline=_AXIS)

@@ -199,7 +199,13 @@ def _run_one(spec: StudySpec, config: StudyConfig, seed: int, out: Path, shared:
     cfg = train_config(spec, config, seed, run_dir, shared)
     train(cfg)
     evals = [(r["step"], r["eval_accuracy"], r["eval_fd"]) for r in read_metrics(run_dir) if "eval_fd" in r]
-    result: dict[str, Any] = {"evals": evals, "gflops": model_cost(cfg.model).gflops}
+    gflops = model_cost(cfg.model).gflops
+    # The paper's training compute: forward Gflops x 3 (forward and backward) x batch size, per step.
+    result: dict[str, Any] = {
+        "evals": evals,
+        "gflops": gflops,
+        "train_gflops_per_step": 3 * gflops * cfg.global_batch_size,
+    }
     if spec.guidance_scales:
         result["guidance"] = _guidance(spec, run_dir)
     return result
@@ -250,6 +256,8 @@ def summarize(spec: StudySpec, runs: dict[str, dict[int, dict[str, Any]]]) -> di
                 curve=_curve(good),
                 seeds=len(good),
             )
+            if "train_gflops_per_step" in good[0]:
+                entry["train_gflops_per_step"] = good[0]["train_gflops_per_step"]
             if spec.guidance_scales:
                 keys = sorted({k for r in good for k in r.get("guidance", {})}, key=_guidance_order)
                 entry["guidance"] = {
@@ -341,6 +349,14 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         title = f"FD against forward Gflops (r = {results['corr_log_gflops_fd']:.2f} with log Gflops)"
         written.append(plot_scatter(points, out / "fd_vs_gflops.png", title=title, x_label="Gflops per image",
                                     y_label="FD"))  # fmt: skip
+    per_step = {n: c["train_gflops_per_step"] for n, c in scored.items() if "train_gflops_per_step" in c}
+    if len(per_step) >= 2 and len(set(per_step.values())) > 1:  # configs of different cost: FD per unit of compute
+        compute = {n: {int(s) * per_step[n]: fd[0] for s, fd in scored[n]["curve"].items()} for n in per_step}
+        xs = sorted({x for d in compute.values() for x in d})
+        series = {n: [d.get(x, math.nan) for x in xs] for n, d in compute.items()}
+        written.append(plot_curves(xs, series, out / "fd_vs_training_compute.png", title="FD against training "
+                                   "compute (Gflops = 3 x forward Gflops x batch x steps)", smoothed=False,
+                                   x_label="training Gflops", log_x=True))  # fmt: skip
     for name, c in scored.items():
         if c.get("guidance"):
             by_channels: dict[str, dict[float, float]] = {}

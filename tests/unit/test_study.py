@@ -44,7 +44,11 @@ def test_spec_files_toml_and_json(tmp_path):
 
 def _fake_runs() -> dict:
     def run(gflops, fds):
-        return {"evals": [(100, 0.5, fds[0]), (200, 0.8, fds[1])], "gflops": gflops}
+        return {
+            "evals": [(100, 0.5, fds[0]), (200, 0.8, fds[1])],
+            "gflops": gflops,
+            "train_gflops_per_step": 96 * gflops,
+        }
 
     return {
         "small": {0: run(0.1, [30, 20]), 1: run(0.1, [31, 21])},
@@ -65,7 +69,8 @@ def test_summary_ranks_with_seed_spread_and_correlates_with_gflops(tmp_path):
     text = study.results_markdown(results)
     assert "| medium | 1.000 | 200 | 2 | 0.800 +- 0.000 | 13.00 +- 1.41 |" in text and "failed" in text
     paths = study.write_plots(results, tmp_path)
-    assert {p.name for p in paths} == {"fd_over_steps.png", "fd_vs_gflops.png"}
+    assert {p.name for p in paths} == {"fd_over_steps.png", "fd_vs_gflops.png", "fd_vs_training_compute.png"}
+    assert results["configs"]["large"]["train_gflops_per_step"] == 960.0
 
 
 def test_rerun_resumes_and_a_failed_config_does_not_stop_the_others(tmp_path, monkeypatch):
