@@ -20,7 +20,8 @@ from ditkit.files import atomic_path
 _BACKGROUND = (255, 255, 255)
 _AXIS = (60, 60, 60)
 _GRIDLINE = (225, 225, 225)
-_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
 
 
 def make_grid(
@@ -122,6 +123,8 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 
 def _fmt(v: float) -> str:
+    if abs(v) < 1e6 and float(v).is_integer():
+        return str(int(v))
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
