@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import re
 import warnings
@@ -19,8 +18,6 @@ import torch
 from torch import Tensor
 
 from ditkit.config import VAE_DOWNSAMPLE, VAE_LATENT_CHANNELS, VAE_LATENT_SCALE
-
-logger = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", as the Hugging Face hub spells ids
 

@@ -1,7 +1,7 @@
 """The CPU demo: train a small class-conditional DiT on the embedded MNIST, sample, score, report.
 
 The training recipe is `ditkit.recipes.demo_train_config`; sampling uses the run's own `sample` config
-(DPM-Solver++(2M), 20 steps) with and without guidance, and the shipped digit classifier scores it.
+(DPM-Solver++(2M), 10 steps) with and without guidance, and the shipped digit classifier scores it.
 """
 
 from __future__ import annotations
@@ -70,13 +70,8 @@ def run_latent_demo(
     `train_overrides` replace fields of the DiT's recipe."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    shipped = None if train_autoencoder else shipped_mnist_vae()
-    vae_dir = shipped or train_vae(latent_demo_vae_config(out_dir / "vae"))
+    vae_dir, store = latent_digits(out_dir, train_autoencoder=train_autoencoder)
     vae_seconds = time.perf_counter() - start
-    store = out_dir / "latents"
-    if not (store / STORE_META_FILE).is_file() or store_progress(store)[0] < store_progress(store)[1]:
-        vae = load_vae(str(vae_dir))
-        extract_latents(EmbeddedMNIST("train", DEMO_REPORT_IMAGE_SIZE), vae, store, batch_size=500, mirror=False)
     cfg = latent_demo_train_config(out_dir / "dit", store, vae_dir, **{"eval_every_steps": 0, **train_overrides})
     train(cfg)
     report: dict[str, Any] = {
@@ -87,6 +82,20 @@ def run_latent_demo(
         "train_seconds": round(time.perf_counter() - start, 1),
     }
     return _sample_and_score(cfg, out_dir, report, start, num_samples, seed)
+
+
+def latent_digits(folder: str | Path, *, train_autoencoder: bool = False) -> tuple[Path, Path]:
+    """(autoencoder folder, latent store) of the latent route: the shipped autoencoder (or one trained in
+    folder/vae), and the embedded MNIST's training digits encoded once into folder/latents (resumed if partial)."""
+    folder = Path(folder)
+    shipped = None if train_autoencoder else shipped_mnist_vae()
+    vae_dir = shipped or train_vae(latent_demo_vae_config(folder / "vae"))
+    store = folder / "latents"
+    written, total = store_progress(store) if (store / STORE_META_FILE).is_file() else (0, 1)
+    if written < total:
+        vae = load_vae(str(vae_dir))
+        extract_latents(EmbeddedMNIST("train", DEMO_REPORT_IMAGE_SIZE), vae, store, batch_size=500, mirror=False)
+    return vae_dir, store
 
 
 def _sample_and_score(

@@ -188,8 +188,9 @@ def plot_curves(
         v = np.asarray(values, dtype=np.float64)
         ok = np.isfinite(v)
         pale = tuple(int(c + (255 - c) * 0.6) for c in color)
-        lines = [(fy(v[ok]), pale, 1), (np.asarray(smooth(fy(v[ok]).tolist())), color, 2)] if smoothed else []
-        for line, shade, line_width in lines or [(fy(v[ok]), color, 2)]:
+        y = fy(v[ok])
+        lines = [(y, pale, 1), (np.asarray(smooth(y.tolist())), color, 2)] if smoothed else [(y, color, 2)]
+        for line, shade, line_width in lines:
             pts = [(frame.px(x), frame.py(float(y))) for x, y in zip(xs[ok], line)]
             if len(pts) > 1:
                 draw.line(pts, fill=shade, width=line_width)

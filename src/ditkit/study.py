@@ -24,25 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from ditkit.autoencoder import load_vae
 from ditkit.classifier import digits_metrics, load_digit_classifier
-from ditkit.config import TrainConfig, get_preset
-from ditkit.data import STORE_META_FILE, EmbeddedMNIST, frame_digits
+from ditkit.config import SampleConfig, TrainConfig, get_preset
+from ditkit.data import frame_digits
+from ditkit.demo import latent_digits
 from ditkit.files import write_json, write_text
 from ditkit.flops import model_cost
 from ditkit.generate import generate, image_seeds, job_labels
 from ditkit.grid import plot_curves, plot_scatter
-from ditkit.latents import extract_latents, store_progress
 from ditkit.recipes import (
     DEMO_REPORT_IMAGE_SIZE,
     demo_train_config,
     latent_demo_train_config,
-    latent_demo_vae_config,
-    shipped_mnist_vae,
 )
 from ditkit.run import open_for_sampling, read_metrics
 from ditkit.train import train
-from ditkit.vae_training import train_vae
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +82,11 @@ class StudySpec:
         if len(set(names)) != len(names):
             raise ValueError(f"study config names must be unique; got {names}")
         if not self.seeds or self.max_steps < 1 or self.eval_every_steps < 1 or self.num_eval_samples < 2:
-            raise ValueError("a study needs seeds, max_steps >= 1, eval_every_steps >= 1 and num_eval_samples >= 2")
+            raise ValueError(
+                "a study needs seeds, max_steps >= 1, eval_every_steps >= 1 and num_eval_samples >= 2; got "
+                f"seeds={list(self.seeds)}, max_steps={self.max_steps}, eval_every_steps={self.eval_every_steps}, "
+                f"num_eval_samples={self.num_eval_samples}"
+            )
 
 
 def load_spec(source: str | Path) -> StudySpec:
@@ -166,11 +166,7 @@ def _shared_inputs(spec: StudySpec, out: Path) -> dict[str, Path]:
     """The latent route's autoencoder and latent store, made once for every config of the study."""
     if spec.recipe != "latent-demo":
         return {}
-    vae_dir = shipped_mnist_vae() or train_vae(latent_demo_vae_config(out / "shared" / "vae"))
-    store = out / "shared" / "latents"
-    if not (store / STORE_META_FILE).is_file() or store_progress(store)[0] < store_progress(store)[1]:
-        extract_latents(EmbeddedMNIST("train", DEMO_REPORT_IMAGE_SIZE), load_vae(str(vae_dir)), store,
-                        batch_size=500, mirror=False)  # fmt: skip
+    vae_dir, store = latent_digits(out / "shared")
     return {"vae": vae_dir, "latents": store}
 
 
@@ -207,28 +203,28 @@ def _run_one(spec: StudySpec, config: StudyConfig, seed: int, out: Path, shared:
         "train_gflops_per_step": 3 * gflops * cfg.global_batch_size,
     }
     if spec.guidance_scales:
-        result["guidance"] = _guidance(spec, run_dir)
+        result["guidance"] = _guidance(spec, run_dir, cfg.sample)
     return result
 
 
-def _guidance(spec: StudySpec, run_dir: Path) -> dict[str, list[float]]:
-    """{"<channels>@<scale>": [accuracy, fd]} of `guidance_samples` class-balanced samples; cached in the run."""
+def _guidance(spec: StudySpec, run_dir: Path, sample: SampleConfig) -> dict[str, list[float]]:
+    """{"<channels>@<scale>": [accuracy, fd]} of `guidance_samples` class-balanced samples drawn with the run's
+    `sample` config at each scale; cached in the run (the model is only opened when a setting is missing)."""
     cache = run_dir / "guidance.json"
     done = json.loads(cache.read_text()) if cache.is_file() else {}
+    todo = [(c, s) for c in spec.guidance_channels for s in spec.guidance_scales if f"{c}@{s:g}" not in done]
+    if not todo:
+        return done
     opened, classifier = open_for_sampling(run_dir), load_digit_classifier()
-    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     labels = job_labels(spec.guidance_samples, 10, 0, class_balanced=True)
     seeds = image_seeds(0, spec.guidance_samples)
-    for channels in spec.guidance_channels:
-        for scale in spec.guidance_scales:
-            key = f"{channels}@{scale:g}"
-            if key in done:
-                continue
-            config = cfg.sample.replace(cfg_scale=float(scale), cfg_channels=channels)
-            images = generate(opened.model, labels.tolist(), seeds, config, diffusion=opened.diffusion, vae=opened.vae)
-            metrics = digits_metrics(frame_digits(images, DEMO_REPORT_IMAGE_SIZE), labels, classifier)
-            done[key] = [metrics["accuracy"], metrics["fd"]]
-            write_json(cache, done)
+    for channels, scale in todo:
+        key = f"{channels}@{scale:g}"
+        config = sample.replace(cfg_scale=float(scale), cfg_channels=channels)
+        images = generate(opened.model, labels.tolist(), seeds, config, diffusion=opened.diffusion, vae=opened.vae)
+        metrics = digits_metrics(frame_digits(images, DEMO_REPORT_IMAGE_SIZE), labels, classifier)
+        done[key] = [metrics["accuracy"], metrics["fd"]]
+        write_json(cache, done)
     return done
 
 

@@ -29,7 +29,7 @@ from ditkit.autoencoder import to_uint8
 from ditkit.classifier import classifier_accuracy, load_digit_classifier
 from ditkit.config import VAETrainConfig
 from ditkit.data import BaseDataset
-from ditkit.files import write_json
+from ditkit.files import TEMP_PREFIX, atomic_path, check_output_dir, write_json
 from ditkit.grid import save_grid
 from ditkit.loader import build_loader, mix_seed, open_dataset
 from ditkit.progress import progress
@@ -70,15 +70,24 @@ def vae_loss(vae: Any, x: Tensor, kl_weight: float, generator: torch.Generator |
     reconstruction = vae.decode(posterior.sample(generator)).sample
     l1 = (reconstruction - x).abs().mean()
     kl = posterior.kl().mean()
-    mse = ((reconstruction.clamp(-1, 1) - x) ** 2).mean(dim=(1, 2, 3))
-    psnr = (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()  # images in [-1, 1]: peak-to-peak 2
-    return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl, "psnr": psnr}
+    return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl, "psnr": psnr(reconstruction.clamp(-1, 1), x)}
+
+
+def psnr(reconstruction: Tensor, x: Tensor) -> Tensor:
+    """Mean PSNR (dB) over images in [-1, 1] (peak-to-peak 2)."""
+    mse = ((reconstruction - x) ** 2).mean(dim=(1, 2, 3))
+    return (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()
+
+
+def reconstruct(vae: Any, x: Tensor) -> Tensor:
+    """The decoded posterior mean of `x` (what a reconstruction grid and the report show)."""
+    return vae.decode(vae.encode(x).latent_dist.mode()).sample
 
 
 def train_vae(cfg: VAETrainConfig) -> Path:
     """Train (or resume) the autoencoder in cfg.out_dir; returns the VAE folder. ValueError on bad input."""
     out = Path(cfg.out_dir)
-    device = distributed.resolve_device("auto" if cfg.device == "auto" else cfg.device)
+    device = distributed.resolve_device(cfg.device)
     restore = backend.configure(num_threads=cfg.num_threads)
     stop = StopSignal()
     try:
@@ -109,7 +118,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
             if signum:
                 raise interrupted(signum, step)
         bar.close()
-        if not (out / REPORT_FILE).is_file():
+        if step > start or not (out / REPORT_FILE).is_file():  # also after a larger --max-steps continued it
             _finish(out, vae, dataset, cfg, device)
         return out
     finally:
@@ -118,6 +127,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
 
 
 def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
+    check_output_dir(out)
     stored_path = out / TRAIN_CONFIG_FILE
     if stored_path.is_file():
         stored = json.loads(stored_path.read_text())
@@ -168,20 +178,17 @@ def _report(out: Path, step: int, rows: list[Tensor], bar: Any) -> None:
 def _save(out: Path, vae: Any, optimizer: Any, step: int, dataset: BaseDataset) -> None:
     """Weights into the folder (diffusers layout, file by file atomically), then the optimizer and the step."""
     _save_pretrained(vae, out)
-    state_dir = out / STATE_DIR
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".tmp-{os.getpid()}-optimizer.pt"
-    torch.save(optimizer.state_dict(), tmp)
-    os.replace(tmp, state_dir / "optimizer.pt")
-    write_json(state_dir / "state.json", {"step": step})
+    with atomic_path(out / STATE_DIR / "optimizer.pt") as tmp:
+        torch.save(optimizer.state_dict(), tmp)
+    write_json(out / STATE_DIR / "state.json", {"step": step})
     with torch.no_grad():
         x = torch.stack([dataset.get(i)[0] for i in range(8)]).to(vae.device)
-        reconstruction = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        reconstruction = reconstruct(vae, x)
     save_grid(to_uint8(torch.cat([x, reconstruction])), out / run.SAMPLES_DIR / f"recon_step_{step:07d}.png", nrow=8)
 
 
 def _save_pretrained(vae: Any, out: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out, prefix=TEMP_PREFIX) as tmp:
         vae.save_pretrained(tmp)
         for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):  # weights first, config last
             os.replace(Path(tmp) / name, out / name)
@@ -218,11 +225,10 @@ def reconstruction_report(vae: Any, cfg: VAETrainConfig, device: torch.device) -
         items = [dataset.get(i) for i in range(start, min(start + 250, count))]
         x = torch.stack([item[0] for item in items]).to(device)
         originals.append(x.cpu())
-        reconstructions.append(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1).cpu())
+        reconstructions.append(reconstruct(vae, x).clamp(-1, 1).cpu())
         labels += [item[1] for item in items]
     x, r = torch.cat(originals), torch.cat(reconstructions)
-    mse = ((r - x) ** 2).mean(dim=(1, 2, 3))
-    report = {"psnr": float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()), "num_images": count}
+    report = {"psnr": float(psnr(r, x)), "num_images": count}
     if is_digit_images(dataset.num_classes, (cfg.image_size, cfg.image_size, dataset.channels)):
         classifier, targets = load_digit_classifier(), np.asarray(labels)
         report["digit_accuracy"] = classifier_accuracy(classifier, to_uint8(r).numpy(), targets)

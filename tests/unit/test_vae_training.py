@@ -44,8 +44,12 @@ def test_folder_is_a_diffusers_vae_with_its_scaling_factor(tmp_path):
 def test_rerun_resumes_and_other_settings_are_refused(tmp_path):
     cfg = tiny(tmp_path, max_steps=2)
     train_vae(cfg)
+    first = json.loads((tmp_path / "vae" / "report.json").read_text())
     train_vae(cfg.replace(max_steps=4))
     assert [r["step"] for r in read_metrics(cfg.out_dir)] == [2, 4]
+    report = json.loads((tmp_path / "vae" / "report.json").read_text())  # the report and the scaling factor follow
+    assert report != first  # the continued weights, not the first run's
+    assert json.loads((tmp_path / "vae" / "config.json").read_text())["scaling_factor"] == report["scaling_factor"]
     with pytest.raises(ValueError, match="trained with other settings .*kl_weight"):
         train_vae(cfg.replace(kl_weight=0.1))
 
@@ -69,3 +73,10 @@ def test_a_folder_that_is_not_a_vae_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is not a ditkit VAE folder"):
         train_vae(tiny(tmp_path))
     assert (tmp_path / "vae" / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "vae").write_text("mine")
+    with pytest.raises(ValueError, match="is a file; choose another folder"):
+        train_vae(tiny(tmp_path))
+    assert (tmp_path / "vae").read_text() == "mine"
