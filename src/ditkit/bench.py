@@ -17,14 +17,14 @@ from typing import Any
 import torch
 
 from ditkit import backend
-from ditkit.config import DiffusionConfig, ModelConfig, SampleConfig, get_preset
+from ditkit.config import VAE_DOWNSAMPLE, ModelConfig, SampleConfig, default_diffusion, get_preset
 from ditkit.diffusion import diffusion_from_config
 from ditkit.distributed import resolve_device
 from ditkit.files import write_json
 from ditkit.flops import model_cost
 from ditkit.generate import generate, image_seeds
 from ditkit.model import DiT
-from ditkit.train import train_step, update_ema
+from ditkit.train import adamw, train_step, update_ema
 
 PAPER_STEPS = 250  # the paper's DDPM sampling steps
 FAST_STEPS = 20  # DPM-Solver++(2M) steps of the fast recipe
@@ -36,14 +36,7 @@ def matmul_peak(precision: str, device: torch.device, reps: int = 5) -> float:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     with backend.precision_scope("tf32" if precision == "tf32" else "fp32", device):
-        torch.mm(a, b)
-        times = []
-        for _ in range(reps):
-            _sync(device)
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+        _, times = _time(lambda: torch.mm(a, b), reps, device)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
@@ -54,11 +47,11 @@ def bench_training(
     torch.manual_seed(0)
     model = DiT(config).to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=True)
-    diffusion = diffusion_from_config(DiffusionConfig(learn_sigma=config.learn_sigma))
+    opt = adamw(model, lr=1e-4, weight_decay=0.0)
+    diffusion = diffusion_from_config(default_diffusion(config))
     net = torch.compile(model) if compile else model
     x = torch.randn(batch_size, config.in_channels, config.input_size, config.input_size, device=device)
-    y = torch.randint(0, max(config.num_classes, 1), (batch_size,), device=device) if config.num_classes else None
+    y = torch.randint(0, config.num_classes, (batch_size,), device=device) if config.num_classes else None
     generator = torch.Generator(device).manual_seed(0)
 
     def step() -> None:
@@ -75,7 +68,7 @@ def bench_sampling(
     """Seconds per guided sampling step (2 x batch rows) through `ditkit.generate`, without a VAE."""
     torch.manual_seed(0)
     model = DiT(config).to(device).eval()
-    labels = [i % max(config.num_classes, 1) for i in range(batch_size)] if config.num_classes else None
+    labels = [i % config.num_classes for i in range(batch_size)] if config.num_classes else None
     sample = SampleConfig(
         sampler="ddpm", num_steps=steps, cfg_scale=4.0 if config.has_null_class else 1.0,
         batch_size=batch_size, precision=precision, compile=compile,
@@ -102,7 +95,7 @@ def run_bench(
     to `out` when given."""
     dev = resolve_device(device)
     resolved = backend.resolve_precision(precision, dev)
-    config = get_preset(preset, input_size=image_size // 8)
+    config = get_preset(preset, input_size=image_size // VAE_DOWNSAMPLE)
     batch = batch_size or (256 if dev.type == "cuda" else 32)
     sample_rows = sample_batch or (128 if dev.type == "cuda" else 8)
     peaks = {"fp32": matmul_peak("fp32", dev)}

@@ -119,8 +119,8 @@ class FileLocked(ValueError):
 
     def __init__(self, path: Path, holder: dict[str, Any]):
         self.path, self.holder = path, holder
-        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
-        super().__init__(f"{str(path)!r} is held by {who}")
+        self.who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
+        super().__init__(f"{str(path)!r} is held by {self.who}")
 
 
 _HELD: set[str] = set()  # locks this process holds (a POSIX lock does not stop its own process)

@@ -100,11 +100,9 @@ def lock_run_dir(out_dir: str | os.PathLike, is_main: bool) -> Iterator[Path]:
             try:
                 stack.enter_context(exclusive_lock(run_dir / LOCK_FILE))
             except FileLocked as err:
-                holder = err.holder
-                who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
-                since = f" since {holder['since']}" if holder.get("since") else ""
+                since = f" since {err.holder['since']}" if err.holder.get("since") else ""
                 error = (
-                    f"run folder {str(run_dir)!r} is in use by {who}{since} (another `ditkit train`); wait for it "
+                    f"run folder {str(run_dir)!r} is in use by {err.who}{since} (another `ditkit train`); wait for it "
                     f"to finish, stop it (it checkpoints first), or pass another --out"
                 )
         error = distributed.broadcast_object(error)

@@ -32,6 +32,7 @@ from ditkit.distributed import resolve_device
 from ditkit.generate import batch_size_for, generate, image_seeds
 from ditkit.grid import save_grid
 from ditkit.run import SamplingModel, open_for_sampling
+from ditkit.stopping import one_line
 from ditkit.walk import class_walk, noise_walk, save_walk
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def whole_number(name: str, value: Any, low: int, high: int) -> int:
 
 def page_message(err: BaseException) -> str:
     """An exception as one line for the page (without the CLI's flag hints)."""
-    return _FLAG_HINT.sub("", " ".join(str(err).split())) or type(err).__name__
+    return _FLAG_HINT.sub("", one_line(err)) or type(err).__name__
 
 
 @contextlib.contextmanager

@@ -169,12 +169,16 @@ def build_model_and_optimizer(cfg: TrainConfig, device: torch.device) -> tuple[D
     model = model.to(device).train()
     model.grad_checkpointing = cfg.grad_checkpointing
     ema = copy.deepcopy(model).eval().requires_grad_(False)  # = update_ema(ema, model, 0)
-    kwargs = {"lr": cfg.lr, "betas": cfg.adam_betas, "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay}
-    try:
-        optimizer = torch.optim.AdamW(model.parameters(), fused=True, **kwargs)  # type: ignore[arg-type]
-    except (RuntimeError, TypeError):  # fused kernels missing for this device / torch build
-        optimizer = torch.optim.AdamW(model.parameters(), foreach=True, **kwargs)  # type: ignore[arg-type]
+    optimizer = adamw(model, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     return model, ema, optimizer
+
+
+def adamw(model: nn.Module, **kwargs: Any) -> torch.optim.Optimizer:
+    """AdamW over model's parameters: fused kernels, or foreach where this device / torch build has none."""
+    try:
+        return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(model.parameters(), foreach=True, **kwargs)
 
 
 # The loop.
