@@ -247,7 +247,7 @@ class PageSampler:
             with count_network_calls(model, total, on_step):
                 images = class_walk(model, a, b, seed_a, frames, config, **common)
         name = f"ditkit_walk_{next(self._jobs):04d}_{WALK_KINDS[kind]}"
-        return save_walk(enlarge(images, WALK_PIXELS), self.work_dir, name)["gif"]
+        return save_walk(enlarge(images, WALK_PIXELS), self.work_dir, name, formats=("gif",))["gif"]  # the page: a GIF
 
     def _generate(
         self, labels: list[int] | None, seeds: list[int], config: SampleConfig, on_step: OnStep | None

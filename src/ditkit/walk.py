@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,17 +127,24 @@ def make_walks(
     return made
 
 
-def save_walk(frames: np.ndarray, out_dir: str | Path, name: str, fps: int = 8) -> dict[str, Path]:
-    """Write `name`.gif, `name`_strip.png and, when ffmpeg exists, `name`.mp4 (each atomically); returns paths."""
+def save_walk(
+    frames: np.ndarray, out_dir: str | Path, name: str, fps: int = 8, formats: Sequence[str] = ("gif", "strip", "mp4")
+) -> dict[str, Path]:
+    """Write `name`.gif, `name`_strip.png and, when ffmpeg exists, `name`.mp4 (each atomically; those of
+    `formats`); returns {format: path}."""
     out_dir = Path(out_dir)
     images = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f) for f in frames]
-    paths = {"gif": out_dir / f"{name}.gif", "strip": out_dir / f"{name}_strip.png"}
-    with atomic_path(paths["gif"], durable=False) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    strip = np.concatenate(list(frames), axis=1)
-    with atomic_path(paths["strip"], durable=False) as tmp:
-        Image.fromarray(strip.squeeze(-1) if strip.shape[-1] == 1 else strip).save(tmp, format="PNG")
-    ffmpeg = shutil.which("ffmpeg")
+    paths = {}
+    if "gif" in formats:
+        paths["gif"] = out_dir / f"{name}.gif"
+        with atomic_path(paths["gif"], durable=False) as tmp:
+            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    if "strip" in formats:
+        paths["strip"] = out_dir / f"{name}_strip.png"
+        strip = np.concatenate(list(frames), axis=1)
+        with atomic_path(paths["strip"], durable=False) as tmp:
+            Image.fromarray(strip.squeeze(-1) if strip.shape[-1] == 1 else strip).save(tmp, format="PNG")
+    ffmpeg = shutil.which("ffmpeg") if "mp4" in formats else None
     if ffmpeg:
         mp4 = _encode_mp4(ffmpeg, images, out_dir / f"{name}.mp4", fps)
         if mp4 is not None:

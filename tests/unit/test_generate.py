@@ -12,7 +12,7 @@ from ditkit.classes import imagenet_class_names, parse_classes
 from ditkit.config import SampleConfig, get_preset
 from ditkit.generate import assemble_npz, generate, image_seed, job_labels, sample_npz
 from ditkit.model import DiT
-from ditkit.walk import class_walk, noise_walk, slerp
+from ditkit.walk import class_walk, noise_walk, save_walk, slerp
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,10 @@ def test_walk_frames(model: DiT) -> None:
         SampleConfig(sampler="ddim", num_steps=3, cfg_scale=4.0, batch_size=1, precision="fp32"),
     )
     np.testing.assert_allclose(walk[0].astype(int), first[0].astype(int), atol=1)
+
+
+def test_save_walk_writes_only_the_formats_asked_for(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    assert save_walk(frames, tmp_path, "w", formats=("gif",)) == {"gif": tmp_path / "w.gif"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.gif"]
+    assert {"gif", "strip"} <= set(save_walk(frames, tmp_path, "all"))  # the default: every format (mp4 with ffmpeg)
