@@ -131,7 +131,9 @@ def save(
     # Room first: what the new checkpoint makes redundant goes before it is written (never the newest of the
     # earlier ones: the one this run resumed from survives a failed write).
     prune(run_dir, keep_last=max(keep_last - 1, 1), milestone_every=milestone_every, before=step)
-    _check_free_space(root, step, [*model.state_dict().values(), *ema.state_dict().values(), *_tensors(optimizer)])
+    _check_free_space(
+        root, step, [*model.state_dict().values(), *ema.state_dict().values(), *_nested_tensors(optimizer.state)]
+    )
     name = checkpoint_name(step)
     tmp = temp_path(root / name)  # a temp folder, renamed when complete
     tmp.mkdir()
@@ -207,21 +209,18 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(path).free
 
 
-def _tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
-    return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor)]
-
-
 def non_finite(model: nn.Module, ema: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> str:
     """Which of the weights, the EMA weights and the optimizer state hold inf or NaN ("" when none does).
 
     One max-abs reduction per tensor and a single host sync (cheap enough for every log interval).
     """
+    state = _nested_tensors(optimizer.state) if optimizer is not None else []
     groups = {
         "the weights": list(model.parameters()),
         "the EMA weights": list(ema.parameters()) if ema is not None else [],
-        "the optimizer state": [t for t in _tensors(optimizer) if t.is_floating_point()] if optimizer else [],
+        "the optimizer state": [t for t in state if t.is_floating_point()],
     }
-    return ", ".join(_non_finite_groups({k: v for k, v in groups.items() if v}))
+    return ", ".join(_non_finite_groups(groups))
 
 
 def _non_finite_groups(groups: dict[str, Iterable[Tensor]]) -> list[str]:
