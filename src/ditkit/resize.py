@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ResizeMode = Literal["adm", "pytorch-fid"]
-RESIZE_MODES: tuple[str, ...] = ("adm", "pytorch-fid")
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+
+
+def check_resize(mode: str) -> None:
+    """ValueError naming `mode` and the choices unless it is one of RESIZE_MODES."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize {mode!r}; choose from {', '.join(RESIZE_MODES)}")
 
 
 def _legacy_taps(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -67,11 +73,10 @@ def tf1_resize_bilinear(x: Tensor, size: int | tuple[int, int] = 299) -> Tensor:
 
 def resize_for_inception(x: Tensor, mode: ResizeMode, size: int = 299) -> Tensor:
     """(N, C, H, W) pixels in [0, 255] -> (N, C, size, size) float32 with the `mode` resize (see module doc)."""
+    check_resize(mode)
     if mode == "adm":
         return tf1_resize_bilinear(x, size)
-    if mode == "pytorch-fid":
-        x = x.to(torch.float32)
-        if (x.shape[-2], x.shape[-1]) == (size, size):
-            return x
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    raise ValueError(f"unknown resize {mode!r}; choose from {', '.join(RESIZE_MODES)}")
+    x = x.to(torch.float32)  # pytorch-fid
+    if (x.shape[-2], x.shape[-1]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
