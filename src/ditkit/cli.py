@@ -238,13 +238,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as err:
         from ditkit.stopping import exit_status  # user errors and stopped runs: exit code and one line
 
-        inputs = [str(v) for k, v in vars(args).items() if k in ("ckpt", "data", "ref", "samples", "source") and v]
+        inputs = [str(v) for k, v in vars(args).items() if k in _INPUT_ARGS and v]
         status = None if args.verbose else exit_status(err, inputs)
         if status is None:
             raise
         print(f"ditkit {args.command}: {status[1]}", file=sys.stderr)
         return status[0]
     return 0
+
+
+_INPUT_ARGS = ("ckpt", "data", "ref", "samples", "source", "run")  # named when a damaged input file names none
 
 
 def _outputs(args: argparse.Namespace, *paths: str | Path) -> None:

@@ -81,6 +81,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bad_png_dir": root / "bad_png",
         "no_ckpt_dir": root / "no_ckpt",
         "bad_toml": root / "bad.toml",
+        "broken_cfg_run": root / "broken_cfg_run",
     }
     files["bad_toml"].write_text("[study\nname = = 'x'\n")
     files["empty_st"].write_bytes(b"")
@@ -103,6 +104,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (files["bad_png_dir"] / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     files["no_ckpt_dir"].mkdir()
     (files["no_ckpt_dir"] / "notes.txt").write_text("not a run\n")
+    shutil.copytree(run, files["broken_cfg_run"])
+    (files["broken_cfg_run"] / "config.json").write_text("{broken")
     return {**files, **_malicious_files(root)}
 
 
@@ -220,6 +223,7 @@ CASES: list[tuple] = [
     ("export-out-is-folder", "export {run} {out}", ("target",)),
     ("export-no-checkpoint", "export {no_ckpt_dir} {out}/e.safetensors", ("no_ckpt",)),
     ("export-junk-weights", "export {junk_st} {out}/e.safetensors", ("junk.safetensors",)),
+    ("export-broken-run-config", "export {broken_cfg_run} {out}/pipe --format diffusers", ("broken_cfg_run",)),
     # extract-latents
     ("latents-batch-zero", "extract-latents --data digits --out {out}/s --vae x --batch-size 0", ("--batch-size", "0")),
     ("latents-no-vae", "extract-latents --data {samples} --out {out}/s --vae none", ("--vae",)),
