@@ -15,12 +15,12 @@ import json
 import time
 from pathlib import Path
 
-from ditkit.classifier import digits_metrics, load_digit_classifier
-from ditkit.data import frame_digits
-from ditkit.generate import generate, image_seeds, job_labels
-from ditkit.recipes import DEMO_REPORT_IMAGE_SIZE, DEMO_SAMPLING, demo_train_config
-from ditkit.run import open_for_sampling
-from ditkit.train import train
+from ditkit.config.recipes import DEMO_REPORT_IMAGE_SIZE, DEMO_SAMPLING, demo_train_config
+from ditkit.data.datasets import frame_digits
+from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifier
+from ditkit.sampling.generate import generate, image_seeds, job_labels
+from ditkit.training.loop import train
+from ditkit.training.run import open_for_sampling
 
 VARIANTS: dict[str, dict] = {
     "base1800": {"max_steps": 1800},

@@ -18,9 +18,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ditkit.config import DiffusionConfig, get_preset
-from ditkit.diffusion import diffusion_from_config
-from ditkit.model import DiT
-from ditkit.train import train_step, update_ema
+from ditkit.diffusion.gaussian import diffusion_from_config
+from ditkit.model.dit import DiT
+from ditkit.training.loop import train_step, update_ema
 
 GROUPS = [
     ("gemm", r"gemm|cutlass|sm90_xmma|nvjet|cublas|matmul"),

@@ -1,4 +1,4 @@
-"""Sampling speed per step on one GPU: the official sample.py loop against `ditkit.generate`, same weights.
+"""Sampling speed per step on one GPU: the official sample.py loop against `ditkit.sampling.generate`, same weights.
 
 DiT-XL/2 (random weights, 256 px latents), 32 images with classifier-free guidance (64 network rows,
 cfg 4 on 3 channels as sample.py), DDPM with the learned variance. Each variant samples `--steps` respaced
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from ditkit.config import DiffusionConfig, SampleConfig, get_preset
-from ditkit.generate import generate, image_seeds
-from ditkit.model import DiT
+from ditkit.model.dit import DiT
+from ditkit.sampling.generate import generate, image_seeds
 
 
 def _timed(fn, device: torch.device) -> float:

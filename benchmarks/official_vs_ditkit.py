@@ -132,11 +132,11 @@ def official_step_fn(args: argparse.Namespace, device: torch.device, x: torch.Te
 
 
 def ditkit_step_fn(args: argparse.Namespace, device: torch.device, x: torch.Tensor, y: torch.Tensor):
-    from ditkit import backend
     from ditkit.config import DiffusionConfig, get_preset
-    from ditkit.diffusion import diffusion_from_config
-    from ditkit.model import DiT
-    from ditkit.train import train_step, update_ema
+    from ditkit.diffusion.gaussian import diffusion_from_config
+    from ditkit.model.dit import DiT
+    from ditkit.runtime import backend
+    from ditkit.training.loop import train_step, update_ema
 
     config = get_preset(args.preset, input_size=args.latent_size)
     torch.manual_seed(0)

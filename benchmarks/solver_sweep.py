@@ -18,12 +18,12 @@ import json
 import time
 from pathlib import Path
 
-from ditkit.classifier import digits_metrics, load_digit_classifier
 from ditkit.config import SampleConfig
-from ditkit.data import frame_digits
-from ditkit.generate import generate, image_seeds, job_labels
-from ditkit.recipes import DEMO_REPORT_IMAGE_SIZE
-from ditkit.run import open_for_sampling
+from ditkit.config.recipes import DEMO_REPORT_IMAGE_SIZE
+from ditkit.data.datasets import frame_digits
+from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifier
+from ditkit.sampling.generate import generate, image_seeds, job_labels
+from ditkit.training.run import open_for_sampling
 
 CANDIDATES = [("ddpm", 250), ("dpm++2m", 10), ("dpm++2m", 15), ("dpm++2m", 20), ("dpm++2m", 25), ("ddim", 25),
               ("ddim", 50)]  # fmt: skip

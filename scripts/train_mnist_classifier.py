@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from ditkit.classifier import train_classifier
+from ditkit.metrics.digit_classifier import train_classifier
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "ditkit" / "assets" / "mnist_classifier.safetensors"
 

@@ -22,8 +22,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from ditkit.run import open_for_sampling
-from ditkit.serve import PageSampler, build_app, launch
+from ditkit.apps.serve import PageSampler, build_app, launch
+from ditkit.training.run import open_for_sampling
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ditkit.config import ModelConfig, get_preset
-from ditkit.model import DiT
+from ditkit.model.dit import DiT
 
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 

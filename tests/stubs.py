@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ditkit.evaluate import FEATURE_KINDS
-from ditkit.imageset import check_images
+from ditkit.data.image_files import check_images
+from ditkit.metrics.evaluate import FEATURE_KINDS
 
 
 class RandomFeatureExtractor(torch.nn.Module):

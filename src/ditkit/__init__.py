@@ -11,24 +11,24 @@ from typing import Any
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "DiT": "ditkit.model",
+    "DiT": "ditkit.model.dit",
     "ModelConfig": "ditkit.config",
     "DiffusionConfig": "ditkit.config",
     "SampleConfig": "ditkit.config",
     "TrainConfig": "ditkit.config",
     "PRESETS": "ditkit.config",
     "get_preset": "ditkit.config",
-    "load_dit": "ditkit.loading",
-    "load_model": "ditkit.loading",
-    "open_for_sampling": "ditkit.run",
-    "build_train_config": "ditkit.run",
-    "create_diffusion": "ditkit.diffusion",
-    "sample_loop": "ditkit.sample",
-    "generate": "ditkit.generate",
-    "train": "ditkit.train",
-    "evaluate_samples": "ditkit.evaluate",
-    "frechet_distance": "ditkit.evaluate",
-    "model_cost": "ditkit.flops",
+    "load_dit": "ditkit.model.weights",
+    "load_model": "ditkit.model.weights",
+    "open_for_sampling": "ditkit.training.run",
+    "build_train_config": "ditkit.training.run",
+    "create_diffusion": "ditkit.diffusion.gaussian",
+    "sample_loop": "ditkit.diffusion.samplers",
+    "generate": "ditkit.sampling.generate",
+    "train": "ditkit.training.loop",
+    "evaluate_samples": "ditkit.metrics.evaluate",
+    "frechet_distance": "ditkit.metrics.evaluate",
+    "model_cost": "ditkit.model.flops",
 }
 __all__ = ["__version__", *_EXPORTS]
 

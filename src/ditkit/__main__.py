@@ -2,6 +2,6 @@
 
 import sys
 
-from ditkit.cli import main
+from ditkit.cli.main import main
 
 sys.exit(main())

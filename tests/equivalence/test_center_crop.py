@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from ditkit.data import center_crop_arr
+from ditkit.data.datasets import center_crop_arr
 
 REFERENCE = load_file(Path(__file__).parents[1] / "fixtures" / "center_crop.safetensors")
 CASES = sorted(key[len("in_") :] for key in REFERENCE if key.startswith("in_"))

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ditkit.config import DiffusionConfig
-from ditkit.diffusion import create_diffusion, space_timesteps
-from ditkit.model import DiT
-from ditkit.sample import ddpm_step, guided_denoiser, model_denoiser, sample_loop
+from ditkit.diffusion.gaussian import create_diffusion, space_timesteps
+from ditkit.diffusion.samplers import ddpm_step, guided_denoiser, model_denoiser, sample_loop
+from ditkit.model.dit import DiT
 from numerics import OPS_ELEMENTWISE, OPS_FORWARD, OPS_PER_SAMPLING_STEP, assert_fp32_close
 
 DDIM25_OPS = OPS_FORWARD + 25 * OPS_PER_SAMPLING_STEP  # 25 model calls, each feeding the next

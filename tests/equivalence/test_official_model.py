@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditkit.loading import load_dit
-from ditkit.model import DiT
-from ditkit.sample import guided_denoiser
+from ditkit.diffusion.samplers import guided_denoiser
+from ditkit.model.dit import DiT
+from ditkit.model.weights import load_dit
 from numerics import OPS_ELEMENTWISE, OPS_FORWARD, assert_fp32_close
 
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from ditkit.config import get_preset
-from ditkit.loading import save_weights
-from ditkit.model import DiT
+from ditkit.model.dit import DiT
+from ditkit.model.weights import save_weights
 
 from .test_cli import invoke
 
@@ -321,7 +321,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
 
 
 def test_the_table_covers_every_subcommand_and_sixty_cases() -> None:
-    from ditkit.cli import build_parser
+    from ditkit.cli.main import build_parser
 
     commands = {c[1].split()[0] for c in CASES}
     parser = build_parser()
@@ -341,7 +341,7 @@ def test_messages_name_only_flags_that_exist() -> None:
     import argparse
     import re
 
-    from ditkit.cli import build_parser
+    from ditkit.cli.main import build_parser
 
     flags: set[str] = set()
 
@@ -383,7 +383,7 @@ class _Unprintable(ValueError):
     ],
 )
 def test_errors_read_as_one_line_with_the_path(err: BaseException, expected: str) -> None:
-    from ditkit.stopping import exit_status
+    from ditkit.runtime.stopping import exit_status
 
     code, line = exit_status(err, ["in.npz"])
     assert code == (130 if isinstance(err, KeyboardInterrupt) else 2)

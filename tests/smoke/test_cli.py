@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.cli import main
+from ditkit.cli.main import main
 from ditkit.config import get_preset
-from ditkit.loading import save_weights
-from ditkit.model import DiT
+from ditkit.model.dit import DiT
+from ditkit.model.weights import save_weights
 
 DITKIT = shutil.which("ditkit") or str(Path(sys.executable).with_name("ditkit"))
 SUBCOMMANDS = [
@@ -50,7 +50,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def invoke(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`ditkit ARGS` through `ditkit.cli.main` in this process: the same code path as `run` without paying
+    """`ditkit ARGS` through `ditkit.cli.main.main` in this process: the same code path as `run` without paying
     ~5 s of torch start-up per command (torch.optim imports the compiler stack). Log lines go to stderr."""
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
@@ -78,7 +78,7 @@ def test_help_for_every_subcommand() -> None:
 
 
 def test_help_does_not_import_torch() -> None:
-    code = "import sys; from ditkit.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from ditkit.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 

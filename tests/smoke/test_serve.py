@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from ditkit.config import get_preset
-from ditkit.loading import save_weights
-from ditkit.model import DiT
+from ditkit.model.dit import DiT
+from ditkit.model.weights import save_weights
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -74,8 +74,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_tiny(folder: Path, num_classes: int = 10) -> Iterator[str]:
     """The page over a saved DiT-T/2 (8x8 pixels, 1 channel) on 127.0.0.1:<free port>; yields its URL."""
-    from ditkit.run import open_for_sampling
-    from ditkit.serve import PageSampler, build_app, launch
+    from ditkit.apps.serve import PageSampler, build_app, launch
+    from ditkit.training.run import open_for_sampling
 
     config = get_preset("DiT-T/2", in_channels=1, num_classes=num_classes)
     torch.manual_seed(0)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ditkit.demo import demo_train_config
-from ditkit.loading import load_dit, read_diffusion_config
+from ditkit.apps.demo import demo_train_config
+from ditkit.model.weights import load_dit, read_diffusion_config
 
 from .test_cli import invoke, run
 

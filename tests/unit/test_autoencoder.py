@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from ditkit.autoencoder import Autoencoder, load_vae, make_tiny_vae, to_uint8
 from ditkit.config import VAE_LATENT_SCALE
+from ditkit.data.autoencoder import Autoencoder, load_vae, make_tiny_vae, to_uint8
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Precision choice and process settings (ditkit.backend)."""
+"""Precision choice and process settings (ditkit.runtime.backend)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ditkit import backend
+from ditkit.runtime import backend
 
 
 def test_auto_is_bf16_on_cuda_and_follows_the_probe_on_cpus(monkeypatch):

@@ -1,8 +1,8 @@
-"""`ditkit bench`'s table (ditkit.bench.format_report); the measurements themselves run in benchmarks, not tests."""
+"""`ditkit bench`'s table (ditkit.apps.bench.format_report); the measurements run in benchmarks, not tests."""
 
 from __future__ import annotations
 
-from ditkit.bench import format_report
+from ditkit.apps.bench import format_report
 
 
 def test_the_table_names_the_peak_the_fraction_was_taken_against():

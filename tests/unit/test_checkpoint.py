@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit import checkpoint
 from ditkit.config import get_preset
-from ditkit.loading import load_dit
-from ditkit.model import DiT
+from ditkit.model.dit import DiT
+from ditkit.model.weights import load_dit
+from ditkit.training import checkpoint
 
 
 def _trained_triplet(seed: int = 0) -> tuple[DiT, DiT, torch.optim.Optimizer]:

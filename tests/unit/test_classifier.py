@@ -1,4 +1,4 @@
-"""Unit tests for ditkit.classifier: the shipped MNIST classifier and the digit metrics."""
+"""Unit tests for ditkit.metrics.digit_classifier: the shipped MNIST classifier and the digit metrics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit import classifier as clf
-from ditkit.evaluate import evaluate_samples, ref_stats
+from ditkit.metrics import digit_classifier as clf
+from ditkit.metrics.evaluate import evaluate_samples, ref_stats
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Datasets (ditkit.data), the deterministic resumable loader (ditkit.loader) and the latent store."""
+"""Datasets (ditkit.data.datasets), the deterministic resumable loader (ditkit.data.loader) and the latent store."""
 
 import json
 import pickle
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ditkit.config import VAE_LATENT_SCALE
-from ditkit.data import (
+from ditkit.data.datasets import (
     DigitsDataset,
     EmbeddedMNIST,
     ImageFolderDataset,
@@ -22,8 +22,8 @@ from ditkit.data import (
     frame_digits,
     load_mnist_arrays,
 )
-from ditkit.latents import LatentStore, extract_latents, store_progress
-from ditkit.loader import build_loader, check_num_classes, open_dataset, steps_per_epoch
+from ditkit.data.latent_store import LatentStore, extract_latents, store_progress
+from ditkit.data.loader import build_loader, check_num_classes, open_dataset, steps_per_epoch
 
 N_ITEMS, SIZE = 20, 16
 
@@ -313,7 +313,7 @@ def test_store_draws_fresh_posterior_samples_and_flips(fake_store: Path):
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from ditkit.autoencoder import load_vae, make_tiny_vae
+    from ditkit.data.autoencoder import load_vae, make_tiny_vae
 
     return load_vae(str(make_tiny_vae(tmp_path_factory.mktemp("vae") / "tiny")))
 

@@ -1,4 +1,4 @@
-"""Gaussian diffusion (ditkit.diffusion): schedules, the forward process, losses and respacing."""
+"""Gaussian diffusion (ditkit.diffusion.gaussian): schedules, the forward process, losses and respacing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ditkit.diffusion import (
+from ditkit.diffusion.gaussian import (
     GaussianDiffusion,
     cosine_beta_schedule,
     create_diffusion,

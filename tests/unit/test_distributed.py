@@ -12,16 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ditkit import distributed
 from ditkit.config import TrainConfig, get_preset
-from ditkit.train import train
+from ditkit.runtime import distributed
+from ditkit.training.loop import train
 from numerics import OPS_BACKWARD, approx_fp32, assert_fp32_close
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = """
 import json, sys
 from ditkit.config import TrainConfig
-from ditkit.train import train
+from ditkit.training.loop import train
 train(TrainConfig.from_dict(json.load(open(sys.argv[1]))))
 """
 

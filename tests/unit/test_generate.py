@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.classes import imagenet_class_names, parse_classes
 from ditkit.config import SampleConfig, get_preset
-from ditkit.generate import assemble_npz, generate, image_seed, job_labels, sample_npz
-from ditkit.model import DiT
-from ditkit.walk import class_walk, noise_walk, save_walk, slerp
+from ditkit.data.class_names import imagenet_class_names, parse_classes
+from ditkit.model.dit import DiT
+from ditkit.sampling.generate import assemble_npz, generate, image_seed, job_labels, sample_npz
+from ditkit.sampling.walk import class_walk, noise_walk, save_walk, slerp
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ditkit.grid import make_grid, plot_curves, save_grid, smooth
+from ditkit.sampling.grid import make_grid, plot_curves, save_grid, smooth
 
 
 def test_make_grid_places_images_row_major():

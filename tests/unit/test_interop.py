@@ -23,12 +23,12 @@ pytest.importorskip("diffusers")
 
 from diffusers import DiTPipeline, DiTTransformer2DModel
 
-from ditkit import checkpoint
-from ditkit.autoencoder import make_tiny_vae
-from ditkit.cli import main
+from ditkit.cli.main import main
 from ditkit.config import DiffusionConfig, ModelConfig, TrainConfig, get_preset
-from ditkit.diffusion import space_timesteps
-from ditkit.interop import (
+from ditkit.data.autoencoder import make_tiny_vae
+from ditkit.diffusion.gaussian import space_timesteps
+from ditkit.diffusion.samplers import sample_loop
+from ditkit.interop.diffusers_format import (
     SIDECAR_FILE,
     _default_class_names,
     build_transformer,
@@ -43,9 +43,9 @@ from ditkit.interop import (
     to_diffusers,
     transformer_config,
 )
-from ditkit.loading import load_dit, load_model
-from ditkit.model import DiT
-from ditkit.sample import sample_loop
+from ditkit.model.dit import DiT
+from ditkit.model.weights import load_dit, load_model
+from ditkit.training import checkpoint
 
 VARIANTS = {
     "adaln_zero": get_preset("DiT-T/2"),

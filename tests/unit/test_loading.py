@@ -1,4 +1,4 @@
-"""Loading weights (ditkit.loading): ditkit files, official checkpoints, config inference, strict errors."""
+"""Loading weights (ditkit.model.weights): ditkit files, official checkpoints, config inference, strict errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from ditkit.config import BLOCK_DESIGNS, get_preset
-from ditkit.loading import (
+from ditkit.model.dit import DiT
+from ditkit.model.weights import (
     infer_config,
     load_dit,
     load_strict,
@@ -18,7 +19,6 @@ from ditkit.loading import (
     resolve_weights_path,
     save_weights,
 )
-from ditkit.model import DiT
 
 
 def _assert_same_weights(model, state_dict):
@@ -209,7 +209,7 @@ def test_public_api_is_exported_from_the_package():
 
 def test_weights_carry_the_training_diffusion(tmp_path):
     from ditkit.config import DiffusionConfig
-    from ditkit.loading import read_diffusion_config
+    from ditkit.model.weights import read_diffusion_config
 
     model = DiT(get_preset("DiT-T/2", learn_sigma=False))
     trained = DiffusionConfig(learn_sigma=False, noise_schedule="cosine", predict_xstart=True)

@@ -1,4 +1,4 @@
-"""The DiT model (ditkit.model): shapes, the official initialisation, embeddings, attention, manifests."""
+"""The DiT model (ditkit.model.dit): shapes, the official initialisation, embeddings, attention, manifests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ditkit.config import BLOCK_DESIGNS, PRESETS, get_preset
-from ditkit.model import DiT, LabelEmbedder, num_parameters, sincos_pos_embed_2d, timestep_embedding
+from ditkit.model.dit import DiT, LabelEmbedder, num_parameters, sincos_pos_embed_2d, timestep_embedding
 from numerics import OPS_BACKWARD, OPS_FORWARD, assert_fp32_close
 
 

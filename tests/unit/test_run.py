@@ -1,4 +1,4 @@
-"""Run folders (ditkit.run): the TrainConfig built from user choices, metrics.jsonl, opening a run to sample."""
+"""Run folders (ditkit.training.run): the TrainConfig built from user choices, metrics.jsonl, opening a run."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ import torch
 import torch.nn.functional as F
 
 from ditkit.config import get_preset
-from ditkit.data import NpzDataset
-from ditkit.latents import extract_latents
-from ditkit.loading import save_weights
-from ditkit.model import DiT
-from ditkit.recipes import demo_train_config
-from ditkit.run import (
+from ditkit.config.recipes import demo_train_config
+from ditkit.data.datasets import NpzDataset
+from ditkit.data.latent_store import extract_latents
+from ditkit.model.dit import DiT
+from ditkit.model.weights import save_weights
+from ditkit.training.loop import train
+from ditkit.training.run import (
     append_metrics,
     build_train_config,
     open_for_sampling,
     read_metrics,
     trim_metrics,
 )
-from ditkit.train import train
 
 
 def _npz(path: Path, channels: int, labels: bool) -> Path:
@@ -94,7 +94,7 @@ def test_open_for_sampling_needs_a_vae_for_latent_models(tmp_path):
 
 
 def test_run_folder_checks_refuse_what_is_not_a_ditkit_run_and_change_nothing(tmp_path):
-    from ditkit.run import CONFIG_FILE, LOCK_FILE, LOG_FILE, prepare_run_dir, write_run_config
+    from ditkit.training.run import CONFIG_FILE, LOCK_FILE, LOG_FILE, prepare_run_dir, write_run_config
 
     cfg = demo_train_config(tmp_path / "run")
     (tmp_path / "run").mkdir()

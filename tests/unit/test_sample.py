@@ -1,4 +1,4 @@
-"""Samplers and guidance (ditkit.sample): seeds, batch independence, Gaussian data, inversion, CFG."""
+"""Samplers and guidance (ditkit.diffusion.samplers): seeds, batch independence, Gaussian data, inversion, CFG."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ditkit.config import DiffusionConfig, get_preset
-from ditkit.diffusion import create_diffusion
-from ditkit.sample import (
+from ditkit.diffusion.gaussian import create_diffusion
+from ditkit.diffusion.samplers import (
     GlobalNoise,
     SeedNoise,
     ddim_invert,
@@ -350,7 +350,7 @@ def test_guidance_needs_a_null_class(make_model):
 def test_guidance_on_unconditional_model_warns(make_model, caplog):
     model = make_model(get_preset("DiT-T/2", num_classes=0))
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([10])
-    with caplog.at_level(logging.WARNING, logger="ditkit.sample"):
+    with caplog.at_level(logging.WARNING, logger="ditkit.diffusion.samplers"):
         denoise = make_denoiser(model, None, cfg_scale=4.0)
     assert "no effect" in caplog.text
     with torch.no_grad():

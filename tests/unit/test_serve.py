@@ -1,4 +1,4 @@
-"""The web page's request handling (ditkit.serve.PageSampler) without Gradio or a browser, and `ditkit serve`'s
+"""The web page's request handling (ditkit.apps.serve.PageSampler) without Gradio or a browser, and `ditkit serve`'s
 command line. The page itself, in headless Chromium: tests/smoke/test_serve.py (slow set)."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ditkit import serve
-from ditkit.cli import build_parser, main
+from ditkit.apps import serve
+from ditkit.apps.demo import summary
+from ditkit.apps.serve import PageSampler, page_message, whole_number
+from ditkit.cli.main import build_parser, main
 from ditkit.config import default_diffusion, get_preset
-from ditkit.demo import summary
-from ditkit.generate import generate, image_seeds
-from ditkit.grid import make_grid
-from ditkit.model import DiT
-from ditkit.run import SamplingModel
-from ditkit.serve import PageSampler, page_message, whole_number
+from ditkit.model.dit import DiT
+from ditkit.sampling.generate import generate, image_seeds
+from ditkit.sampling.grid import make_grid
+from ditkit.training.run import SamplingModel
 
 STEPS = 5  # the tiny model samples in milliseconds; the checks are about the plumbing
 

@@ -1,4 +1,4 @@
-"""`ditkit study` (ditkit.study): specs, summaries with seed spreads and correlations, writers, resume."""
+"""`ditkit study` (ditkit.apps.study): specs, summaries with seed spreads and correlations, writers, resume."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ditkit import study
-from ditkit.study import StudyConfig, StudySpec, load_spec, run_study, spec_from_dict, summarize
+from ditkit.apps import study
+from ditkit.apps.study import StudyConfig, StudySpec, load_spec, run_study, spec_from_dict, summarize
 
 
 def test_built_in_specs_parse():

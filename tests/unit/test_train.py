@@ -16,16 +16,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ditkit import monitor as monitor_mod
-from ditkit import stopping
 from ditkit.config import DiffusionConfig, SampleConfig, TrainConfig, get_preset, validate_for_world
-from ditkit.diffusion import diffusion_from_config
-from ditkit.generate import generate, image_seeds
-from ditkit.loading import load_dit
-from ditkit.model import DiT
-from ditkit.run import read_run_config
-from ditkit.stopping import NonFiniteLoss
-from ditkit.train import draw_step, ema_decay_at, lr_at, train, train_step, update_ema
+from ditkit.diffusion.gaussian import diffusion_from_config
+from ditkit.model.dit import DiT
+from ditkit.model.weights import load_dit
+from ditkit.runtime import stopping
+from ditkit.runtime.stopping import NonFiniteLoss
+from ditkit.sampling.generate import generate, image_seeds
+from ditkit.training import monitor as monitor_mod
+from ditkit.training.loop import draw_step, ema_decay_at, lr_at, train, train_step, update_ema
+from ditkit.training.run import read_run_config
 from numerics import OPS_BACKWARD, OPS_ELEMENTWISE, approx_fp32, assert_fp32_close
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -381,9 +381,9 @@ def test_unconditional_model_trains(tmp_path):
 def test_extract_latents_then_train_and_online_vae(tmp_path):
     """Latent space end to end with a tiny random VAE (downsample 2): a latent store, then online encoding."""
     pytest.importorskip("diffusers")
-    from ditkit.autoencoder import load_vae, make_tiny_vae
-    from ditkit.data import DigitsDataset
-    from ditkit.latents import extract_latents
+    from ditkit.data.autoencoder import load_vae, make_tiny_vae
+    from ditkit.data.datasets import DigitsDataset
+    from ditkit.data.latent_store import extract_latents
 
     vae_dir = make_tiny_vae(tmp_path / "vae", in_channels=1)
     vae = load_vae(str(vae_dir))
@@ -458,7 +458,7 @@ def test_digits_metrics_are_logged_for_mnist(tmp_path):
     assert "eval_accuracy" not in lines[0]
     # The logged numbers are those of the final EMA's class-balanced samples (seeds image_seed(eval_seed, i),
     # labels i % 10), scored by the shipped classifier: recompute them from the saved checkpoint.
-    from ditkit.classifier import digits_metrics
+    from ditkit.metrics.digit_classifier import digits_metrics
 
     indices = list(range(cfg.num_eval_samples))
     labels = [i % 10 for i in indices]
@@ -491,7 +491,7 @@ def test_inception_fid_is_logged_for_rgb_images(tmp_path):
     """FID monitoring with the real FID Inception (reference: statistics of training images); ~1 min on CPU."""
     import numpy as np
 
-    from ditkit.inception import load_inception
+    from ditkit.metrics.inception import load_inception
 
     try:
         load_inception()

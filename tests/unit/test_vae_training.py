@@ -1,4 +1,4 @@
-"""`ditkit train-vae` (ditkit.vae_training): layout, resume, the recorded scaling factor, and its use downstream."""
+"""`ditkit train-vae` (ditkit.training.autoencoder_training): layout, resume, the recorded scaling factor, its use."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 
 pytest.importorskip("diffusers", reason="needs the vae extra (diffusers)")
 
-from ditkit.autoencoder import load_vae, vae_geometry
 from ditkit.config import VAETrainConfig
-from ditkit.run import read_metrics
-from ditkit.vae_training import train_vae
+from ditkit.data.autoencoder import load_vae, vae_geometry
+from ditkit.training.autoencoder_training import train_vae
+from ditkit.training.run import read_metrics
 
 
 def tiny(tmp_path, **changes) -> VAETrainConfig:

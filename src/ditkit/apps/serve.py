@@ -1,0 +1,443 @@
+"""A local web page to sample from a trained DiT: a class grid with a progress bar, and latent walks (Gradio).
+
+`ditkit serve --ckpt PATH` opens the model once and serves http://127.0.0.1:7860. Requests wait in one
+queue and run one at a time, so users never share a job. `PageSampler` is the request handling in plain
+Python (bad input raises ValueError); `build_app` puts Gradio over it and shows those errors in the page.
+Gradio is the optional `web` extra (pip install 'ditkit[web]') and is imported by this module only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import itertools
+import logging
+import math
+import os
+import re
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ditkit.config import SAMPLERS, WALK_SAMPLING, SampleConfig
+from ditkit.data.class_names import caption, class_names, parse_classes
+from ditkit.runtime.distributed import resolve_device
+from ditkit.runtime.stopping import one_line
+from ditkit.sampling.generate import batch_size_for, generate, image_seeds
+from ditkit.sampling.grid import save_grid
+from ditkit.sampling.walk import class_walk, noise_walk, save_walk
+from ditkit.training.run import SamplingModel, open_for_sampling
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"  # this machine only; another host only when asked (--host)
+DEFAULT_PORT = 7860
+PAGE_SAMPLING = WALK_SAMPLING  # the page's starting values: DDIM 50 steps, cfg 4 (5x fewer steps than DDPM 250)
+MAX_STEPS = 1000  # and at most the length of the model's training chain
+MAX_PER_CLASS = 16
+MAX_IMAGES = 64  # per grid request: a request holds the queue while it runs
+MAX_FRAMES = 64
+MAX_SEED = 2**63 - 1
+MAX_QUEUE = 32  # requests waiting; more are turned away with a message
+TILE_PIXELS = 96  # small images are enlarged (nearest neighbours) to about this size in the grid
+WALK_PIXELS = 192  # ... and walk frames to about this size
+GUIDANCE = {"all channels": "all", "first 3 channels (official DiT)": 3}
+WALK_KINDS = {"noise: seed A to seed B": "noise", "class: A to B": "class"}
+WALK_SAMPLERS = ("ddim", "dpm++2m")  # deterministic: a frame is a smooth function of its inputs
+FIRST_IMAGENET_CLASSES = (207, 360, 387, 974)  # golden retriever, otter, lesser panda, geyser (official sample.py)
+_GRADIO = "gradio"  # the module the `web` extra installs
+_FLAG_HINT = re.compile(r"\s*\(--[a-z0-9-]+\)")  # "(--cfg-scale)": CLI advice, meaningless in the page
+
+OnStep = Callable[[int, int], None]  # (network calls done, calls in the job)
+
+
+# Request handling (no Gradio).
+
+
+def whole_number(name: str, value: Any, low: int, high: int) -> int:
+    """`value` (a page field: int, float or text) as an int in low..high, or a ValueError naming the field."""
+    number: int | float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, (float, str)):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None or not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}; got {value!r}")
+    return int(number)
+
+
+def page_message(err: BaseException) -> str:
+    """An exception as one line for the page (without the CLI's flag hints)."""
+    return _FLAG_HINT.sub("", one_line(err)) or type(err).__name__
+
+
+@contextlib.contextmanager
+def count_network_calls(model: nn.Module, total: int, on_step: OnStep | None) -> Iterator[None]:
+    """Report each forward pass of `model` (one per sampling step and batch) as on_step(done, total)."""
+    if on_step is None:
+        yield
+        return
+    done = 0
+
+    def hook(*_: Any) -> None:
+        nonlocal done
+        done += 1
+        on_step(min(done, total), total)
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def enlarge(images: np.ndarray, pixels: int) -> np.ndarray:
+    """(N, H, W, C) uint8 enlarged by a whole factor (nearest neighbours) to about `pixels` high."""
+    scale = max(1, pixels // images.shape[1])
+    return images.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else images
+
+
+class PageSampler:
+    """The model, opened once, and what the page asks of it: grids and walks into `work_dir`.
+
+    Every field arrives as the page sends it (numbers may be floats or None, classes are text); bad values
+    raise ValueError with a message meant for the page. Not thread-safe: the app runs one job at a time.
+    """
+
+    def __init__(self, opened: SamplingModel, work_dir: str | os.PathLike) -> None:
+        self.opened = opened
+        self.config = opened.model.config
+        self.num_classes = self.config.num_classes
+        self.work_dir = Path(work_dir)
+        self.max_steps = min(MAX_STEPS, opened.diffusion.num_train_steps)
+        self._jobs = itertools.count()
+
+    # What the page shows.
+
+    def class_choices(self) -> list[str]:
+        """'207 golden retriever' for ImageNet models, the bare id ('7') otherwise (digits for the demo)."""
+        named = class_names(self.num_classes) is not None
+        return [caption(i, self.num_classes) if named else str(i) for i in range(self.num_classes)]
+
+    def default_classes(self) -> list[str]:
+        ids = FIRST_IMAGENET_CLASSES if class_names(self.num_classes) else range(min(self.num_classes, 10))
+        return [self.class_choices()[i] for i in ids]
+
+    def describe(self) -> str:
+        """One line about the model, for the page's header."""
+        c = self.config
+        space = "pixel space" if self.opened.vae is None else f"{c.in_channels}-channel latents decoded by a VAE"
+        classes = f"{self.num_classes} classes" if self.num_classes else "unconditional"
+        device = next(self.opened.model.parameters()).device
+        return (
+            f"DiT: depth {c.depth}, width {c.hidden_size}, patch {c.patch_size}; {c.input_size}x{c.input_size} "
+            f"{space}; {classes}; sampling on {device}"
+        )
+
+    # Parsing the fields.
+
+    def parse_classes(self, values: str | Sequence[str] | None, field: str = "classes") -> list[int]:
+        """Class ids from the page's choices ('207 golden retriever', '7'), ids or ImageNet names."""
+        items = [values] if isinstance(values, str) else list(values or [])
+        items = [str(v).strip() for v in items if str(v).strip()]
+        if not items:
+            raise ValueError(f"choose at least one class ({field})")
+        choices = {label.lower(): i for i, label in enumerate(self.class_choices())}
+        ids = []
+        for item in items:
+            if item.lower() in choices:
+                ids.append(choices[item.lower()])
+                continue
+            try:
+                ids.extend(parse_classes(item, self.num_classes))
+            except ValueError as err:  # name the field: the page has several class boxes
+                raise ValueError(f"{field}: {err}") from None
+        return ids
+
+    def sample_config(self, sampler: Any, steps: Any, cfg_scale: Any, guidance: Any = "all channels") -> SampleConfig:
+        """The page's sampling fields as a SampleConfig (which validates them)."""
+        num_steps = whole_number("steps", steps, 2, self.max_steps)
+        if guidance not in GUIDANCE:
+            raise ValueError(f"guidance must be one of {', '.join(map(repr, GUIDANCE))}; got {guidance!r}")
+        channels = GUIDANCE[guidance]
+        if channels != "all" and channels >= self.config.in_channels:  # 3 of 3 (or of 1) channels is all of them
+            channels = "all"
+        try:
+            scale = float(cfg_scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance scale must be a number >= 0 (1 = no guidance); got {cfg_scale!r}") from None
+        return PAGE_SAMPLING.replace(sampler=sampler, num_steps=num_steps, cfg_scale=scale, cfg_channels=channels)
+
+    # Jobs.
+
+    def grid(
+        self,
+        classes: str | Sequence[str] | None,
+        per_class: Any,
+        cfg_scale: Any,
+        guidance: Any,
+        sampler: Any,
+        steps: Any,
+        seed: Any,
+        on_step: OnStep | None = None,
+    ) -> tuple[Path, str]:
+        """Sample a grid (one row per class) into a PNG; returns its path and a caption of the rows."""
+        config = self.sample_config(sampler, steps, cfg_scale, guidance)
+        seed = whole_number("seed", seed, 0, MAX_SEED)
+        if self.num_classes:
+            ids = self.parse_classes(classes)
+            per_class = whole_number("images per class", per_class, 1, MAX_PER_CLASS)
+            if len(ids) * per_class > MAX_IMAGES:
+                raise ValueError(
+                    f"at most {MAX_IMAGES} images per request; got {len(ids)} classes x {per_class} images: "
+                    "choose fewer classes or fewer images per class"
+                )
+            labels: list[int] | None = [c for c in ids for _ in range(per_class)]
+            num, nrow = len(ids) * per_class, per_class
+            rows = "rows, top to bottom: " + ", ".join(caption(c, self.num_classes) for c in ids)
+        else:
+            num = whole_number("images", per_class, 1, MAX_IMAGES)
+            labels, nrow, rows = None, math.ceil(math.sqrt(num)), f"{num} unconditional samples"
+        images = self._generate(labels, image_seeds(seed, num), config, on_step)
+        path = self.work_dir / f"ditkit_grid_{next(self._jobs):04d}_seed{seed}.png"
+        save_grid(images, path, nrow=nrow, scale=max(1, TILE_PIXELS // images.shape[1]))
+        return path, rows
+
+    def walk(
+        self,
+        kind: Any,
+        class_a: Any,
+        class_b: Any,
+        seed_a: Any,
+        seed_b: Any,
+        num_frames: Any,
+        cfg_scale: Any,
+        sampler: Any,
+        steps: Any,
+        on_step: OnStep | None = None,
+    ) -> Path:
+        """A latent walk as an animated GIF: noise from seed A to seed B, or class A to class B; returns its path."""
+        if kind not in WALK_KINDS:
+            raise ValueError(f"walk must be one of {', '.join(map(repr, WALK_KINDS))}; got {kind!r}")
+        if sampler not in WALK_SAMPLERS:
+            raise ValueError(f"a walk needs a deterministic sampler ({' or '.join(WALK_SAMPLERS)}); got {sampler!r}")
+        config = self.sample_config(sampler, steps, cfg_scale)
+        frames = whole_number("frames", num_frames, 2, MAX_FRAMES)
+        seed_a = whole_number("seed A", seed_a, 0, MAX_SEED)
+        common = {"diffusion": self.opened.diffusion, "vae": self.opened.vae}
+        model = self.opened.model
+        total = config.num_steps * math.ceil(frames / batch_size_for(config, next(model.parameters()).device))
+        if WALK_KINDS[kind] == "noise":
+            seed_b = whole_number("seed B", seed_b, 0, MAX_SEED)
+            label = self.parse_classes(class_a, "class A")[0] if self.num_classes else None
+            with count_network_calls(model, total, on_step):
+                images = noise_walk(model, label, seed_a, seed_b, frames, config, **common)
+        else:
+            if not self.num_classes:
+                raise ValueError("a class walk needs a class-conditional model; this one is unconditional")
+            a, b = self.parse_classes(class_a, "class A")[0], self.parse_classes(class_b, "class B")[0]
+            with count_network_calls(model, total, on_step):
+                images = class_walk(model, a, b, seed_a, frames, config, **common)
+        name = f"ditkit_walk_{next(self._jobs):04d}_{WALK_KINDS[kind]}"
+        return save_walk(enlarge(images, WALK_PIXELS), self.work_dir, name, formats=("gif",))["gif"]  # the page: a GIF
+
+    def _generate(
+        self, labels: list[int] | None, seeds: list[int], config: SampleConfig, on_step: OnStep | None
+    ) -> np.ndarray:
+        model = self.opened.model
+        device = next(model.parameters()).device
+        total = config.num_steps * math.ceil(len(seeds) / batch_size_for(config, device))
+        with count_network_calls(model, total, on_step):
+            return generate(model, labels, seeds, config, diffusion=self.opened.diffusion, vae=self.opened.vae,
+                            device=device)  # fmt: skip
+
+
+# The Gradio app.
+
+
+def require_gradio() -> None:
+    """A one-line error when the `web` extra is missing (checked before the model is loaded)."""
+    if importlib.util.find_spec(_GRADIO) is None:
+        raise ValueError("the web page needs Gradio: pip install 'ditkit[web]'")
+
+
+def _gradio() -> Any:
+    require_gradio()
+    # No version check or telemetry calls from the page's server (read when Blocks are built).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    return importlib.import_module(_GRADIO)
+
+
+def _in_page(gr: Any, job: Callable[[], Any]) -> Any:
+    """Run a job; any error becomes a message in the page (a toast), never a stack trace, and the server goes on."""
+    try:
+        return job()
+    except ValueError as err:  # the user's input
+        raise gr.Error(page_message(err), print_exception=False) from None
+    except Exception as err:  # a bug or the machine (out of memory): the traceback goes to the server's log
+        log.exception("ditkit serve: a request failed")
+        message = f"sampling failed ({type(err).__name__}: {page_message(err)}); the server's log has the details"
+        raise gr.Error(message, print_exception=False) from None
+
+
+def _progress_reporter(progress: Any) -> OnStep:
+    return lambda done, total: progress((done, total), desc="sampling", unit="steps")
+
+
+def build_app(sampler: PageSampler, *, title: str = "ditkit") -> Any:
+    """The page (a gradio.Blocks, queued: one job at a time); `launch()` it, or see `serve`."""
+    gr = _gradio()
+    # delete_cache: Gradio's copies of served files older than an hour go, every hour and at shutdown.
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+        gr.Markdown(f"## {title}\n{sampler.describe()}")
+        with gr.Tabs():
+            with gr.Tab("Sample", id="sample"):
+                _sample_tab(gr, sampler)
+            with gr.Tab("Latent walk", id="walk"):
+                _walk_tab(gr, sampler)
+    app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+    return app
+
+
+def _class_box(gr: Any, sampler: PageSampler, label: str, value: Any, elem_id: str, multiselect: bool) -> Any:
+    info = "type to search: a name or an id" if class_names(sampler.num_classes) else "class ids"
+    return gr.Dropdown(sampler.class_choices(), value=value, multiselect=multiselect, label=label, info=info,
+                       filterable=True, allow_custom_value=True, visible=sampler.num_classes > 0,
+                       elem_id=elem_id)  # fmt: skip
+
+
+def _sample_tab(gr: Any, sampler: PageSampler) -> None:
+    start, conditional = PAGE_SAMPLING, sampler.num_classes > 0
+    with gr.Row():
+        with gr.Column(scale=1):
+            classes = _class_box(gr, sampler, "Classes", sampler.default_classes(), "classes", multiselect=True)
+            per_class = gr.Slider(1, MAX_PER_CLASS if conditional else MAX_IMAGES, value=4 if conditional else 16,
+                                  step=1, label="Images per class" if conditional else "Images",
+                                  elem_id="per_class")  # fmt: skip
+            cfg = gr.Number(start.cfg_scale, label="Guidance scale", info="1 = no guidance, 0 = unconditional",
+                            step=0.5, elem_id="cfg")  # fmt: skip
+            guidance = gr.Radio(list(GUIDANCE), value="all channels", label="Guide", elem_id="guidance")
+            with gr.Row():
+                algo = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler", elem_id="sampler")
+                steps = gr.Number(start.num_steps, label=f"Steps (2-{sampler.max_steps})", elem_id="steps")
+            seed = gr.Number(0, label="Seed", info="image i has seed image_seed(seed, i)", elem_id="seed")
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Column(scale=2):
+            grid = gr.Image(label="Samples", type="filepath", format="png", interactive=False,
+                            buttons=["download", "fullscreen"], elem_id="grid")  # fmt: skip
+            rows = gr.Markdown(elem_id="rows")
+            png = gr.File(label="Download PNG", interactive=False, elem_id="png")
+
+    def run(classes, per_class, cfg, guidance, algo, steps, seed, progress=gr.Progress()):  # noqa: B008 (Gradio's way)
+        on_step = _progress_reporter(progress)
+        path, caption_ = _in_page(gr, lambda: sampler.grid(classes, per_class, cfg, guidance, algo, steps, seed,
+                                                           on_step))  # fmt: skip
+        return str(path), caption_, str(path)
+
+    button.click(run, [classes, per_class, cfg, guidance, algo, steps, seed], [grid, rows, png], api_name="grid",
+                 concurrency_id="model", concurrency_limit=1)  # fmt: skip
+
+
+def _walk_tab(gr: Any, sampler: PageSampler) -> None:
+    start, defaults = PAGE_SAMPLING, sampler.default_classes()
+    with gr.Row():
+        with gr.Column(scale=1):
+            kinds = list(WALK_KINDS) if sampler.num_classes else list(WALK_KINDS)[:1]
+            kind = gr.Radio(kinds, value=kinds[0], label="Walk", elem_id="walk_kind")
+            with gr.Row():
+                class_a = _class_box(gr, sampler, "Class A", defaults[0] if defaults else None, "class_a", False)
+                class_b = _class_box(gr, sampler, "Class B", defaults[-1] if defaults else None, "class_b", False)
+            with gr.Row():
+                seed_a = gr.Number(0, label="Seed A", elem_id="seed_a")
+                seed_b = gr.Number(1, label="Seed B (noise walk)", elem_id="seed_b")
+            frames = gr.Slider(2, MAX_FRAMES, value=16, step=1, label="Frames", elem_id="frames")
+            cfg = gr.Number(start.cfg_scale, label="Guidance scale", step=0.5, elem_id="walk_cfg")
+            with gr.Row():
+                algo = gr.Dropdown(list(WALK_SAMPLERS), value=start.sampler, label="Sampler", elem_id="walk_sampler")
+                steps = gr.Number(start.num_steps, label=f"Steps (2-{sampler.max_steps})", elem_id="walk_steps")
+            button = gr.Button("Walk", variant="primary", elem_id="walk_button")
+        with gr.Column(scale=2):
+            gif = gr.Image(label="Latent walk (GIF)", type="filepath", interactive=False, buttons=["download"],
+                           elem_id="walk_gif")  # fmt: skip
+
+    def run(kind, class_a, class_b, seed_a, seed_b, frames, cfg, algo, steps, progress=gr.Progress()):  # noqa: B008
+        on_step = _progress_reporter(progress)
+        return str(_in_page(gr, lambda: sampler.walk(kind, class_a, class_b, seed_a, seed_b, frames, cfg, algo, steps,
+                                                     on_step)))  # fmt: skip
+
+    button.click(run, [kind, class_a, class_b, seed_a, seed_b, frames, cfg, algo, steps], [gif], api_name="walk",
+                 concurrency_id="model", concurrency_limit=1)  # fmt: skip
+
+
+def launch(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
+    """Start serving `app` in the background (no share link, no server-side rendering); returns its URL."""
+    _check_port(port)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up requests to itself
+    try:
+        _, url, _ = app.launch(server_name=host, server_port=port, share=False, ssr_mode=False, inbrowser=False,
+                               prevent_thread_lock=True, quiet=True, show_error=False)  # fmt: skip
+    except OSError as err:
+        if "empty port" in str(err):  # Gradio's words for "in use"
+            raise ValueError(f"port {port} on {host} is in use: pass another --port") from None
+        raise ValueError(
+            f"cannot serve on {host}:{port} ({page_message(err)}); pass another --host or --port"
+        ) from None
+    return url
+
+
+def _check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be in 1..65535; got {port}")
+
+
+@contextlib.contextmanager
+def _terminate_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a service manager stopping the page) ends it like Ctrl+C: the server closes, temp files go."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve(
+    ckpt: str | os.PathLike,
+    *,
+    vae: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    device: str = "auto",
+    num_heads: int | None = None,
+) -> None:
+    """Open `ckpt` (weights or a run folder) once and serve the page at http://host:port until Ctrl+C."""
+    require_gradio()  # before the model: a missing extra or a bad port is one line, not a load and then an error
+    _check_port(port)
+    opened = open_for_sampling(ckpt, vae=vae, device=resolve_device(device), num_heads=num_heads)
+    with tempfile.TemporaryDirectory(prefix="ditkit-serve-") as work_dir, _terminate_as_ctrl_c():
+        app = build_app(PageSampler(opened, work_dir), title=f"ditkit: {Path(ckpt).name}")
+        try:
+            url = launch(app, host, port)
+            if host not in (DEFAULT_HOST, "localhost", "::1"):
+                log.warning("ditkit serve: listening on %s: anyone who can reach this machine can use the page", host)
+            log.info("ditkit serve: %s (the model %s; Ctrl+C stops)", url, ckpt)
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            log.info("ditkit serve: stopped")
+        finally:
+            app.close()

@@ -1,0 +1,261 @@
+"""The `ditkit` command: argparse over the library, one library call per subcommand.
+
+Exit codes: 0 done; 2 bad input (one line on stderr naming the value and the fix); 3 training stopped on
+a non-finite loss, gradient or state; 130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint
+(ditkit.runtime.stopping.exit_status). Outputs are never replaced without --overwrite. Library modules
+are imported inside the handlers so that `ditkit --help` does not import torch (~2 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ditkit.config import BLOCK_DESIGNS, PRECISIONS, PRESETS, SAMPLERS  # config imports no torch
+
+EXIT_USAGE = 2  # the other codes: ditkit.runtime.stopping
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (value + fix) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _sample_config(args: argparse.Namespace, base: Any) -> Any:
+    fields = _given(args, "sampler", "num_steps", "cfg_scale", "eta", "batch_size", "precision", "compile")
+    if args.cfg_channels is not None:
+        fields["cfg_channels"] = "all" if args.cfg_channels == "all" else int(args.cfg_channels)
+    return base.replace(**fields, **({"clip_denoised": args.clip} if args.clip is not None else {}))
+
+
+def _open(args: argparse.Namespace, device: Any) -> Any:
+    from ditkit.training.run import open_for_sampling
+
+    return open_for_sampling(args.ckpt, vae=args.vae, device=device, num_heads=args.num_heads)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from ditkit.config import IMAGE_SAMPLING
+    from ditkit.data.class_names import parse_classes
+    from ditkit.runtime import distributed
+    from ditkit.sampling.generate import sample_grid, sample_npz_job
+
+    config = _sample_config(args, IMAGE_SAMPLING)
+    npz = Path(args.npz or Path(args.out) / "samples.npz") if args.num is not None else None
+    _outputs(args, npz or Path(args.out) / "grid.png")
+    info = distributed.init(args.device)
+    opened = _open(args, info.device)
+    if npz is not None:
+        written = sample_npz_job(opened, npz, args.num, config, seed=args.seed, class_balanced=args.class_balanced)
+        if written is not None:
+            print(f"wrote {written}")
+        return
+    classes = parse_classes(args.classes, opened.model.config.num_classes) if opened.model.config.num_classes else [0]
+    path, count = sample_grid(opened, args.out, classes, args.per_class, config, seed=args.seed)
+    print(f"wrote {count} images and the grid {path}")
+
+
+def _walk(args: argparse.Namespace) -> None:
+    from ditkit.config import WALK_SAMPLING
+    from ditkit.data.class_names import parse_classes
+    from ditkit.runtime.distributed import resolve_device
+    from ditkit.sampling.walk import make_walks
+
+    kinds = tuple(k for k in ("noise", "class") if args.kind in (k, "both"))
+    _outputs(args, *(Path(args.out) / f"{k}_walk{suffix}" for k in kinds for suffix in (".gif", "_strip.png")))
+    opened = _open(args, resolve_device(args.device))
+    num_classes = opened.model.config.num_classes
+    classes = parse_classes(args.classes, num_classes) if num_classes else None
+    config = _sample_config(args, WALK_SAMPLING)
+    made = make_walks(opened.model, args.out, kinds=kinds, classes=classes, seeds=args.seeds, num_frames=args.frames,
+                      config=config, diffusion=opened.diffusion, vae=opened.vae)  # fmt: skip
+    for kind, paths in made.items():
+        print(f"{kind} walk:", ", ".join(str(p) for p in paths.values()))
+
+
+_TRAIN_FIELDS = ("image_size", "vae", "max_steps", "global_batch_size", "micro_batch_size", "lr", "warmup_steps",
+                 "max_grad_norm", "ema_decay", "ckpt_every_steps", "log_every_steps", "sample_every_steps",
+                 "eval_every_steps", "num_eval_samples", "seed", "precision", "num_workers", "device",
+                 "flip", "eval_ref")  # fmt: skip
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ditkit.training.loop import train
+    from ditkit.training.run import build_train_config
+
+    fields = _given(args, *_TRAIN_FIELDS)
+    fields.update({f: True for f in ("deterministic", "compile", "grad_checkpointing") if getattr(args, f)})
+    model = _given(args, "block", "num_classes", "learn_sigma", "num_heads")
+    cfg = build_train_config(args.out, data=args.data, preset=args.preset, model_overrides=model, **fields)
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return
+    print(f"run folder: {train(cfg)}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ditkit.metrics.scoring import format_scores, score_samples
+    from ditkit.runtime.distributed import resolve_device
+
+    result = score_samples(args.samples, metric=args.metric, ref=args.ref, inception=args.inception,
+                           allow_download=args.allow_download, device=resolve_device(args.device),
+                           batch_size=args.batch_size, resize=args.resize)  # fmt: skip
+    print(json.dumps(result) if args.json else format_scores(result))
+
+
+def _ref_stats(args: argparse.Namespace) -> None:
+    from ditkit.metrics.evaluate import ref_stats
+    from ditkit.metrics.scoring import feature_extractor
+    from ditkit.runtime.distributed import resolve_device
+
+    _outputs(args, args.out)
+    extractor = feature_extractor(args.metric, inception=args.inception, allow_download=args.allow_download,
+                                  device=resolve_device(args.device), resize=args.resize)  # fmt: skip
+    print(f"wrote {ref_stats(args.source, extractor, args.out, batch_size=args.batch_size)}")
+
+
+def _extract_latents(args: argparse.Namespace) -> None:
+    from ditkit.data.latent_store import extract_latents_job
+    from ditkit.data.loader import open_dataset
+
+    dataset = open_dataset(args.data, args.image_size, flip=False)  # the cheap checks first
+    progress = extract_latents_job(dataset, args.vae, args.out, batch_size=args.batch_size,
+                                   num_workers=args.num_workers, device=args.device)  # fmt: skip
+    if progress is not None:
+        print(f"latent store {args.out}: {progress[0]}/{progress[1]} images")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ditkit.apps.demo import run_demo, run_latent_demo, summary
+
+    options = _given(args, "max_steps", "precision") | ({"train_autoencoder": True} if args.train_vae else {})
+    report = (run_latent_demo if args.route == "latent" else run_demo)(
+        args.out, num_samples=args.num_samples, **options
+    )
+    print(summary(report, args.out))
+
+
+def _study(args: argparse.Namespace) -> None:
+    from ditkit.apps.study import load_spec, run_study
+
+    results = run_study(load_spec(args.spec), args.out, max_steps=args.max_steps, seeds=args.seeds)
+    print(f"study {results['study']}: {args.out}/results.md; ranking by FD: {', '.join(results['ranking_by_fd'])}")
+
+
+def _train_vae(args: argparse.Namespace) -> None:
+    from ditkit.config import VAETrainConfig
+    from ditkit.training.autoencoder_training import train_vae
+
+    fields = _given(args, "data", "image_size", "max_steps", "batch_size", "lr", "kl_weight", "seed", "device")
+    print(f"VAE folder: {train_vae(VAETrainConfig(out_dir=args.out, **fields))}")
+
+
+def _flops(args: argparse.Namespace) -> None:
+    from ditkit.model.flops import costs_table
+
+    print(costs_table(args.preset, image_size=args.image_size, block=args.block, as_json=args.json))
+
+
+def _presets(args: argparse.Namespace) -> None:
+    print("\n".join(f"{name} {json.dumps(dataclasses.asdict(cfg))}" for name, cfg in PRESETS.items()))
+
+
+def _classes(args: argparse.Namespace) -> None:
+    from ditkit.data.class_names import imagenet_class_names
+
+    print(
+        "\n".join(f"{i} {n}" for i, n in enumerate(imagenet_class_names()) if (args.search or "").lower() in n.lower())
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    from ditkit.interop.diffusers_format import export_diffusers
+    from ditkit.training.checkpoint import export_ema
+
+    _outputs(args, *([args.out] if args.format == "safetensors" else []))
+    out = export_diffusers(args.run, args.out, vae=args.vae) if args.format == "diffusers" else None
+    print(f"wrote {out or export_ema(args.run, args.out)}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from ditkit.interop.diffusers_format import import_weights
+
+    _outputs(args, args.out)
+    print(f"wrote {import_weights(args.source, args.out, num_classes=args.num_classes)}")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from ditkit.apps.bench import format_report, run_bench
+
+    _outputs(args, *([args.out] if args.out else []))
+    options = _given(args, "image_size", "batch_size", "sample_batch", "device", "precision", "compile", "steps", "out")
+    result = run_bench(args.preset, what=tuple(args.what.split(",")), **options)
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from ditkit.apps.serve import serve
+
+    serve(args.ckpt, vae=args.vae, host=args.host, port=args.port, device=args.device, num_heads=args.num_heads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ditkit import __version__
+    from ditkit.cli.flags import add_flags
+
+    parser = _Parser(prog="ditkit", description="Diffusion Transformers: train, sample, evaluate, study.")
+    parser.add_argument("--version", action="version", version=f"ditkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    handlers: dict[str, Callable[[argparse.Namespace], None]] = {
+        "flops": _flops, "presets": _presets, "classes": _classes, "sample": _sample, "walk": _walk,
+        "train": _train, "export": _export, "extract-latents": _extract_latents, "evaluate": _evaluate,
+        "ref-stats": _ref_stats, "demo": _demo, "bench": _bench, "import": _import,
+        "serve": _serve, "train-vae": _train_vae, "study": _study,
+    }  # fmt: skip
+    add_flags(sub, handlers, presets=list(PRESETS), blocks=BLOCK_DESIGNS, samplers=SAMPLERS, precisions=PRECISIONS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.raiseExceptions = args.verbose  # e.g. a full disk under log.txt: no logging tracebacks
+    try:
+        args.fn(args)
+    except (Exception, KeyboardInterrupt) as err:
+        from ditkit.runtime.stopping import exit_status  # user errors and stopped runs: exit code and one line
+
+        inputs = [str(v) for k, v in vars(args).items() if k in _INPUT_ARGS and v]
+        status = None if args.verbose else exit_status(err, inputs)
+        if status is None:
+            raise
+        print(f"ditkit {args.command}: {status[1]}", file=sys.stderr)
+        return status[0]
+    return 0
+
+
+_INPUT_ARGS = ("ckpt", "data", "ref", "samples", "source", "run")  # named when a damaged input file names none
+
+
+def _outputs(args: argparse.Namespace, *paths: str | Path) -> None:
+    """Refuse before any work: output paths that exist (without --overwrite), are folders or lie under a file."""
+    from ditkit.runtime.files import check_outputs
+
+    check_outputs(paths, overwrite=getattr(args, "overwrite", False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Datasets: image folders, .npz arrays, the embedded MNIST and sklearn's digits (latent stores: `latents`).
+
+Preprocessing follows ADM / DiT (`center_crop_arr`, random flip, [-1, 1]; anchors 2.7). The latent store
+keeps fast-DiT's speed (https://github.com/chuanyangjin/fast-DiT) without freezing flips and VAE noise.
+
+Item format: every dataset returns `(x, y)` with x a float32 tensor (C, H, W) (pixels in [-1, 1], or
+scaled latents) and y an int label (0 for unlabelled data). Randomness comes only from the generator
+passed to `get(index, generator)`, so the loader makes every batch a function of (seed, epoch, index).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+STORE_META_FILE = "meta.json"  # marks a folder as a latent store (ditkit.data.latent_store)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+# Preprocessing.
+
+
+def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
+    """ADM's center crop: (S, S[, C]) uint8 from a PIL image of any size (anchors 2.7).
+
+    Reimplements `center_crop_arr` of openai/guided-diffusion `image_datasets.py`, as DiT uses it.
+
+    Halve with BOX filtering while the short side is at least 2S, resize the short side to S with
+    BICUBIC (sides rounded with Python's round), then crop the centre (floor offsets).
+    """
+    image = pil_image
+    while min(image.size) >= 2 * image_size:
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
+    ratio = image_size / min(image.size)
+    new_size = (round(image.width * ratio), round(image.height * ratio))
+    arr = np.asarray(image.resize(new_size, resample=Image.Resampling.BICUBIC))
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return np.ascontiguousarray(arr[top : top + image_size, left : left + image_size])  # a writable copy
+
+
+def _to_tensor(arr: np.ndarray) -> Tensor:
+    """uint8 (H, W[, C]) -> float32 (C, H, W) in [-1, 1], the same arithmetic as ToTensor + Normalize(0.5)."""
+    x = torch.from_numpy(np.array(arr))  # a copy: torch wants writable arrays (PIL's and memmaps are not)
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    return (x.float() / 255.0 - 0.5) / 0.5
+
+
+def draw_flip(flip: bool, generator: torch.Generator | None) -> bool:
+    return flip and bool(torch.rand((), generator=generator) < 0.5)
+
+
+class BaseDataset(torch.utils.data.Dataset):
+    """Shared interface: `num_classes`, `channels`, `image_size`, `flip`, `item_shape`, `get`."""
+
+    num_classes: int  # distinct labels; 0 for unlabelled data (labels are then all 0)
+    channels: int  # channels of x as the model sees it (latent channels for a latent store)
+    image_size: int  # side of the (pixel) images, in pixels
+    flip: bool = False  # random horizontal flip with p = 0.5
+    is_latent: bool = False  # True when items are VAE latents rather than pixels
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.get(index, None)  # global RNG; the loader passes seeded generators instead
+
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        """Shape (C, H, W) of x."""
+        return (self.channels, self.image_size, self.image_size)
+
+
+# Image datasets.
+
+
+def _load_rgb(path: Path) -> Image.Image:
+    """Decode now (a truncated file fails here, not later) and convert L/P/CMYK/RGBA to RGB."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")  # PIL warns when converting such palettes straight to RGB
+        return image.convert("RGB")
+
+
+def _list_images(folder: Path) -> list[Path]:
+    files = [
+        Path(d) / name
+        for d, _, names in os.walk(folder, followlinks=True)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+    ]
+    return sorted(files)
+
+
+class ImageFolderDataset(BaseDataset):
+    """ImageNet-style `root/<class>/**/<image>` (class ids = sorted folder names) -> RGB (3, S, S).
+
+    A folder of images without class subfolders is read as unlabelled (num_classes 0). Files that PIL
+    cannot decode are logged, counted in `num_skipped` and replaced by the next good index; images
+    smaller than S are upscaled by the crop. `scan()` checks every file up front.
+    """
+
+    def __init__(self, root: str | Path, image_size: int, flip: bool = True) -> None:
+        self.root, self.image_size, self.flip, self.channels = Path(root), int(image_size), flip, 3
+        if not self.root.is_dir():
+            raise ValueError(f"image folder {str(root)!r} does not exist; pass a folder of class subfolders")
+        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if self.classes:
+            self.samples = [(p, i) for i, c in enumerate(self.classes) for p in _list_images(self.root / c)]
+        else:
+            self.samples = [(p, 0) for p in _list_images(self.root)]
+        if not self.samples:
+            raise ValueError(
+                f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                "pass a folder laid out as root/<class>/<image>"
+            )
+        self.num_classes = len(self.classes)
+        self._bad: set[int] = set()
+
+    @property
+    def num_skipped(self) -> int:
+        """Files found unreadable so far (in this process)."""
+        return len(self._bad)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _try_load(self, index: int) -> Image.Image | None:
+        path = self.samples[index][0]
+        try:
+            return _load_rgb(path)
+        except _BAD_IMAGE_ERRORS as err:
+            self._bad.add(index)
+            logger.warning("skipping unreadable image %s (%s)", path, err)
+            return None
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        flip = draw_flip(self.flip, generator)
+        for offset in range(len(self)):
+            j = (index + offset) % len(self)
+            image = None if j in self._bad else self._try_load(j)
+            if image is not None:
+                x = _to_tensor(center_crop_arr(image, self.image_size))
+                return (x.flip(-1) if flip else x), self.samples[j][1]
+        raise ValueError(f"no readable image in {str(self.root)!r}; check the files (all {len(self)} failed)")
+
+    def scan(self) -> int:
+        """Decode every file once, remember the bad ones and return how many there are."""
+        for index in range(len(self)):
+            if index not in self._bad:
+                self._try_load(index)
+        return self.num_skipped
+
+
+class NpzDataset(BaseDataset):
+    """Images from an .npz: `images` or `arr_0` uint8 (N, H, W[, C]) and `labels` or `arr_1` (optional).
+
+    Arrays of another size are center-cropped to S (default: the short side). Without labels the data
+    is unlabelled (num_classes 0).
+    """
+
+    def __init__(self, path: str | Path, image_size: int | None = None, flip: bool = True) -> None:
+        with np.load(path) as f:
+            key = "images" if "images" in f else "arr_0"
+            if key not in f:
+                raise ValueError(f"{str(path)!r} has no 'images' or 'arr_0' array; save images under 'images'")
+            images = f[key]
+            label_key = next((k for k in ("labels", "arr_1") if k in f), None)
+            labels = f[label_key].astype(np.int64) if label_key else np.zeros(len(images), np.int64)
+        if (
+            images.dtype != np.uint8
+            or images.ndim not in (3, 4)
+            or (images.ndim == 4 and images.shape[3] not in (1, 3))
+        ):
+            raise ValueError(
+                f"{str(path)!r}: images must be uint8 (N, H, W) or (N, H, W, 1|3); got {images.dtype} "
+                f"{images.shape}; convert them to 0-255 uint8 in that layout"
+            )
+        if labels.shape != (len(images),):
+            raise ValueError(f"{str(path)!r}: {len(images)} images but labels of shape {labels.shape}")
+        self.images = images[..., 0] if images.ndim == 4 and images.shape[3] == 1 else images
+        self.labels, self.flip = labels, flip
+        self.channels = 1 if self.images.ndim == 3 else 3
+        self.image_size = int(image_size or min(images.shape[1:3]))
+        self.num_classes = int(labels.max()) + 1 if label_key and len(labels) else 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        flip = draw_flip(self.flip, generator)
+        arr = self.images[index]
+        if arr.shape[:2] != (self.image_size, self.image_size):
+            arr = center_crop_arr(Image.fromarray(arr), self.image_size)
+        x = _to_tensor(arr)
+        return (x.flip(-1) if flip else x), int(self.labels[index])
+
+
+@lru_cache(maxsize=1)
+def _mnist_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with resources.files("ditkit").joinpath("assets/mnist10k.npz").open("rb") as fh, np.load(fh) as f:
+        return f["images"], f["labels"].astype(np.int64), f["test_indices"].astype(np.int64)
+
+
+def load_mnist_arrays(split: Literal["train", "test", "all"] = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The embedded 10,000 MNIST digits: images uint8 (N, 28, 28) and labels int64 (N,), fresh copies.
+
+    Split: "test" is the 1,000 digits listed in the asset's `test_indices` (a seeded random choice made
+    once by scripts/convert_mnist.py), "train" the other 9,000, "all" all 10,000.
+    """
+    images, labels, test_indices = _mnist_all()
+    is_test = np.zeros(len(images), dtype=bool)
+    is_test[test_indices] = True
+    masks = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}
+    if split not in masks:
+        raise ValueError(f"MNIST split must be one of {', '.join(masks)}; got {split!r}")
+    return images[masks[split]].copy(), labels[masks[split]].copy()
+
+
+MNIST_MIN_FRAME = 20  # MNIST digits are centred in a 20x20 box of the 28x28 image
+
+
+def frame_digits(images: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop or zero-pad square images (N, S, S[, C]) to (N, size, size[, C]) without resampling."""
+    diff = size - images.shape[1]
+    if diff % 2:
+        raise ValueError(f"can only frame to a size that differs by an even number; got {images.shape[1]} -> {size}")
+    if diff >= 0:
+        pad = [(0, 0), (diff // 2, diff // 2), (diff // 2, diff // 2)] + [(0, 0)] * (images.ndim - 3)
+        return np.pad(images, pad)
+    cut = -diff // 2
+    return images[:, cut : images.shape[1] - cut, cut : images.shape[2] - cut].copy()
+
+
+class EmbeddedMNIST(BaseDataset):
+    """The shipped MNIST digits, 1 channel, [-1, 1], never flipped (digits are not mirror symmetric).
+
+    With pad=True, sizes from 20 to 32 (differing from 28 by an even number) are framed without resampling:
+    MNIST digits sit in a centred 20x20 box, so 32 zero-pads 2 px a side and 24 crops 2 px a side, both
+    keeping every digit whole. Other sizes (or pad=False) resize the 28x28 digits bilinearly.
+    """
+
+    def __init__(
+        self, split: Literal["train", "test", "all"] = "train", image_size: int = 32, pad: bool = True
+    ) -> None:
+        images, self.labels = load_mnist_arrays(split)
+        if pad and MNIST_MIN_FRAME <= image_size <= 32 and (image_size - 28) % 2 == 0:
+            images = frame_digits(images, image_size)
+        if images.shape[1] != image_size:
+            size = (image_size, image_size)
+            images = np.stack([np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR)) for a in images])
+        self.images = torch.from_numpy(images)
+        self.split, self.image_size, self.channels, self.num_classes = split, image_size, 1, 10
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        return (self.images[index][None].float() / 255.0 - 0.5) / 0.5, int(self.labels[index])
+
+
+class DigitsDataset(BaseDataset):
+    """scikit-learn's 1,797 8x8 digits (0-16) bilinearly upsampled to S; 1 channel, [-1, 1], no flip."""
+
+    def __init__(self, image_size: int = 32) -> None:
+        try:
+            from sklearn.datasets import load_digits  # scikit-learn is optional (the `dev` extra)
+        except ImportError:
+            raise ValueError("the 'digits' dataset needs scikit-learn; pip install scikit-learn or use mnist") from None
+        digits = load_digits()
+        x = torch.from_numpy(digits.images / 16.0).float()[:, None]  # (N, 1, 8, 8) in [0, 1]
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        self.images, self.labels = x * 2.0 - 1.0, torch.from_numpy(digits.target).long()
+        self.image_size, self.channels, self.num_classes = image_size, 1, 10
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])

@@ -1,0 +1,259 @@
+"""What the training loop reads: any dataset opened by name and checked against the model, the online
+VAE, and deterministic, resumable batches for each rank.
+
+Every batch is a function of (seed, step): the shuffle of each epoch, the rows of each rank and each item's
+augmentation (flip, latent noise) come from generators seeded by tuples, so a resumed or re-sharded run
+sees exactly the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ditkit.config import TrainConfig
+from ditkit.data.autoencoder import Autoencoder, load_vae
+from ditkit.data.datasets import (
+    STORE_META_FILE,
+    BaseDataset,
+    DigitsDataset,
+    EmbeddedMNIST,
+    ImageFolderDataset,
+    NpzDataset,
+)
+from ditkit.data.latent_store import LatentStore
+
+logger = logging.getLogger(__name__)
+
+
+def mix_seed(*words: int) -> int:
+    """A 63-bit seed from a tuple of ints (NumPy's SeedSequence hash), so nearby tuples are unrelated."""
+    state = np.random.SeedSequence([w % 2**64 for w in words]).generate_state(2, np.uint32)
+    return int(state[0]) | (int(state[1]) & 0x7FFFFFFF) << 32
+
+
+def steps_per_epoch(num_items: int, global_batch_size: int) -> int:
+    """Full global batches per epoch (the last partial batch of each epoch is dropped)."""
+    return num_items // global_batch_size
+
+
+class _StepBatchSampler:
+    """Yields, from `start_step` on forever, rank r's slice of each global batch as (index, item seed)."""
+
+    def __init__(self, num_items: int, global_batch: int, rank: int, world_size: int, seed: int, start_step: int):
+        self.num_items, self.global_batch = num_items, global_batch
+        self.seed, self.start_step = seed, start_step
+        self.per_rank = global_batch // world_size
+        self.offset = rank * self.per_rank
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_epoch = steps_per_epoch(self.num_items, self.global_batch)
+        epoch, perm = -1, torch.empty(0, dtype=torch.long)
+        step = self.start_step
+        while True:
+            if step // per_epoch != epoch:  # jump straight to the epoch of `step`: no replay
+                epoch = step // per_epoch
+                perm = torch.randperm(
+                    self.num_items, generator=torch.Generator().manual_seed(mix_seed(self.seed, 0, epoch))
+                )
+            first = (step % per_epoch) * self.global_batch + self.offset
+            indices = perm[first : first + self.per_rank].tolist()
+            yield [(i, mix_seed(self.seed, 1, epoch, i)) for i in indices]
+            step += 1
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """Map (index, item seed) -> dataset.get(index, generator seeded with item seed)."""
+
+    def __init__(self, dataset: BaseDataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
+        index, seed = key
+        return self.dataset.get(index, torch.Generator().manual_seed(seed))
+
+
+def build_loader(
+    dataset: BaseDataset,
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    start_step: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Infinite deterministic batches (x (B/W, C, H, W) float32, y (B/W,) int64) for rank r of W.
+
+    `batch_size` is the GLOBAL batch B. Epoch e shuffles with a generator seeded from (seed, e) and drops
+    its last partial batch; rank r takes rows [r B/W, (r+1) B/W) of each global batch. Item augmentation
+    (flip, latent noise) uses a generator seeded from (seed, e, index), so batches depend on neither the
+    world size nor the workers, and `start_step=k` yields exactly the batches an uninterrupted run sees
+    from step k on, without touching earlier ones.
+    """
+    if batch_size < 1 or world_size < 1 or batch_size % world_size:
+        raise ValueError(
+            f"global batch size {batch_size} must be a positive multiple of the world size {world_size}; "
+            "change --global-batch-size or the number of processes"
+        )
+    if not 0 <= rank < world_size or start_step < 0:
+        raise ValueError(f"need 0 <= rank < world_size and start_step >= 0; got {rank}, {world_size}, {start_step}")
+    if len(dataset) < batch_size:
+        raise ValueError(
+            f"dataset has {len(dataset)} items, fewer than the global batch size {batch_size}; lower the batch size"
+        )
+    sampler = _StepBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
+    loader = DataLoader(
+        _SeededItems(dataset),
+        batch_sampler=sampler,  # type: ignore[arg-type]  # yields (index, seed) keys, not plain indices
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
+    return iter(loader)
+
+
+# Opening by name.
+
+
+def open_dataset(spec: str | None, image_size: int | None = None, flip: bool = True) -> BaseDataset:
+    """Open a dataset from a spec.
+
+    None or "mnist" (also "mnist:test", "mnist:all"): embedded MNIST (default 32 px, never flipped);
+    "digits": sklearn digits (default 32 px); a folder with meta.json: LatentStore (image_size, if
+    given, must match the store's); another folder: ImageFolderDataset (image_size required); a .npz
+    file: NpzDataset.
+    """
+    name = (spec or "mnist").strip()
+    if name.lower() in ("mnist", "mnist:train", "mnist:test", "mnist:all", "digits"):
+        if flip:
+            logger.info("random flips are off for %s (digits are not mirror symmetric)", name)
+        if name.lower() == "digits":
+            return DigitsDataset(image_size or 32)
+        split = name.lower().partition(":")[2] or "train"
+        return EmbeddedMNIST(split, image_size or 32)  # type: ignore[arg-type]
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / STORE_META_FILE).exists():
+        store = LatentStore(path, flip=flip)
+        if image_size is not None and image_size != store.image_size:
+            raise ValueError(
+                f"latent store {name!r} holds {store.image_size} px images, not {image_size}; "
+                f"pass --image-size {store.image_size} or extract a new store"
+            )
+        return store
+    if path.is_dir():
+        if image_size is None:
+            raise ValueError(f"image folder {name!r} needs an image size; pass --image-size (e.g. 256)")
+        return ImageFolderDataset(path, image_size, flip)
+    if path.suffix == ".npz" and path.is_file():
+        return NpzDataset(path, image_size, flip)
+    raise ValueError(
+        f"dataset {name!r} not found; pass 'mnist', 'digits', an image folder, a latent store folder or a .npz file"
+    )
+
+
+def check_num_classes(dataset: BaseDataset, num_classes: int) -> None:
+    """Raise if a class-conditional model's label count differs from the dataset's (0 = unconditional)."""
+    if num_classes == 0 or dataset.num_classes == num_classes:
+        return
+    fix = (
+        f"pass --num-classes {dataset.num_classes}"
+        if dataset.num_classes
+        else "the data is unlabelled; pass --num-classes 0 for an unconditional model"
+    )
+    raise ValueError(
+        f"dataset has {dataset.num_classes} classes but the model has {num_classes}; {fix} "
+        "(or use a preset/dataset that agree)"
+    )
+
+
+# The training data of a run.
+
+
+def open_training_data(
+    cfg: TrainConfig, device: torch.device
+) -> tuple[BaseDataset, Autoencoder | None, tuple[int, int, int]]:
+    """(dataset, online VAE encoder or None, model input shape), checked against the model config.
+
+    Every mismatch (classes, channels, size) is a ValueError before any model is built.
+    """
+    spec = cfg.data
+    digits = spec is None or spec.strip().lower().partition(":")[0] in ("mnist", "digits")
+    flip = not digits if cfg.flip is None else cfg.flip
+    if cfg.flip is None and spec and (Path(spec) / STORE_META_FILE).is_file():
+        flip = bool(LatentStore(spec, flip=False).meta.get("mirror", False))  # auto: if mirrors exist
+    dataset = open_dataset(spec, cfg.image_size, flip)
+    check_num_classes(dataset, cfg.model.num_classes)
+    encoder = None
+    if dataset.is_latent:
+        shape = tuple(dataset.item_shape)
+        what = f"latents of latent store {spec!r}"
+    elif cfg.is_latent:
+        encoder = load_vae(cfg.vae, device)
+        assert encoder is not None
+        shape = _latent_shape(cfg, dataset, encoder)
+        what = f"VAE latents of {dataset.image_size} px images"
+    else:
+        shape = tuple(dataset.item_shape)
+        what = f"{dataset.image_size} px images (pixel space)"
+    m = cfg.model
+    if shape != (m.in_channels, m.input_size, m.input_size):
+        raise ValueError(
+            f"the model takes {m.in_channels}x{m.input_size}x{m.input_size} inputs but the data "
+            f"give {'x'.join(map(str, shape))} ({what}); choose a preset, --image-size or --vae that match"
+        )
+    return dataset, encoder, shape  # type: ignore[return-value]
+
+
+def _latent_shape(cfg: TrainConfig, dataset: BaseDataset, encoder: Autoencoder) -> tuple[int, int, int]:
+    vae_in = int(encoder.vae.config.in_channels)
+    if dataset.channels != vae_in:
+        raise ValueError(
+            f"VAE {cfg.vae!r} encodes {vae_in}-channel images but the data have "
+            f"{dataset.channels} channels; use --vae none (pixel space) or another VAE"
+        )
+    size = dataset.image_size // encoder.downsample
+    if dataset.image_size % encoder.downsample:
+        raise ValueError(
+            f"image_size {dataset.image_size} is not a multiple of the VAE downsampling "
+            f"{encoder.downsample}; pass --image-size {size * encoder.downsample}"
+        )
+    return (encoder.latent_channels, size, size)
+
+
+def encode_batch(encoder: Autoencoder, x: Tensor, noise: Tensor, chunk: int) -> Tensor:
+    """Scaled VAE latents of images x: posterior mean + std * noise (the step's draw), `chunk` rows at a time."""
+    return torch.cat([encoder.encode(x[i : i + chunk], noise=noise[i : i + chunk]) for i in range(0, len(x), chunk)])
+
+
+def decoder_for(
+    cfg: TrainConfig,
+    dataset: BaseDataset,
+    encoder: Autoencoder | None,
+    shape: tuple[int, int, int],
+    device: torch.device,
+) -> tuple[Any, tuple[int, int, int]]:
+    """(VAE to decode samples, None for pixel space, or False when samples cannot be shown) and the
+    (H, W, C) of decoded images. A latent store's own VAE is loaded only when grids or evaluation are on."""
+    if encoder is not None:
+        return encoder, (dataset.image_size, dataset.image_size, dataset.channels)
+    if not dataset.is_latent:
+        return None, (shape[1], shape[2], shape[0])
+    image_shape = (dataset.image_size, dataset.image_size, int(dataset.meta.get("image_channels", 3)))  # type: ignore[attr-defined]
+    if not (cfg.sample_every_steps or cfg.eval_every_steps):
+        return False, image_shape
+    spec = cfg.vae if cfg.is_latent else dataset.vae  # type: ignore[attr-defined]
+    try:
+        return load_vae(spec, device, scale=dataset.scale), image_shape  # type: ignore[attr-defined]
+    except ValueError as err:
+        logger.warning(
+            "sample grids and evaluation off: cannot load the latent store's VAE %r (%s); pass --vae", spec, err
+        )
+        return False, image_shape

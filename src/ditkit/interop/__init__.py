@@ -1,0 +1,1 @@
+"""Interchange with other tools: diffusers pipelines and the official DiT checkpoints."""

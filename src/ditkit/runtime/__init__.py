@@ -1,0 +1,1 @@
+"""Runtime services every layer may use: atomic files, devices and processes, precision, stopping, progress."""

@@ -1,0 +1,151 @@
+"""Why a training run stops early, the exit code each reason gets from the `ditkit` command, and the one
+line that `ditkit` prints for an error a user can cause (`exit_status`). Imports no torch.
+
+Exit codes (documented in the README): 0 done, 2 bad input (one line on stderr; also unreadable or
+unwritable files and a full disk), 3 the loss, the gradients or the weights stopped being finite, 130
+interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (128 + the signal number, as shells report it). An
+interrupted run has written a checkpoint: rerun the command to resume.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import pickle
+import signal
+import threading
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+EXIT_SIGINT = 128 + int(signal.SIGINT)
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped early on purpose; the message says why and how to go on."""
+
+    exit_code = 1
+
+
+class NonFiniteLoss(TrainingStopped):
+    exit_code = EXIT_NON_FINITE
+
+
+class Interrupted(TrainingStopped):
+    """SIGINT/SIGTERM: a checkpoint was written; rerun the same command to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopSignal:
+    """Turns the first SIGINT/SIGTERM into a flag checked between steps; a second one acts as usual."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.pid = os.getpid()
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid:  # a forked data-loader worker: the main process decides
+            return
+        self.signum = signum
+        self.restore()
+        logger.warning(
+            "got %s: checkpointing after this step (send it again to stop at once)", signal.Signals(signum).name
+        )
+
+    def requested(self) -> int:
+        """The signal number if any rank got one (a CPU-side collective under DDP), else 0."""
+        from ditkit.runtime import distributed  # here: this module stays free of torch for the CLI's error path
+
+        if not distributed.is_initialized():
+            return self.signum
+        return (self.signum or int(signal.SIGTERM)) if distributed.any_rank(bool(self.signum)) else 0
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+def interrupted(signum: int, step: int) -> Interrupted:
+    """The exception to raise after the checkpoint of `step` when `signum` stopped the run."""
+    return Interrupted(
+        f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint written. "
+        "Rerun the same command to resume",
+        signum,
+    )
+
+
+# How an error reads on the command line.
+
+_UNREADABLE = (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, json.JSONDecodeError, UnicodeDecodeError)
+
+
+def exit_status(err: BaseException, inputs: Sequence[str] = ()) -> tuple[int, str] | None:
+    """(exit code, one line) for an error a user can cause or a run that stopped; None for a bug (traceback).
+
+    `inputs` are the input paths of the command, named when a damaged file raised an error that names none
+    (numpy and zipfile errors do not say which file they read).
+    """
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_SIGINT, "interrupted"
+    if isinstance(err, TrainingStopped):
+        return err.exit_code, one_line(err)
+    named = " or ".join(repr(p) for p in inputs) or "an input file"
+    if isinstance(err, ValueError) and "allow_pickle" in one_line(err):  # numpy: never pass on its advice to unpickle
+        return EXIT_BAD_INPUT, (
+            f"error: cannot read {named}: not an .npz/.npy of plain arrays (damaged, another format, or pickled "
+            "objects, which ditkit never loads); save arrays with np.savez(path, images=uint8_array, labels=...)"
+        )
+    if isinstance(err, _UNREADABLE) or type(err).__name__ == "SafetensorError":
+        return EXIT_BAD_INPUT, (
+            f"error: cannot read {named} ({type(err).__name__}: {one_line(err)}): the file is damaged, "
+            "truncated or not the kind of file expected; recreate it"
+        )
+    if isinstance(err, OSError):
+        return EXIT_BAD_INPUT, f"error: {_os_error(err)}"
+    if isinstance(err, (ValueError, TypeError)):
+        return EXIT_BAD_INPUT, f"error: {one_line(err)}"
+    return None
+
+
+def _os_error(err: OSError) -> str:
+    """An OSError as a sentence with its path and the fix ("No such file" only when that is the cause)."""
+    path = " or ".join(repr(str(f)) for f in (err.filename, err.filename2) if f is not None)
+    if err.strerror and err.errno and err.strerror != os.strerror(err.errno):
+        return one_line(Exception(err.strerror))  # a message ditkit wrote (e.g. a full disk while checkpointing)
+    if isinstance(err, PermissionError):
+        return f"permission denied: {path or 'a file'}; change its permissions or choose another path"
+    if isinstance(err, FileNotFoundError):
+        return f"no such file or folder: {path or '?'}"
+    if isinstance(err, IsADirectoryError):
+        return f"{path or 'a path'} is a folder, not a file; give a file path"
+    if isinstance(err, NotADirectoryError):
+        return f"{path or 'a path'}: a part of it is a file, not a folder; choose another path"
+    if isinstance(err, FileExistsError):
+        return f"{path or 'a path'} exists; choose another path"
+    if err.errno == errno.ENOSPC:
+        return f"no space left on the device of {path or 'the output'}; free some space, then rerun the same command"
+    return one_line(err) + (f" ({path})" if path and path not in one_line(err) else "")
+
+
+def one_line(err: BaseException) -> str:
+    """The message of `err` on one line (its type name when it has none, or when str() itself fails)."""
+    try:
+        text = str(err)
+    except Exception:
+        text = ""
+    return " ".join(text.split()) or type(err).__name__

@@ -1,0 +1,1 @@
+"""Training: the DiT loop, its run folder, checkpoints and monitoring, and autoencoder training."""

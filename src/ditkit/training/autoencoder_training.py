@@ -1,0 +1,237 @@
+"""`ditkit train-vae`: a small KL autoencoder (diffusers' AutoencoderKL) trained on any ditkit dataset, so that
+DiT can run in a latent space where SD's VAE does not fit (digits, medical, satellite, spectrograms).
+
+Layout of the output folder (a diffusers VAE folder: `--vae DIR` and `AutoencoderKL.from_pretrained(DIR)` read it):
+    config.json, diffusion_pytorch_model.safetensors   the newest weights; config.json's `scaling_factor` is
+                                                       1 / std of the latents (set when training ends)
+    vae_train_config.json   the VAETrainConfig; a rerun must match it (lengths and cadences may change)
+    training/               optimizer.pt and state.json of the newest checkpoint (resume)
+    metrics.jsonl           loss, L1, KL and PSNR per report; samples/  reconstruction grids
+    report.json             scaling factor, PSNR and (for digits) classifier accuracy on held-out reconstructions
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ditkit.config import VAETrainConfig
+from ditkit.data.autoencoder import to_uint8
+from ditkit.data.datasets import BaseDataset
+from ditkit.data.loader import build_loader, mix_seed, open_dataset
+from ditkit.metrics.digit_classifier import classifier_accuracy, load_digit_classifier
+from ditkit.metrics.scoring import is_digit_images
+from ditkit.runtime import backend, distributed
+from ditkit.runtime.files import TEMP_PREFIX, atomic_path, check_output_dir, write_json
+from ditkit.runtime.progress import progress
+from ditkit.runtime.stopping import NonFiniteLoss, StopSignal, interrupted
+from ditkit.sampling.grid import save_grid
+from ditkit.training import run
+
+logger = logging.getLogger(__name__)
+
+TRAIN_CONFIG_FILE = "vae_train_config.json"
+STATE_DIR = "training"
+REPORT_FILE = "report.json"
+RESUMABLE = frozenset({"out_dir", "max_steps", "lr", "log_every_steps", "ckpt_every_steps", "device", "num_threads"})
+NUM_REPORT_IMAGES = 1000  # held-out images scored at the end (PSNR, classifier accuracy)
+
+
+def build_vae(cfg: VAETrainConfig, channels: int) -> Any:
+    """A fresh AutoencoderKL of `cfg`'s shape for `channels`-channel images (seeded by cfg.seed)."""
+    from diffusers import AutoencoderKL  # the optional `vae` extra
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return AutoencoderKL(
+            in_channels=channels,
+            out_channels=channels,
+            down_block_types=("DownEncoderBlock2D",) * len(cfg.block_out_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(cfg.block_out_channels),
+            block_out_channels=cfg.block_out_channels,
+            layers_per_block=cfg.layers_per_block,
+            latent_channels=cfg.latent_channels,
+            norm_num_groups=cfg.norm_num_groups,
+            sample_size=cfg.image_size,
+        )
+
+
+def vae_loss(vae: Any, x: Tensor, kl_weight: float, generator: torch.Generator | None) -> dict[str, Tensor]:
+    """L1 reconstruction (mean per pixel) + kl_weight x KL to N(0, I) (summed per image, mean over images)."""
+    posterior = vae.encode(x).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator)).sample
+    l1 = (reconstruction - x).abs().mean()
+    kl = posterior.kl().mean()
+    return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl, "psnr": psnr(reconstruction.clamp(-1, 1), x)}
+
+
+def psnr(reconstruction: Tensor, x: Tensor) -> Tensor:
+    """Mean PSNR (dB) over images in [-1, 1] (peak-to-peak 2)."""
+    mse = ((reconstruction - x) ** 2).mean(dim=(1, 2, 3))
+    return (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()
+
+
+def reconstruct(vae: Any, x: Tensor) -> Tensor:
+    """The decoded posterior mean of `x` (what a reconstruction grid and the report show)."""
+    return vae.decode(vae.encode(x).latent_dist.mode()).sample
+
+
+def train_vae(cfg: VAETrainConfig) -> Path:
+    """Train (or resume) the autoencoder in cfg.out_dir; returns the VAE folder. ValueError on bad input."""
+    out = Path(cfg.out_dir)
+    device = distributed.resolve_device(cfg.device)
+    restore = backend.configure(num_threads=cfg.num_threads)
+    stop = StopSignal()
+    try:
+        dataset = open_dataset(cfg.data, cfg.image_size, flip=False)
+        _check_resume(out, cfg)
+        vae, optimizer, start = _load_or_build(out, cfg, dataset.channels, device)
+        batches = build_loader(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
+        bar = progress(total=cfg.max_steps, initial=start, desc="train-vae", unit="step")
+        step, rows = start, []
+        while step < cfg.max_steps:
+            x = next(batches)[0].to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.max_steps // 20))
+            generator = torch.Generator(device).manual_seed(mix_seed(cfg.seed, 3, step))
+            terms = vae_loss(vae, x, cfg.kl_weight, generator)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            rows.append(torch.stack([terms[k].detach() for k in ("loss", "l1", "kl", "psnr")]))
+            step += 1
+            bar.update(1)
+            signum = stop.requested()
+            if step % cfg.log_every_steps == 0 or step == cfg.max_steps or signum:
+                _report(out, step, rows, bar)
+                rows = []
+            if step % cfg.ckpt_every_steps == 0 or step == cfg.max_steps or signum:
+                _save(out, vae, optimizer, step, dataset)
+            if signum:
+                raise interrupted(signum, step)
+        bar.close()
+        if step > start or not (out / REPORT_FILE).is_file():  # also after a larger --max-steps continued it
+            _finish(out, vae, dataset, cfg, device)
+        return out
+    finally:
+        stop.restore()
+        restore()
+
+
+def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
+    check_output_dir(out)
+    stored_path = out / TRAIN_CONFIG_FILE
+    if stored_path.is_file():
+        stored = json.loads(stored_path.read_text())
+        new = json.loads(json.dumps(cfg.to_dict()))
+        conflicts = [
+            f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and stored.get(k) != v
+        ]
+        if conflicts:
+            raise ValueError(
+                f"VAE folder {str(out)!r} was trained with other settings ({'; '.join(conflicts)}); rerun with "
+                "the original settings to resume, or pass a new --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"{str(out)!r} exists and is not a ditkit VAE folder; pass a new or empty --out")
+    write_json(stored_path, cfg.to_dict())
+
+
+def _load_or_build(out: Path, cfg: VAETrainConfig, channels: int, device: torch.device) -> tuple[Any, Any, int]:
+    state_file = out / STATE_DIR / "state.json"
+    if state_file.is_file():
+        from diffusers import AutoencoderKL  # the optional `vae` extra
+
+        vae = AutoencoderKL.from_pretrained(str(out)).to(device).train()
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+        optimizer.load_state_dict(torch.load(out / STATE_DIR / "optimizer.pt", map_location=device, weights_only=True))
+        start = int(json.loads(state_file.read_text())["step"])
+        logger.info("resumed the VAE in %s at step %d", out, start)
+        return vae, optimizer, start
+    vae = build_vae(cfg, channels).to(device).train()
+    logger.info(
+        "training a VAE in %s: %.2fM parameters, %d px -> %dx%dx%d latents",
+        out, sum(p.numel() for p in vae.parameters()) / 1e6, cfg.image_size, cfg.latent_channels,
+        cfg.image_size // cfg.downsample, cfg.image_size // cfg.downsample,
+    )  # fmt: skip
+    return vae, torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0), 0
+
+
+def _report(out: Path, step: int, rows: list[Tensor], bar: Any) -> None:
+    loss, l1, kl, psnr = torch.stack(rows).float().mean(0).tolist()
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(
+            f"the VAE loss is {loss} at step {step}; lower --lr (a rerun resumes from the last checkpoint)"
+        )
+    run.append_metrics(out, {"step": step, "loss": loss, "l1": l1, "kl": kl, "psnr": psnr})
+    bar.set_postfix(l1=f"{l1:.4f}", psnr=f"{psnr:.1f}")
+
+
+def _save(out: Path, vae: Any, optimizer: Any, step: int, dataset: BaseDataset) -> None:
+    """Weights into the folder (diffusers layout, file by file atomically), then the optimizer and the step."""
+    _save_pretrained(vae, out)
+    with atomic_path(out / STATE_DIR / "optimizer.pt") as tmp:
+        torch.save(optimizer.state_dict(), tmp)
+    write_json(out / STATE_DIR / "state.json", {"step": step})
+    with torch.no_grad():
+        x = torch.stack([dataset.get(i)[0] for i in range(8)]).to(vae.device)
+        reconstruction = reconstruct(vae, x)
+    save_grid(to_uint8(torch.cat([x, reconstruction])), out / run.SAMPLES_DIR / f"recon_step_{step:07d}.png", nrow=8)
+
+
+def _save_pretrained(vae: Any, out: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=out, prefix=TEMP_PREFIX) as tmp:
+        vae.save_pretrained(tmp)
+        for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):  # weights first, config last
+            os.replace(Path(tmp) / name, out / name)
+
+
+@torch.no_grad()
+def _finish(out: Path, vae: Any, dataset: BaseDataset, cfg: VAETrainConfig, device: torch.device) -> None:
+    """Set the latent scaling factor (1 / std of posterior samples) and score held-out reconstructions."""
+    vae.eval()
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.num_scale_images]
+    latents = []
+    for chunk in order.split(256):
+        x = torch.stack([dataset.get(i)[0] for i in chunk.tolist()]).to(device)
+        latents.append(vae.encode(x).latent_dist.sample(generator))
+    std = float(torch.cat(latents).std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    _save_pretrained(vae, out)
+    report = {"scaling_factor": 1.0 / std, "latent_std": std, **reconstruction_report(vae, cfg, device)}
+    write_json(out / REPORT_FILE, report)
+    logger.info(
+        "VAE %s: scaling factor %.4f, %s", out, 1.0 / std, {k: v for k, v in report.items() if k != "latent_std"}
+    )
+
+
+@torch.no_grad()
+def reconstruction_report(vae: Any, cfg: VAETrainConfig, device: torch.device) -> dict[str, float]:
+    """PSNR of held-out reconstructions (posterior means), and for digits the classifier's accuracy on them."""
+    held_out = "mnist:test" if cfg.data in (None, "mnist") else cfg.data
+    dataset = open_dataset(held_out, cfg.image_size, flip=False)
+    count = min(len(dataset), NUM_REPORT_IMAGES)
+    originals, reconstructions, labels = [], [], []
+    for start in range(0, count, 250):
+        items = [dataset.get(i) for i in range(start, min(start + 250, count))]
+        x = torch.stack([item[0] for item in items]).to(device)
+        originals.append(x.cpu())
+        reconstructions.append(reconstruct(vae, x).clamp(-1, 1).cpu())
+        labels += [item[1] for item in items]
+    x, r = torch.cat(originals), torch.cat(reconstructions)
+    report = {"psnr": float(psnr(r, x)), "num_images": count}
+    if is_digit_images(dataset.num_classes, (cfg.image_size, cfg.image_size, dataset.channels)):
+        classifier, targets = load_digit_classifier(), np.asarray(labels)
+        report["digit_accuracy"] = classifier_accuracy(classifier, to_uint8(r).numpy(), targets)
+        report["digit_accuracy_originals"] = classifier_accuracy(classifier, to_uint8(x).numpy(), targets)
+    return report
