@@ -24,7 +24,9 @@ demo: $(STAMP)
 	$(BIN)/ditkit demo --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 # The slow end-to-end checks (multi-process DDP, real Inception FID, the default demo recipe): CI runs them.

@@ -15,10 +15,12 @@ import json
 import time
 from pathlib import Path
 
-from ditkit.config.recipes import DEMO_REPORT_IMAGE_SIZE, DEMO_SAMPLING, demo_train_config
+from ditkit.config import DEMO_SAMPLING
+from ditkit.config.recipes import DEMO_REPORT_IMAGE_SIZE, demo_train_config
 from ditkit.data.datasets import frame_digits
 from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifier
-from ditkit.sampling.generate import generate, image_seeds, job_labels
+from ditkit.runtime.seeds import image_seeds
+from ditkit.sampling.generate import generate, job_labels
 from ditkit.training.loop import train
 from ditkit.training.run import open_for_sampling
 

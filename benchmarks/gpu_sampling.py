@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ditkit.config import DiffusionConfig, SampleConfig, get_preset
+from ditkit.config import BENCH_SAMPLING, DiffusionConfig, get_preset
 from ditkit.model.dit import DiT
-from ditkit.sampling.generate import generate, image_seeds
+from ditkit.runtime.seeds import image_seeds
+from ditkit.sampling.generate import generate
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -80,7 +81,7 @@ def main() -> None:
     results["official_tf32"] = _timed(official_loop, device) / args.steps
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
-    base = SampleConfig(sampler="ddpm", num_steps=args.steps, cfg_scale=4.0, cfg_channels=3, batch_size=n)
+    base = BENCH_SAMPLING.replace(num_steps=args.steps, cfg_channels=3, batch_size=n)  # the official sample.py
     for name, config in (
         ("ditkit_default", base),  # precision "auto" = bf16 autocast + TF32 on CUDA
         ("ditkit_fp32", base.replace(precision="fp32")),

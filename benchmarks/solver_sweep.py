@@ -22,7 +22,8 @@ from ditkit.config import SampleConfig
 from ditkit.config.recipes import DEMO_REPORT_IMAGE_SIZE
 from ditkit.data.datasets import frame_digits
 from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifier
-from ditkit.sampling.generate import generate, image_seeds, job_labels
+from ditkit.runtime.seeds import image_seeds
+from ditkit.sampling.generate import generate, job_labels
 from ditkit.training.run import open_for_sampling
 
 CANDIDATES = [("ddpm", 250), ("dpm++2m", 10), ("dpm++2m", 15), ("dpm++2m", 20), ("dpm++2m", 25), ("ddim", 25),

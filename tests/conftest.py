@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,3 +88,17 @@ def make_model() -> Callable[..., DiT]:
 def tiny_model(tiny_config: ModelConfig, make_model: Callable[..., DiT]) -> DiT:
     """A perturbed DiT-T/2 (non-zero outputs) in eval mode."""
     return make_model(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def fault_reference(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
+    """The losses of an uninterrupted fault-suite run (tests/fault_harness.py), after a warm-up run: the imports and
+    first-use caches it leaves are what the fault suites' forked children inherit."""
+    from fault_harness import fault_argv, metrics_lines
+    from smoke.test_cli import invoke
+
+    out = tmp_path_factory.mktemp("fault_reference") / "run"
+    invoke(*fault_argv(out))
+    shutil.rmtree(out)
+    invoke(*fault_argv(out))
+    return [m["loss"] for m in metrics_lines(out)]

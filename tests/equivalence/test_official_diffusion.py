@@ -11,13 +11,14 @@ import json
 import pytest
 import torch
 
-from ditkit.config import DiffusionConfig
+from ditkit.config import DiffusionConfig, SampleConfig
 from ditkit.diffusion.gaussian import create_diffusion, space_timesteps
 from ditkit.diffusion.samplers import ddpm_step, guided_denoiser, model_denoiser, sample_loop
 from ditkit.model.dit import DiT
 from numerics import OPS_ELEMENTWISE, OPS_FORWARD, OPS_PER_SAMPLING_STEP, assert_fp32_close
 
 DDIM25_OPS = OPS_FORWARD + 25 * OPS_PER_SAMPLING_STEP  # 25 model calls, each feeding the next
+DDIM25 = SampleConfig(sampler="ddim", num_steps=25, respacing="ddim25", cfg_scale=1.0, clip_denoised=False)
 
 
 @pytest.fixture
@@ -81,7 +82,12 @@ def test_ddpm250_step_matches_official(load_fixture, model):
     diffusion = create_diffusion("250")
     with torch.no_grad():
         out = ddpm_step(
-            diffusion, model_denoiser(model, step["y"]), step["x_t"], step["t_respaced"], step["step_noise"]
+            diffusion,
+            model_denoiser(model, step["y"]),
+            step["x_t"],
+            step["t_respaced"],
+            step["step_noise"],
+            clip_denoised=False,
         )
     assert_fp32_close(out["sample"], step["sample"], ops=OPS_FORWARD + OPS_ELEMENTWISE)
     assert_fp32_close(out["pred_xstart"], step["pred_xstart"], ops=OPS_FORWARD + OPS_ELEMENTWISE)
@@ -89,30 +95,14 @@ def test_ddpm250_step_matches_official(load_fixture, model):
 
 def test_ddim25_loop_without_guidance_matches_official(load_fixture, model):
     loop = load_fixture("ddim25_loop.safetensors")
-    samples = sample_loop(
-        model,
-        loop["noise"],
-        loop["labels"],
-        sampler="ddim",
-        timestep_respacing="ddim25",
-        clip_denoised=False,
-        diffusion=DiffusionConfig(),
-    )
+    samples = sample_loop(model, loop["noise"], loop["labels"], DDIM25, diffusion=DiffusionConfig())
     assert_fp32_close(samples, loop["samples_nocfg"], ops=DDIM25_OPS)
 
 
 def test_ddim25_loop_with_3_channel_guidance_matches_official(load_fixture, model):
     loop = load_fixture("ddim25_loop.safetensors")
-    samples = sample_loop(
-        model,
-        loop["noise"],
-        loop["labels"],
-        sampler="ddim",
-        timestep_respacing="ddim25",
-        cfg_scale=loop["cfg_scale"].item(),
-        cfg_channels=3,
-        clip_denoised=False,
-    )
+    guided = DDIM25.replace(cfg_scale=loop["cfg_scale"].item(), cfg_channels=3)
+    samples = sample_loop(model, loop["noise"], loop["labels"], guided)
     assert_fp32_close(samples, loop["samples_cfg3ch"], ops=DDIM25_OPS)
 
 

@@ -22,6 +22,7 @@ import torch
 from ditkit.config import get_preset
 from ditkit.model.dit import DiT
 from ditkit.model.weights import save_weights
+from ditkit.runtime.errors import InputError
 
 from .test_cli import invoke
 
@@ -364,7 +365,7 @@ def test_messages_name_only_flags_that_exist() -> None:
     assert sorted(f"{flag} ({name})" for flag, name in named if flag not in allowed) == []
 
 
-class _Unprintable(ValueError):
+class _Unprintable(InputError):  # bad input whose message cannot be printed
     def __str__(self) -> str:
         raise RuntimeError("str() fails")
 
@@ -378,7 +379,7 @@ class _Unprintable(ValueError):
         (OSError(28, "No space left on device", "/runs/a"), "error: no space left on the device of '/runs/a'"),
         (__import__("zipfile").BadZipFile("File is not a zip file"), "error: cannot read 'in.npz' (BadZipFile"),
         (EOFError(), "error: cannot read 'in.npz' (EOFError: EOFError)"),
-        (_Unprintable(), "error: _Unprintable"),  # the formatter itself never raises
+        (_Unprintable("?"), "error: _Unprintable"),  # the formatter itself never raises
         (KeyboardInterrupt(), "interrupted"),
     ],
 )

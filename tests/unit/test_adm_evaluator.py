@@ -408,7 +408,7 @@ def test_stats_from_the_old_input_path_are_refused(tmp_path) -> None:
     path = ref_stats(_uniform(3, (24, 16, 16, 3)), old, tmp_path / "old.npz")
     new = RandomFeatureExtractor(seed=0, pool_dim=16)
     new.name = inception.EXTRACTOR_NAMES["adm"]
-    with pytest.raises(ValueError, match="--resize pytorch-fid"):
+    with pytest.raises(ValueError, match="resize='pytorch-fid'"):
         evaluate_samples(_uniform(4, (24, 16, 16, 3)), path, new)
     assert evaluate.stats_extractor(path) == "inception-2015-12-05"
     assert "fid" in evaluate_samples(_uniform(4, (24, 16, 16, 3)), path, old, metrics=("fid",))

@@ -200,13 +200,13 @@ def test_check_num_classes_and_open_dataset(tmp_path: Path, npz_path: Path, fake
     assert isinstance(mnist, EmbeddedMNIST) and len(mnist) == 9000
     check_num_classes(mnist, 10)
     check_num_classes(mnist, 0)  # unconditional models take any data
-    with pytest.raises(ValueError, match="dataset has 10 classes but the model has 1000; pass --num-classes 10"):
+    with pytest.raises(ValueError, match="dataset has 10 classes but the model has 1000; pass num_classes=10"):
         check_num_classes(mnist, 1000)
     assert isinstance(open_dataset("mnist:test", 28), EmbeddedMNIST)
     assert isinstance(open_dataset(str(npz_path), flip=False), NpzDataset)
     store = open_dataset(str(fake_store))
     assert isinstance(store, LatentStore) and store.item_shape == (3, 8, 8)
-    with pytest.raises(ValueError, match="pass --image-size 16"):
+    with pytest.raises(ValueError, match="pass image_size=16"):
         open_dataset(str(fake_store), image_size=32)
     (tmp_path / "imgs" / "c").mkdir(parents=True)
     _rng_image(0, (20, 20)).save(tmp_path / "imgs" / "c" / "x.png")
@@ -217,7 +217,7 @@ def test_check_num_classes_and_open_dataset(tmp_path: Path, npz_path: Path, fake
         open_dataset(str(tmp_path / "nope"))
     unlabelled = NpzDataset(npz_path)
     unlabelled.num_classes = 0
-    with pytest.raises(ValueError, match="unlabelled; pass --num-classes 0"):
+    with pytest.raises(ValueError, match="unlabelled; pass num_classes=0"):
         check_num_classes(unlabelled, 10)
 
 

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.config import SampleConfig, get_preset
+from ditkit.cli.main import main
+from ditkit.config import IMAGE_SAMPLING, SampleConfig, get_preset
 from ditkit.data.class_names import imagenet_class_names, parse_classes
+from ditkit.diffusion import samplers
 from ditkit.model.dit import DiT
-from ditkit.sampling.generate import assemble_npz, generate, image_seed, job_labels, sample_npz
+from ditkit.model.weights import save_weights
+from ditkit.runtime import distributed
+from ditkit.runtime.seeds import Stream, image_seed, mix_seed
+from ditkit.sampling import generate as generate_module
+from ditkit.sampling.generate import assemble_npz, generate, job_labels, sample_npz
 from ditkit.sampling.walk import class_walk, noise_walk, save_walk, slerp
 
 
@@ -42,6 +48,16 @@ def test_labels_balanced_and_seeds_distinct() -> None:
     assert np.bincount(job_labels(50, 10, 0, True)).tolist() == [5] * 10
     assert len({image_seed(0, i) for i in range(1000)}) == 1000
     assert image_seed(0, 5) != image_seed(1, 5)
+
+
+def test_seed_rules_are_frozen() -> None:
+    """Every sample and run made so far depends on these numbers: the streams and both hashes must not move."""
+    assert [int(s) for s in Stream] == [0, 1, 2, 3]  # DATA_ORDER, DATA_ITEM (= TRAIN_STEP, JOB_LABELS), ...
+    assert (Stream.TRAIN_STEP, Stream.TRAIN_GLOBAL, Stream.VAE_STEP, Stream.JOB_LABELS) == (1, 2, 3, 1)
+    assert (image_seed(0, 0), image_seed(3, 7)) == (7896617691693857887, 4782766539338417736)
+    assert (mix_seed(0, Stream.TRAIN_STEP, 5), mix_seed(2**40, 3, 1)) == (4699363248092381886, 4582100511894380653)
+    expected = np.random.default_rng([4, 1]).permutation(np.arange(30) % 10)  # the labels rule before Stream
+    np.testing.assert_array_equal(job_labels(30, 10, 4, True), expected)
 
 
 def test_generate_does_not_depend_on_batching(model: DiT) -> None:
@@ -111,3 +127,63 @@ def test_save_walk_writes_only_the_formats_asked_for(tmp_path):
     assert save_walk(frames, tmp_path, "w", formats=("gif",)) == {"gif": tmp_path / "w.gif"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.gif"]
     assert {"gif", "strip"} <= set(save_walk(frames, tmp_path, "all"))  # the default: every format (mp4 with ffmpeg)
+
+
+# The `ditkit sample` seams: the requested device and guidance scale reach the tensors and the model.
+
+
+@pytest.fixture
+def weights(model: DiT, tmp_path: Path) -> Path:
+    return save_weights(model.state_dict(), model.config, tmp_path / "tiny.safetensors")
+
+
+def test_sample_npz_keeps_the_requested_device_on_a_gpu_machine(
+    weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ditkit sample --num N --device cpu` where CUDA is available: every tensor stays on the CPU (the job used
+    to call distributed.init() again with "auto", which picks cuda:0 whatever --device said)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as ditkit can tell
+    asked, noise_devices, loop_devices = [], [], []
+    real_init, real_noise, real_loop = distributed.init, generate_module.initial_noise, generate_module.sample_loop
+
+    def init(device: str = "auto", *args, **kwargs):
+        asked.append(device)
+        return real_init(device, *args, **kwargs)
+
+    def initial_noise(seeds, shape, device):
+        noise_devices.append(torch.device(device))
+        return real_noise(seeds, shape, device)
+
+    def sample_loop(model, noise, labels, config, **kwargs):
+        loop_devices.extend([noise.device, labels.device, next(model.parameters()).device])
+        return real_loop(model, noise, labels, config, **kwargs)
+
+    monkeypatch.setattr(distributed, "init", init)
+    monkeypatch.setattr(generate_module, "initial_noise", initial_noise)
+    monkeypatch.setattr(generate_module, "sample_loop", sample_loop)
+    npz = tmp_path / "s.npz"
+    args = ["sample", "--ckpt", str(weights), "--out", str(tmp_path), "--npz", str(npz), "--num", "3"]
+    assert main([*args, "--steps", "2", "--device", "cpu"]) == 0
+    assert asked == ["cpu"]  # initialised once, with the flag
+    assert noise_devices and set(noise_devices) == {torch.device("cpu")}
+    assert loop_devices and set(loop_devices) == {torch.device("cpu")}
+    with np.load(npz) as data:
+        assert data["arr_0"].shape == (3, 8, 8, 1)
+
+
+@pytest.mark.parametrize(("flags", "scale"), [(["--cfg-scale", "2.5"], 2.5), ([], IMAGE_SAMPLING.cfg_scale)])
+def test_cli_cfg_scale_reaches_the_guided_denoiser(
+    flags: list[str], scale: float, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ditkit sample --cfg-scale 2.5` guides the model at 2.5 (without the flag: IMAGE_SAMPLING's scale)."""
+    seen = []
+    real = samplers.guided_denoiser
+
+    def guided_denoiser(model, labels, null_labels, cfg_scale, guided_channels):
+        seen.append(cfg_scale)
+        return real(model, labels, null_labels, cfg_scale, guided_channels)
+
+    monkeypatch.setattr(samplers, "guided_denoiser", guided_denoiser)
+    args = ["sample", "--ckpt", str(weights), "--out", str(tmp_path / "grid"), "--classes", "1,2", "--per-class", "1"]
+    assert main([*args, "--steps", "2", "--device", "cpu", *flags]) == 0
+    assert seen and set(seen) == {scale}

@@ -24,7 +24,7 @@ pytest.importorskip("diffusers")
 from diffusers import DiTPipeline, DiTTransformer2DModel
 
 from ditkit.cli.main import main
-from ditkit.config import DiffusionConfig, ModelConfig, TrainConfig, get_preset
+from ditkit.config import DiffusionConfig, ModelConfig, SampleConfig, TrainConfig, get_preset
 from ditkit.data.autoencoder import make_tiny_vae
 from ditkit.diffusion.gaussian import space_timesteps
 from ditkit.diffusion.samplers import sample_loop
@@ -196,7 +196,8 @@ def test_diverged_per_block_embedders_are_refused() -> None:
 def test_unrepresentable_models_raise_one_line(changes: dict, feature: str) -> None:
     with pytest.raises(ValueError, match=feature) as err:
         check_exportable(get_preset("DiT-T/2", **changes))
-    assert "\n" not in str(err.value) and "equivalent" in str(err.value) and "--format safetensors" in str(err.value)
+    assert "\n" not in str(err.value) and "equivalent" in str(err.value) and "safetensors" in str(err.value)
+    assert err.value.setting == "format" and "--" not in str(err.value)  # the CLI adds "(--format)"
 
 
 # Schedulers.
@@ -284,8 +285,8 @@ def test_pipeline_ddim_matches_sample_loop(diffusion: DiffusionConfig, vae_dir: 
         output_type="np",
     )
     x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    latents = sample_loop(model, x_T, torch.tensor(labels), sampler="ddim", timestep_respacing=f"ddim{steps}",
-                          cfg_scale=4.0, cfg_channels="all", diffusion=diffusion)  # fmt: skip
+    ddim = SampleConfig(sampler="ddim", num_steps=steps, respacing=f"ddim{steps}", cfg_scale=4.0, clip_denoised=False)
+    latents = sample_loop(model, x_T, torch.tensor(labels), ddim, diffusion=diffusion)
     expected = 1 / pipe.vae.config.scaling_factor * latents
     assert_fp32_close(decoded[0], expected, ops=steps * (OPS_FORWARD + OPS_PER_SAMPLING_STEP))
 
@@ -304,7 +305,7 @@ def test_cli_export_import_and_one_line_errors(vae_dir: Path, tmp_path: Path) ->
     weights = str(tmp_path / "w.safetensors")  # a weights file: the VAE must be named
     assert cli("export", weights, str(tmp_path / "pipe2"), "--format", "diffusers", "--vae", str(vae_dir))[0] == 0
     code, err = cli("export", weights, str(tmp_path / "pipe3"), "--format", "diffusers")
-    assert code == 2 and "pass --vae" in err
+    assert code == 2 and "pass vae=" in err and err.endswith("(--vae)\n")
     pixel = make_run(tmp_path / "pixel", perturbed(get_preset("DiT-T/2", in_channels=3)), DiffusionConfig(), "none")
     code, err = cli("export", str(pixel), str(tmp_path / "pixel-pipe"), "--format", "diffusers")
     assert code == 2 and err.count("\n") == 1 and "pixel-space models have no diffusers equivalent" in err

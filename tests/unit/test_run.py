@@ -86,7 +86,7 @@ def test_metrics_keep_one_line_per_step_and_skip_a_cut_line(tmp_path):
 def test_open_for_sampling_needs_a_vae_for_latent_models(tmp_path):
     config = get_preset("DiT-T/2")  # 4 latent channels
     weights = save_weights(DiT(config).state_dict(), config, tmp_path / "w.safetensors")
-    with pytest.raises(ValueError, match="4-channel latent space: pass --vae"):
+    with pytest.raises(ValueError, match="4-channel latent space: pass vae="):
         open_for_sampling(weights)
     pixel = get_preset("DiT-T/2", in_channels=3)
     opened = open_for_sampling(save_weights(DiT(pixel).state_dict(), pixel, tmp_path / "p.safetensors"))

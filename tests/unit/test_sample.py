@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import math
 
 import pytest
 import torch
 
-from ditkit.config import DiffusionConfig, get_preset
+from ditkit.config import DiffusionConfig, SampleConfig, get_preset
+from ditkit.diffusion import samplers
 from ditkit.diffusion.gaussian import create_diffusion
 from ditkit.diffusion.samplers import (
     GlobalNoise,
@@ -29,6 +32,14 @@ SAMPLER_CASES = [  # (sampler, respacing, eta)
     ("ddim", "ddim10", 1.0),
     ("dpm++2m", "10", 0.0),
 ]
+LOOP = SampleConfig(cfg_scale=1.0, clip_denoised=False)  # the loop as these tests drive it: no guidance, no clamp
+
+
+def _config(sampler: str, spec: str, eta: float = 0.0, **changes: object) -> SampleConfig:
+    """LOOP with a sampler and an ADM respacing spec ("10": 10 even steps, "ddim10": the DDIM stride)."""
+    respacing = spec if spec.startswith("ddim") else None
+    steps = int(spec.removeprefix("ddim"))
+    return LOOP.replace(sampler=sampler, num_steps=steps, respacing=respacing, eta=eta, **changes)
 
 
 # Seeds and batches.
@@ -41,15 +52,7 @@ def test_per_sample_seeds_independent_of_batch(sampler, spec, eta, tiny_model, t
 
     def run(seeds):
         labels = torch.tensor([label_of[s] for s in seeds])
-        return sample_loop(
-            tiny_model,
-            initial_noise(seeds, shape),
-            labels,
-            sampler=sampler,
-            timestep_respacing=spec,
-            eta=eta,
-            seeds=seeds,
-        )
+        return sample_loop(tiny_model, initial_noise(seeds, shape), labels, _config(sampler, spec, eta), seeds=seeds)
 
     alone = run([5])
     assert torch.equal(run([5]), alone)  # deterministic
@@ -80,7 +83,7 @@ def test_step_noise_is_independent_of_initial_noise():
         return torch.zeros_like(x)
 
     config = DiffusionConfig(learn_sigma=False)
-    sample_loop(model, x_T, None, sampler="ddpm", timestep_respacing="2", seeds=seeds, diffusion=config)
+    sample_loop(model, x_T, None, _config("ddpm", "2"), seeds=seeds, diffusion=config)
     out = create_diffusion("2", learn_sigma=False).p_mean_variance(model, x_T, torch.ones(8, dtype=torch.long))
     z = (seen[1] - out["mean"]) / torch.exp(0.5 * out["log_variance"])
     correlation = torch.corrcoef(torch.stack([z.flatten(), x_T.flatten()]))[0, 1]
@@ -91,7 +94,7 @@ def test_global_generator_is_deterministic(tiny_model):
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1, 2])
     runs = [
-        sample_loop(tiny_model, noise, labels, timestep_respacing="5", generator=torch.Generator().manual_seed(1))
+        sample_loop(tiny_model, noise, labels, _config("ddpm", "5"), generator=torch.Generator().manual_seed(1))
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -101,16 +104,7 @@ def test_global_generator_is_deterministic(tiny_model):
 def test_progress_bar_changes_nothing(sampler, spec, eta, tiny_model):
     noise, labels = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
     runs = [
-        sample_loop(
-            tiny_model,
-            noise,
-            labels,
-            sampler=sampler,
-            timestep_respacing=spec,
-            eta=eta,
-            seeds=[1, 2],
-            progress=progress,
-        )
+        sample_loop(tiny_model, noise, labels, _config(sampler, spec, eta), seeds=[1, 2], progress=progress)
         for progress in (False, True)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -124,9 +118,32 @@ def test_seed_noise_rows_follow_their_seed():
 def test_sample_loop_input_errors(tiny_model):
     noise = torch.randn(2, 4, 8, 8)
     with pytest.raises(ValueError, match="sampler must be one of ddpm, ddim, dpm\\+\\+2m; got 'euler'"):
-        sample_loop(tiny_model, noise, torch.tensor([0, 1]), sampler="euler")
+        LOOP.replace(sampler="euler")
     with pytest.raises(ValueError, match="need one seed per image: got 3 seeds for 2 images"):
-        sample_loop(tiny_model, noise, torch.tensor([0, 1]), seeds=[1, 2, 3])
+        sample_loop(tiny_model, noise, torch.tensor([0, 1]), LOOP, seeds=[1, 2, 3])
+    with pytest.raises(ValueError, match="need clip_denoised set"):  # only generate knows pixels from latents
+        sample_loop(tiny_model, noise, torch.tensor([0, 1]), LOOP.replace(clip_denoised=None))
+    with pytest.raises(ValueError, match="respacing must be an ADM spec of num_steps=10 steps"):
+        LOOP.replace(num_steps=10, respacing="ddim25")
+
+
+def test_sampling_settings_have_no_defaults_outside_sample_config():
+    """Every named default of a sampling setting lives in ditkit.config.sampling: no sampler function restates one."""
+    settings = {f.name for f in dataclasses.fields(SampleConfig)} | {"timestep_respacing", "guided_channels"}
+    for name, function in inspect.getmembers(samplers, inspect.isfunction):
+        if function.__module__ != samplers.__name__:
+            continue
+        defaults = [p for p in inspect.signature(function).parameters.values() if p.default is not p.empty]
+        assert not [p.name for p in defaults if p.name in settings], name
+
+
+def test_respacing_spec_is_a_sample_config_field(tiny_model):
+    """Respacing "ddim10" (the official DDIM stride) and "10" (even spacing) are different 10-step processes."""
+    noise, labels = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
+    strided = sample_loop(tiny_model, noise, labels, _config("ddim", "ddim10"))
+    even = sample_loop(tiny_model, noise, labels, _config("ddim", "10"))
+    assert _config("ddim", "ddim10").timestep_respacing == "ddim10" and LOOP.timestep_respacing == "250"
+    assert not torch.allclose(strided, even)
 
 
 class _CallRecorder(torch.nn.Module):
@@ -150,10 +167,10 @@ class _CallRecorder(torch.nn.Module):
 def test_guidance_doubles_batch_only_when_on(sampler, tiny_model):
     recorder = _CallRecorder(tiny_model)
     noise, labels = torch.randn(3, 4, 8, 8), torch.tensor([0, 1, 2])
-    sample_loop(recorder, noise, labels, sampler=sampler, timestep_respacing="6", cfg_scale=1.0)
+    sample_loop(recorder, noise, labels, _config(sampler, "6", cfg_scale=1.0))
     assert recorder.batch_sizes == [3] * 6
     recorder.batch_sizes.clear()
-    sample_loop(recorder, noise, labels, sampler=sampler, timestep_respacing="6", cfg_scale=4.0)
+    sample_loop(recorder, noise, labels, _config(sampler, "6", cfg_scale=4.0))
     assert recorder.batch_sizes == [6] * 6
 
 
@@ -180,9 +197,7 @@ def _gaussian_samples(sampler, spec, eta=0.0, learn_sigma=False, v=1.0, n=2048):
         gaussian_model(learn_sigma, v),
         noise,
         None,
-        sampler=sampler,
-        timestep_respacing=spec,
-        eta=eta,
+        _config(sampler, spec, eta),
         generator=torch.Generator().manual_seed(1),
         diffusion=DiffusionConfig(learn_sigma=learn_sigma),
     )
@@ -292,10 +307,10 @@ def test_ddim_inversion_round_trip():
     x_start = MU + S * torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     diffusion = create_diffusion("ddim250", learn_sigma=False)
     denoise = model_denoiser(gaussian_model(), None)
-    x_T = ddim_invert(diffusion, denoise, x_start)
+    x_T = ddim_invert(diffusion, denoise, x_start, clip_denoised=False)
     # The ODE maps N(MU, S^2) to N(0, 1) along (x - MU) / S; DDIM's first-order error is ~0.04 at 250 steps.
     torch.testing.assert_close(x_T, (x_start - MU) / S, rtol=0, atol=0.06)
-    recovered = ddim_sample(diffusion, denoise, x_T, GlobalNoise())
+    recovered = ddim_sample(diffusion, denoise, x_T, GlobalNoise(), _config("ddim", "ddim250"))
     torch.testing.assert_close(recovered, x_start, rtol=0, atol=0.06)
 
 
@@ -324,9 +339,9 @@ def test_make_denoiser_cfg_channels(tiny_model):
     with torch.no_grad():
         cond = tiny_model(x, t, labels)
         uncond = tiny_model(x, t, torch.full_like(labels, 10))
-        guided_all = make_denoiser(tiny_model, labels, cfg_scale=3.0)(x, t)
-        guided_3 = make_denoiser(tiny_model, labels, cfg_scale=3.0, cfg_channels=3)(x, t)
-        plain = make_denoiser(tiny_model, labels)(x, t)
+        guided_all = make_denoiser(tiny_model, labels, LOOP.replace(cfg_scale=3.0))(x, t)
+        guided_3 = make_denoiser(tiny_model, labels, LOOP.replace(cfg_scale=3.0, cfg_channels=3))(x, t)
+        plain = make_denoiser(tiny_model, labels, LOOP)(x, t)
     torch.testing.assert_close(plain, cond)
     torch.testing.assert_close(guided_all[:, :4], uncond[:, :4] + 3.0 * (cond[:, :4] - uncond[:, :4]))
     torch.testing.assert_close(guided_all[:, 4:], cond[:, 4:])
@@ -334,24 +349,29 @@ def test_make_denoiser_cfg_channels(tiny_model):
     torch.testing.assert_close(guided_3[:, :3], guided_all[:, :3])
 
 
-@pytest.mark.parametrize("cfg_channels", [0, 5, -1, "three", 2.5])
-def test_make_denoiser_rejects_bad_cfg_channels(cfg_channels, tiny_model):
+@pytest.mark.parametrize("cfg_channels", [0, -1, "three", 2.5])
+def test_sample_config_rejects_bad_cfg_channels(cfg_channels):
+    with pytest.raises(ValueError, match="cfg_channels must be 'all' or an integer >= 1"):
+        LOOP.replace(cfg_scale=2.0, cfg_channels=cfg_channels)
+
+
+def test_make_denoiser_rejects_more_cfg_channels_than_the_model_has(tiny_model):
     with pytest.raises(ValueError, match="cfg_channels must be 'all' or an int in 1..4"):
-        make_denoiser(tiny_model, torch.tensor([1]), cfg_scale=2.0, cfg_channels=cfg_channels)
+        make_denoiser(tiny_model, torch.tensor([1]), LOOP.replace(cfg_scale=2.0, cfg_channels=5))
 
 
 def test_guidance_needs_a_null_class(make_model):
     model = make_model(get_preset("DiT-T/2", class_dropout_prob=0.0))
     with pytest.raises(ValueError, match="cfg_scale=4.0 needs a model trained with label dropout"):
-        make_denoiser(model, torch.tensor([1]), cfg_scale=4.0)
-    make_denoiser(model, torch.tensor([1]), cfg_scale=1.0)  # no guidance: fine
+        make_denoiser(model, torch.tensor([1]), LOOP.replace(cfg_scale=4.0))
+    make_denoiser(model, torch.tensor([1]), LOOP)  # no guidance: fine
 
 
 def test_guidance_on_unconditional_model_warns(make_model, caplog):
     model = make_model(get_preset("DiT-T/2", num_classes=0))
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([10])
     with caplog.at_level(logging.WARNING, logger="ditkit.diffusion.samplers"):
-        denoise = make_denoiser(model, None, cfg_scale=4.0)
+        denoise = make_denoiser(model, None, LOOP.replace(cfg_scale=4.0))
     assert "no effect" in caplog.text
     with torch.no_grad():
         torch.testing.assert_close(denoise(x, t), model(x, t))

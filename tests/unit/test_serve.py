@@ -18,7 +18,8 @@ from ditkit.apps.serve import PageSampler, page_message, whole_number
 from ditkit.cli.main import build_parser, main
 from ditkit.config import default_diffusion, get_preset
 from ditkit.model.dit import DiT
-from ditkit.sampling.generate import generate, image_seeds
+from ditkit.runtime.seeds import image_seeds
+from ditkit.sampling.generate import generate
 from ditkit.sampling.grid import make_grid
 from ditkit.training.run import SamplingModel
 
@@ -151,7 +152,7 @@ def test_demo_ends_with_the_serve_command() -> None:
     "gradio, port, message",
     [
         ("ditkit_no_such_module", "7860", "the web page needs Gradio: pip install 'ditkit[web]'"),
-        ("json", "70000", "--port must be in 1..65535; got 70000"),  # any module stands in for Gradio
+        ("json", "70000", "port must be in 1..65535; got 70000 (--port)"),  # any module stands in for Gradio
     ],
 )
 def test_serve_fails_early_in_one_line(monkeypatch: pytest.MonkeyPatch, gradio: str, port: str, message: str) -> None:

@@ -16,14 +16,15 @@ from typing import Any
 
 import torch
 
-from ditkit.config import VAE_DOWNSAMPLE, ModelConfig, SampleConfig, default_diffusion, get_preset
+from ditkit.config import BENCH_SAMPLING, VAE_DOWNSAMPLE, ModelConfig, default_diffusion, get_preset
 from ditkit.diffusion.gaussian import diffusion_from_config
 from ditkit.model.dit import DiT
 from ditkit.model.flops import model_cost
 from ditkit.runtime import backend
 from ditkit.runtime.distributed import resolve_device
 from ditkit.runtime.files import write_json
-from ditkit.sampling.generate import generate, image_seeds
+from ditkit.runtime.seeds import image_seeds
+from ditkit.sampling.generate import generate
 from ditkit.training.loop import adamw, train_step, update_ema
 
 PAPER_STEPS = 250  # the paper's DDPM sampling steps
@@ -69,10 +70,9 @@ def bench_sampling(
     torch.manual_seed(0)
     model = DiT(config).to(device).eval()
     labels = [i % config.num_classes for i in range(batch_size)] if config.num_classes else None
-    sample = SampleConfig(
-        sampler="ddpm", num_steps=steps, cfg_scale=4.0 if config.has_null_class else 1.0,
-        batch_size=batch_size, precision=precision, compile=compile,
-    )  # fmt: skip
+    guided = config.has_null_class  # BENCH_SAMPLING guides; a model without a null class cannot
+    sample = BENCH_SAMPLING.replace(num_steps=steps, batch_size=batch_size, precision=precision, compile=compile,
+                                    **({} if guided else {"cfg_scale": 1.0}))  # fmt: skip
     seeds = image_seeds(0, batch_size)
     first, times = _time(lambda: generate(model, labels, seeds, sample, device=device), 2, device)
     return {"s_per_step": statistics.median(times) / steps, "first_call_s": first}

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ditkit.config import TrainConfig
+from ditkit.config import DEMO_SAMPLING, TrainConfig
 from ditkit.config.recipes import (
     DEMO_REPORT_IMAGE_SIZE,
-    DEMO_SAMPLING,
     demo_train_config,
     latent_demo_train_config,
     latent_demo_vae_config,
@@ -28,7 +27,8 @@ from ditkit.data.datasets import STORE_META_FILE, EmbeddedMNIST, frame_digits
 from ditkit.data.latent_store import extract_latents, store_progress
 from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifier
 from ditkit.runtime.files import save_npz, write_json
-from ditkit.sampling.generate import generate, image_seeds, job_labels
+from ditkit.runtime.seeds import image_seeds
+from ditkit.sampling.generate import generate, job_labels
 from ditkit.sampling.grid import save_labelled_grid
 from ditkit.training.autoencoder_training import train_vae
 from ditkit.training.loop import train

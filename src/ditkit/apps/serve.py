@@ -2,7 +2,7 @@
 
 `ditkit serve --ckpt PATH` opens the model once and serves http://127.0.0.1:7860. Requests wait in one
 queue and run one at a time, so users never share a job. `PageSampler` is the request handling in plain
-Python (bad input raises ValueError); `build_app` puts Gradio over it and shows those errors in the page.
+Python (bad input raises InputError); `build_app` puts Gradio over it and shows those errors in the page.
 Gradio is the optional `web` extra (pip install 'ditkit[web]') and is imported by this module only.
 """
 
@@ -14,7 +14,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import signal
 import tempfile
 import threading
@@ -29,8 +28,10 @@ from torch import nn
 from ditkit.config import SAMPLERS, WALK_SAMPLING, SampleConfig
 from ditkit.data.class_names import caption, class_names, parse_classes
 from ditkit.runtime.distributed import resolve_device
+from ditkit.runtime.errors import InputError
+from ditkit.runtime.seeds import image_seeds
 from ditkit.runtime.stopping import one_line
-from ditkit.sampling.generate import batch_size_for, generate, image_seeds
+from ditkit.sampling.generate import generate
 from ditkit.sampling.grid import save_grid
 from ditkit.sampling.walk import class_walk, noise_walk, save_walk
 from ditkit.training.run import SamplingModel, open_for_sampling
@@ -53,7 +54,9 @@ WALK_KINDS = {"noise: seed A to seed B": "noise", "class: A to B": "class"}
 WALK_SAMPLERS = ("ddim", "dpm++2m")  # deterministic: a frame is a smooth function of its inputs
 FIRST_IMAGENET_CLASSES = (207, 360, 387, 974)  # golden retriever, otter, lesser panda, geyser (official sample.py)
 _GRADIO = "gradio"  # the module the `web` extra installs
-_FLAG_HINT = re.compile(r"\s*\(--[a-z0-9-]+\)")  # "(--cfg-scale)": CLI advice, meaningless in the page
+# The page's field for a setting named in an InputError (the CLI names its flag instead).
+PAGE_FIELDS = {"cfg_scale": "Guidance scale", "cfg_channels": "Guide", "guidance": "Guide", "sampler": "Sampler",
+               "num_steps": "Steps", "per_class": "Images per class", "kind": "Walk", "classes": "Classes"}  # fmt: skip
 
 OnStep = Callable[[int, int], None]  # (network calls done, calls in the job)
 
@@ -62,7 +65,7 @@ OnStep = Callable[[int, int], None]  # (network calls done, calls in the job)
 
 
 def whole_number(name: str, value: Any, low: int, high: int) -> int:
-    """`value` (a page field: int, float or text) as an int in low..high, or a ValueError naming the field."""
+    """`value` (a page field: int, float or text) as an int in low..high, or an InputError naming the field."""
     number: int | float | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -70,13 +73,15 @@ def whole_number(name: str, value: Any, low: int, high: int) -> int:
         with contextlib.suppress(ValueError):
             number = float(value)
     if number is None or not math.isfinite(number) or number != int(number) or not low <= number <= high:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}; got {value!r}")
+        raise InputError(f"{name} must be a whole number from {low} to {high}; got {value!r}", setting=name)
     return int(number)
 
 
 def page_message(err: BaseException) -> str:
-    """An exception as one line for the page (without the CLI's flag hints)."""
-    return _FLAG_HINT.sub("", one_line(err)) or type(err).__name__
+    """An exception as one line for the page, naming the page's field of the setting at fault."""
+    message = one_line(err)
+    field = PAGE_FIELDS.get(str(getattr(err, "setting", None) or "").rsplit(".", 1)[-1])
+    return message + (f" (the {field} field)" if field and field.lower() not in message.lower() else "")
 
 
 @contextlib.contextmanager
@@ -109,7 +114,7 @@ class PageSampler:
     """The model, opened once, and what the page asks of it: grids and walks into `work_dir`.
 
     Every field arrives as the page sends it (numbers may be floats or None, classes are text); bad values
-    raise ValueError with a message meant for the page. Not thread-safe: the app runs one job at a time.
+    raise InputError with a message meant for the page. Not thread-safe: the app runs one job at a time.
     """
 
     def __init__(self, opened: SamplingModel, work_dir: str | os.PathLike) -> None:
@@ -149,7 +154,7 @@ class PageSampler:
         items = [values] if isinstance(values, str) else list(values or [])
         items = [str(v).strip() for v in items if str(v).strip()]
         if not items:
-            raise ValueError(f"choose at least one class ({field})")
+            raise InputError(f"choose at least one class ({field})", setting="classes")
         choices = {label.lower(): i for i, label in enumerate(self.class_choices())}
         ids = []
         for item in items:
@@ -158,22 +163,22 @@ class PageSampler:
                 continue
             try:
                 ids.extend(parse_classes(item, self.num_classes))
-            except ValueError as err:  # name the field: the page has several class boxes
-                raise ValueError(f"{field}: {err}") from None
+            except InputError as err:  # name the field: the page has several class boxes
+                raise InputError(f"{field}: {err}", setting="classes") from None
         return ids
 
     def sample_config(self, sampler: Any, steps: Any, cfg_scale: Any, guidance: Any = "all channels") -> SampleConfig:
         """The page's sampling fields as a SampleConfig (which validates them)."""
         num_steps = whole_number("steps", steps, 2, self.max_steps)
         if guidance not in GUIDANCE:
-            raise ValueError(f"guidance must be one of {', '.join(map(repr, GUIDANCE))}; got {guidance!r}")
+            raise InputError(f"guidance must be one of {', '.join(map(repr, GUIDANCE))}; got {guidance!r}", setting='guidance')
         channels = GUIDANCE[guidance]
         if channels != "all" and channels >= self.config.in_channels:  # 3 of 3 (or of 1) channels is all of them
             channels = "all"
         try:
             scale = float(cfg_scale)
         except (TypeError, ValueError):
-            raise ValueError(f"guidance scale must be a number >= 0 (1 = no guidance); got {cfg_scale!r}") from None
+            raise InputError(f"guidance scale must be a number >= 0 (1 = no guidance); got {cfg_scale!r}", setting="cfg_scale") from None
         return PAGE_SAMPLING.replace(sampler=sampler, num_steps=num_steps, cfg_scale=scale, cfg_channels=channels)
 
     # Jobs.
@@ -196,9 +201,10 @@ class PageSampler:
             ids = self.parse_classes(classes)
             per_class = whole_number("images per class", per_class, 1, MAX_PER_CLASS)
             if len(ids) * per_class > MAX_IMAGES:
-                raise ValueError(
+                raise InputError(
                     f"at most {MAX_IMAGES} images per request; got {len(ids)} classes x {per_class} images: "
-                    "choose fewer classes or fewer images per class"
+                    "choose fewer classes or fewer images per class",
+                    setting="per_class",
                 )
             labels: list[int] | None = [c for c in ids for _ in range(per_class)]
             num, nrow = len(ids) * per_class, per_class
@@ -226,15 +232,15 @@ class PageSampler:
     ) -> Path:
         """A latent walk as an animated GIF: noise from seed A to seed B, or class A to class B; returns its path."""
         if kind not in WALK_KINDS:
-            raise ValueError(f"walk must be one of {', '.join(map(repr, WALK_KINDS))}; got {kind!r}")
+            raise InputError(f"walk must be one of {', '.join(map(repr, WALK_KINDS))}; got {kind!r}", setting="kind")
         if sampler not in WALK_SAMPLERS:
-            raise ValueError(f"a walk needs a deterministic sampler ({' or '.join(WALK_SAMPLERS)}); got {sampler!r}")
+            raise InputError(f"a walk needs a deterministic sampler ({' or '.join(WALK_SAMPLERS)}); got {sampler!r}", setting="sampler")
         config = self.sample_config(sampler, steps, cfg_scale)
         frames = whole_number("frames", num_frames, 2, MAX_FRAMES)
         seed_a = whole_number("seed A", seed_a, 0, MAX_SEED)
         common = {"diffusion": self.opened.diffusion, "vae": self.opened.vae}
         model = self.opened.model
-        total = config.num_steps * math.ceil(frames / batch_size_for(config, next(model.parameters()).device))
+        total = config.num_steps * math.ceil(frames / config.batch_size_on(next(model.parameters()).device.type))
         if WALK_KINDS[kind] == "noise":
             seed_b = whole_number("seed B", seed_b, 0, MAX_SEED)
             label = self.parse_classes(class_a, "class A")[0] if self.num_classes else None
@@ -242,7 +248,7 @@ class PageSampler:
                 images = noise_walk(model, label, seed_a, seed_b, frames, config, **common)
         else:
             if not self.num_classes:
-                raise ValueError("a class walk needs a class-conditional model; this one is unconditional")
+                raise InputError("a class walk needs a class-conditional model; this one is unconditional", setting="kind")
             a, b = self.parse_classes(class_a, "class A")[0], self.parse_classes(class_b, "class B")[0]
             with count_network_calls(model, total, on_step):
                 images = class_walk(model, a, b, seed_a, frames, config, **common)
@@ -254,7 +260,7 @@ class PageSampler:
     ) -> np.ndarray:
         model = self.opened.model
         device = next(model.parameters()).device
-        total = config.num_steps * math.ceil(len(seeds) / batch_size_for(config, device))
+        total = config.num_steps * math.ceil(len(seeds) / config.batch_size_on(device.type))
         with count_network_calls(model, total, on_step):
             return generate(model, labels, seeds, config, diffusion=self.opened.diffusion, vae=self.opened.vae,
                             device=device)  # fmt: skip
@@ -266,7 +272,7 @@ class PageSampler:
 def require_gradio() -> None:
     """A one-line error when the `web` extra is missing (checked before the model is loaded)."""
     if importlib.util.find_spec(_GRADIO) is None:
-        raise ValueError("the web page needs Gradio: pip install 'ditkit[web]'")
+        raise InputError("the web page needs Gradio: pip install 'ditkit[web]'")
 
 
 def _gradio() -> Any:
@@ -280,7 +286,7 @@ def _in_page(gr: Any, job: Callable[[], Any]) -> Any:
     """Run a job; any error becomes a message in the page (a toast), never a stack trace, and the server goes on."""
     try:
         return job()
-    except ValueError as err:  # the user's input
+    except InputError as err:  # the user's input
         raise gr.Error(page_message(err), print_exception=False) from None
     except Exception as err:  # a bug or the machine (out of memory): the traceback goes to the server's log
         log.exception("ditkit serve: a request failed")
@@ -386,16 +392,16 @@ def launch(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
                                prevent_thread_lock=True, quiet=True, show_error=False)  # fmt: skip
     except OSError as err:
         if "empty port" in str(err):  # Gradio's words for "in use"
-            raise ValueError(f"port {port} on {host} is in use: pass another --port") from None
-        raise ValueError(
-            f"cannot serve on {host}:{port} ({page_message(err)}); pass another --host or --port"
+            raise InputError(f"port {port} on {host} is in use; choose another port", setting="port") from None
+        raise InputError(
+            f"cannot serve on {host}:{port} ({page_message(err)}); choose another host or port", setting="host"
         ) from None
     return url
 
 
 def _check_port(port: int) -> None:
     if not 1 <= port <= 65535:
-        raise ValueError(f"--port must be in 1..65535; got {port}")
+        raise InputError(f"port must be in 1..65535; got {port}", setting="port")
 
 
 @contextlib.contextmanager

@@ -34,8 +34,10 @@ from ditkit.config.recipes import (
 from ditkit.data.datasets import frame_digits
 from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifier
 from ditkit.model.flops import model_cost
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import write_json, write_text
-from ditkit.sampling.generate import generate, image_seeds, job_labels
+from ditkit.runtime.seeds import image_seeds
+from ditkit.sampling.generate import generate, job_labels
 from ditkit.sampling.grid import plot_curves, plot_scatter
 from ditkit.training.loop import train
 from ditkit.training.run import open_for_sampling, read_metrics
@@ -75,14 +77,14 @@ class StudySpec:
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
-            raise ValueError(f"study recipe must be one of {', '.join(RECIPES)}; got {self.recipe!r}")
+            raise InputError(f"study recipe must be one of {', '.join(RECIPES)}; got {self.recipe!r}", setting="recipe")
         if not self.configs:
-            raise ValueError(f"study {self.name!r} lists no configs; add [[configs]] entries with a name")
+            raise InputError(f"study {self.name!r} lists no configs; add [[configs]] entries with a name", setting="configs")
         names = [c.name for c in self.configs]
         if len(set(names)) != len(names):
-            raise ValueError(f"study config names must be unique; got {names}")
+            raise InputError(f"study config names must be unique; got {names}", setting="configs")
         if not self.seeds or self.max_steps < 1 or self.eval_every_steps < 1 or self.num_eval_samples < 2:
-            raise ValueError(
+            raise InputError(
                 "a study needs seeds, max_steps >= 1, eval_every_steps >= 1 and num_eval_samples >= 2; got "
                 f"seeds={list(self.seeds)}, max_steps={self.max_steps}, eval_every_steps={self.eval_every_steps}, "
                 f"num_eval_samples={self.num_eval_samples}"
@@ -96,7 +98,7 @@ def load_spec(source: str | Path) -> StudySpec:
     else:
         path = Path(source)
         if not path.is_file():
-            raise ValueError(f"study spec {str(source)!r} not found; pass a .toml/.json file or one of {BUILT_IN}")
+            raise InputError(f"study spec {str(source)!r} not found; pass a .toml/.json file or one of {BUILT_IN}", setting="spec")
         text, suffix = path.read_text(), path.suffix.lower()
     return spec_from_dict(_parse(text, suffix, str(source)))
 
@@ -106,24 +108,24 @@ def _parse(text: str, suffix: str, source: str) -> dict[str, Any]:
         if suffix == ".json":
             return json.loads(text)
         if sys.version_info < (3, 11):
-            raise ValueError(f"TOML study specs need Python 3.11+; write {source} as JSON")
+            raise InputError(f"TOML study specs need Python 3.11+; write {source} as JSON", setting="spec")
         import tomllib  # stdlib from 3.11
 
         return tomllib.loads(text)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"cannot read study spec {source}: {err}") from None
+        raise InputError(f"cannot read study spec {source}: {err}", setting="spec") from None
 
 
 def spec_from_dict(values: dict[str, Any]) -> StudySpec:
     known = {f.name for f in dataclasses.fields(StudySpec)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown study spec fields {unknown}; allowed: {', '.join(sorted(known))}")
+        raise InputError(f"unknown study spec fields {unknown}; allowed: {', '.join(sorted(known))}")
     fields = dict(values)
     try:
         fields["configs"] = tuple(StudyConfig(**c) for c in fields.get("configs", ()))
     except TypeError as err:
-        raise ValueError(f"a study config has a field it cannot take ({err}); use name, preset, model, train") from None
+        raise InputError(f"a study config has a field it cannot take ({err}); use name, preset, model, train") from None
     for key in ("seeds", "guidance_scales", "guidance_channels"):
         if key in fields:
             fields[key] = tuple(fields[key])

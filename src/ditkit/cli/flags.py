@@ -234,6 +234,28 @@ def _train_flags(
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
 
 
+# A setting whose flag's dest is not the setting's own name (elsewhere a flag's dest is the setting it sets:
+# --max-steps -> max_steps, --ckpt-every -> ckpt_every_steps). Settings with no flag (keep_last_ckpts,
+# grid_seed, num_train_steps, ...) find none and are printed without one.
+SETTING_DESTS = {"out_dir": "out"}
+
+
+def flag_of(parser: argparse.ArgumentParser, setting: str | None) -> str | None:
+    """The flag of the subcommand `parser` that sets `setting` ("max_steps" -> "--max-steps"), or None.
+
+    Read from the parser itself (each action's dest), so a flag added, renamed or removed needs no second table;
+    a dotted setting ("model.learn_sigma") is looked up by its last part.
+    """
+    if not setting:
+        return None
+    name = setting.rsplit(".", 1)[-1]
+    name = SETTING_DESTS.get(name, name)
+    for action in parser._actions:
+        if action.dest == name and action.option_strings:
+            return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+    return None
+
+
 def count(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer >= minimum (a usage error naming the flag and the value otherwise)."""
 

@@ -1,7 +1,8 @@
 """The `ditkit` command: argparse over the library, one library call per subcommand.
 
-Exit codes: 0 done; 2 bad input (one line on stderr naming the value and the fix); 3 training stopped on
-a non-finite loss, gradient or state; 130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint
+Exit codes: 0 done; 2 bad input (one line on stderr naming the value, the fix and the flag at fault); 3
+training stopped on a non-finite loss, gradient or state; 70 an internal error, i.e. a bug (the traceback,
+then one line); 130 / 143 interrupted by SIGINT / SIGTERM after writing a checkpoint
 (ditkit.runtime.stopping.exit_status). Outputs are never replaced without --overwrite. Library modules
 are imported inside the handlers so that `ditkit --help` does not import torch (~2 s).
 """
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -58,7 +60,9 @@ def _sample(args: argparse.Namespace) -> None:
     info = distributed.init(args.device)
     opened = _open(args, info.device)
     if npz is not None:
-        written = sample_npz_job(opened, npz, args.num, config, seed=args.seed, class_balanced=args.class_balanced)
+        written = sample_npz_job(
+            opened, npz, args.num, config, info, seed=args.seed, class_balanced=args.class_balanced
+        )
         if written is not None:
             print(f"wrote {written}")
         return
@@ -230,21 +234,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     logging.raiseExceptions = args.verbose  # e.g. a full disk under log.txt: no logging tracebacks
     try:
         args.fn(args)
     except (Exception, KeyboardInterrupt) as err:
-        from ditkit.runtime.stopping import exit_status  # user errors and stopped runs: exit code and one line
-
-        inputs = [str(v) for k, v in vars(args).items() if k in _INPUT_ARGS and v]
-        status = None if args.verbose else exit_status(err, inputs)
-        if status is None:
-            raise
-        print(f"ditkit {args.command}: {status[1]}", file=sys.stderr)
-        return status[0]
+        return _report(err, args, parser)
     return 0
+
+
+def _report(err: BaseException, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Bad input and stopped runs: one line (naming the flag of the setting at fault) and their exit code; any
+    other exception is a bug: its traceback, one line saying so, and EXIT_BUG (never the bad-input code)."""
+    from ditkit.cli.flags import flag_of
+    from ditkit.runtime.stopping import EXIT_BUG, exit_status, one_line
+
+    inputs = [str(v) for k, v in vars(args).items() if k in _INPUT_ARGS and v]
+    status = exit_status(err, inputs)
+    if status is None or args.verbose:
+        traceback.print_exception(err, file=sys.stderr)
+    if status is None:
+        print(f"ditkit {args.command}: internal error (a bug in ditkit; please report it with the traceback above): "
+              f"{type(err).__name__}: {one_line(err)}", file=sys.stderr)  # fmt: skip
+        return EXIT_BUG
+    code, line = status
+    flag = flag_of(_subcommand(parser, args.command), getattr(err, "setting", None)) if code == EXIT_USAGE else None
+    print(f"ditkit {args.command}: {line}" + (f" ({flag})" if flag and flag not in line else ""), file=sys.stderr)
+    return code
+
+
+def _subcommand(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
 
 
 _INPUT_ARGS = ("ckpt", "data", "ref", "samples", "source", "run")  # named when a damaged input file names none

@@ -13,13 +13,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ditkit.config import PRESETS, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig, VAETrainConfig
+from ditkit.config.model import PRESETS, DiffusionConfig, ModelConfig
+from ditkit.config.sampling import DEMO_SAMPLING
+from ditkit.config.training import TrainConfig, VAETrainConfig
 
 DEMO_IMAGE_SIZE = 24  # MNIST digits cropped 28 -> 24 (every digit stays whole: 36 tokens at patch 4)
 DEMO_REPORT_IMAGE_SIZE = 32  # samples are framed back to 32 px (the classifier's and the usual MNIST-32 layout)
-DEMO_SAMPLING = SampleConfig(sampler="dpm++2m", num_steps=10, cfg_scale=3.0, batch_size=250)
-"""How the demo samples (training grids and evaluation too): DPM-Solver++(2M), 10 steps, guidance 3 (12 and
-20 steps gave the same accuracy, 0.996 / 0.78 guided / unguided on 500 samples of a 900-step model)."""
 
 
 def demo_model_config() -> ModelConfig:
@@ -61,9 +60,15 @@ def demo_train_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
 # The latent route on the same digits (`ditkit demo --latent`).
 
 LATENT_DEMO_MODEL = ModelConfig(
-    input_size=8, patch_size=2, in_channels=4, hidden_size=128, depth=6, num_heads=4, num_classes=10,
+    input_size=8,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=128,
+    depth=6,
+    num_heads=4,
+    num_classes=10,
     learn_sigma=False,
-)  # fmt: skip
+)
 """The latent demo's DiT: 16 tokens (2x2 patches of 8x8x4 latents), adaLN-Zero, 6 x 128."""
 
 

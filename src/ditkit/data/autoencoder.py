@@ -1,7 +1,7 @@
 """The frozen VAE that maps images to DiT's latent space (Stable Diffusion's AutoencoderKL via diffusers).
 
-DiT encodes images in [-1, 1] to a posterior sample times 0.18215 and decodes z / 0.18215 (anchors 2.6,
-https://huggingface.co/stabilityai/sd-vae-ft-ema). diffusers is optional and imported lazily.
+DiT encodes images in [-1, 1] to a posterior sample times 0.18215 and decodes z / 0.18215 (facebookresearch/DiT
+`train.py` / `sample.py`; https://huggingface.co/stabilityai/sd-vae-ft-ema). diffusers is optional and imported lazily.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ditkit.config import VAE_DOWNSAMPLE, VAE_LATENT_CHANNELS, VAE_LATENT_SCALE
+from ditkit.runtime.errors import InputError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", as the Hugging Face hub spells ids
 
@@ -87,7 +88,7 @@ def vae_geometry(spec: str) -> tuple[int, int]:
                 config = json.loads(config_file.read_text())
                 return int(config["latent_channels"]), 2 ** (len(config["block_out_channels"]) - 1)
             except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"VAE folder {spec!r}: unreadable {config_file.name} ({err})") from None
+                raise InputError(f"VAE folder {spec!r}: unreadable {config_file.name} ({err})", setting="vae") from None
     return VAE_LATENT_CHANNELS, VAE_DOWNSAMPLE
 
 
@@ -114,10 +115,10 @@ def load_vae(
     path, kwargs = Path(spec).expanduser(), dict[str, Any]()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"VAE {spec!r} is a file; pass the folder that holds config.json")
+            raise InputError(f"VAE {spec!r} is a file; pass the folder that holds config.json", setting="vae")
         if not (path / "config.json").is_file():
             if not (path / "vae" / "config.json").is_file():
-                raise ValueError(f"VAE folder {spec!r} has no config.json; pass a diffusers AutoencoderKL folder")
+                raise InputError(f"VAE folder {spec!r} has no config.json; pass a diffusers AutoencoderKL folder", setting="vae")
             kwargs["subfolder"] = "vae"  # a whole pipeline folder
         source = str(path)
     elif _HUB_ID.match(spec):
@@ -125,16 +126,17 @@ def load_vae(
         source = spec
         kwargs["local_files_only"] = offline if local_files_only is None else local_files_only
     else:
-        raise ValueError(
+        raise InputError(
             f"VAE {spec!r} is neither an existing folder nor a hub id like 'stabilityai/sd-vae-ft-ema'; "
-            "pass a diffusers VAE folder, a hub id, or 'none' for pixel space"
+            "pass a diffusers VAE folder, a hub id, or 'none' for pixel space",
+            setting="vae",
         )
     try:
         from diffusers import AutoencoderKL  # the optional `vae` extra; imports in ~2 s
     except ImportError as err:
-        raise ValueError(
-            f"loading VAE {spec!r} needs diffusers ({err}); pip install 'ditkit[vae]' or pass --vae none"
-        ) from None
+        raise InputError(
+            f"loading VAE {spec!r} needs diffusers ({err}); pip install 'ditkit[vae]' or pass vae='none'"
+, setting="vae") from None
     # Without accelerate, diffusers warns unless low_cpu_mem_usage is off.
     kwargs["low_cpu_mem_usage"] = importlib.util.find_spec("accelerate") is not None
     try:
@@ -143,9 +145,10 @@ def load_vae(
             vae = AutoencoderKL.from_pretrained(source, torch_dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
+        raise InputError(
             f"cannot load VAE {spec!r} ({first_line}); without network, download it on an online machine "
-            "(`hf download stabilityai/sd-vae-ft-ema --local-dir DIR`) and pass DIR"
+            "(`hf download stabilityai/sd-vae-ft-ema --local-dir DIR`) and pass DIR",
+            setting="vae",
         ) from None
     return Autoencoder(vae.to(device), name=spec, scale=scale)
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 
+from ditkit.runtime.errors import InputError
+
 IMAGENET_NUM_CLASSES = 1000
 
 
@@ -40,12 +42,13 @@ def parse_classes(spec: str | Sequence[int | str] | None, num_classes: int) -> l
             ids.append(int(item))
             continue
         if str(item).lower() not in names:
-            raise ValueError(
+            raise InputError(
                 f"unknown class {item!r}: give ids in 0..{num_classes - 1}"
-                + (" or ImageNet class names (see `ditkit classes`)" if names else "")
+                + (" or ImageNet class names (see `ditkit classes`)" if names else ""),
+                setting="classes",
             )
         ids.append(names.index(str(item).lower()))
     bad = [i for i in ids if not 0 <= i < num_classes]
     if bad:
-        raise ValueError(f"class ids {bad} are out of range for a {num_classes}-class model (0..{num_classes - 1})")
+        raise InputError(f"class ids {bad} are out of range for a {num_classes}-class model (0..{num_classes - 1})", setting="classes")
     return ids

@@ -1,7 +1,8 @@
-"""Datasets: image folders, .npz arrays, the embedded MNIST and sklearn's digits (latent stores: `latents`).
+"""Datasets: image folders, .npz arrays, the embedded MNIST and sklearn's digits (latent stores: `latent_store`).
 
-Preprocessing follows ADM / DiT (`center_crop_arr`, random flip, [-1, 1]; anchors 2.7). The latent store
-keeps fast-DiT's speed (https://github.com/chuanyangjin/fast-DiT) without freezing flips and VAE noise.
+Preprocessing follows ADM / DiT (`center_crop_arr`, random flip, [-1, 1]; openai/guided-diffusion
+`image_datasets.py`, facebookresearch/DiT `train.py`). The latent store keeps fast-DiT's speed
+(https://github.com/chuanyangjin/fast-DiT) without freezing flips and VAE noise.
 
 Item format: every dataset returns `(x, y)` with x a float32 tensor (C, H, W) (pixels in [-1, 1], or
 scaled latents) and y an int label (0 for unlabelled data). Randomness comes only from the generator
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ditkit.runtime.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 STORE_META_FILE = "meta.json"  # marks a folder as a latent store (ditkit.data.latent_store)
@@ -34,7 +37,7 @@ _BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Decompres
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
-    """ADM's center crop: (S, S[, C]) uint8 from a PIL image of any size (anchors 2.7).
+    """ADM's center crop: (S, S[, C]) uint8 from a PIL image of any size.
 
     Reimplements `center_crop_arr` of openai/guided-diffusion `image_datasets.py`, as DiT uses it.
 
@@ -116,17 +119,17 @@ class ImageFolderDataset(BaseDataset):
     def __init__(self, root: str | Path, image_size: int, flip: bool = True) -> None:
         self.root, self.image_size, self.flip, self.channels = Path(root), int(image_size), flip, 3
         if not self.root.is_dir():
-            raise ValueError(f"image folder {str(root)!r} does not exist; pass a folder of class subfolders")
+            raise InputError(f"image folder {str(root)!r} does not exist; pass a folder of class subfolders", setting="data")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if self.classes:
             self.samples = [(p, i) for i, c in enumerate(self.classes) for p in _list_images(self.root / c)]
         else:
             self.samples = [(p, 0) for p in _list_images(self.root)]
         if not self.samples:
-            raise ValueError(
+            raise InputError(
                 f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
                 "pass a folder laid out as root/<class>/<image>"
-            )
+, setting="data")
         self.num_classes = len(self.classes)
         self._bad: set[int] = set()
 
@@ -155,7 +158,7 @@ class ImageFolderDataset(BaseDataset):
             if image is not None:
                 x = _to_tensor(center_crop_arr(image, self.image_size))
                 return (x.flip(-1) if flip else x), self.samples[j][1]
-        raise ValueError(f"no readable image in {str(self.root)!r}; check the files (all {len(self)} failed)")
+        raise InputError(f"no readable image in {str(self.root)!r}; check the files (all {len(self)} failed)")
 
     def scan(self) -> int:
         """Decode every file once, remember the bad ones and return how many there are."""
@@ -176,7 +179,7 @@ class NpzDataset(BaseDataset):
         with np.load(path) as f:
             key = "images" if "images" in f else "arr_0"
             if key not in f:
-                raise ValueError(f"{str(path)!r} has no 'images' or 'arr_0' array; save images under 'images'")
+                raise InputError(f"{str(path)!r} has no 'images' or 'arr_0' array; save images under 'images'")
             images = f[key]
             label_key = next((k for k in ("labels", "arr_1") if k in f), None)
             labels = f[label_key].astype(np.int64) if label_key else np.zeros(len(images), np.int64)
@@ -185,12 +188,12 @@ class NpzDataset(BaseDataset):
             or images.ndim not in (3, 4)
             or (images.ndim == 4 and images.shape[3] not in (1, 3))
         ):
-            raise ValueError(
+            raise InputError(
                 f"{str(path)!r}: images must be uint8 (N, H, W) or (N, H, W, 1|3); got {images.dtype} "
                 f"{images.shape}; convert them to 0-255 uint8 in that layout"
             )
         if labels.shape != (len(images),):
-            raise ValueError(f"{str(path)!r}: {len(images)} images but labels of shape {labels.shape}")
+            raise InputError(f"{str(path)!r}: {len(images)} images but labels of shape {labels.shape}")
         self.images = images[..., 0] if images.ndim == 4 and images.shape[3] == 1 else images
         self.labels, self.flip = labels, flip
         self.channels = 1 if self.images.ndim == 3 else 3
@@ -226,7 +229,7 @@ def load_mnist_arrays(split: Literal["train", "test", "all"] = "train") -> tuple
     is_test[test_indices] = True
     masks = {"train": ~is_test, "test": is_test, "all": np.ones_like(is_test)}
     if split not in masks:
-        raise ValueError(f"MNIST split must be one of {', '.join(masks)}; got {split!r}")
+        raise InputError(f"MNIST split must be one of {', '.join(masks)}; got {split!r}", setting="split")
     return images[masks[split]].copy(), labels[masks[split]].copy()
 
 
@@ -237,7 +240,7 @@ def frame_digits(images: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop or zero-pad square images (N, S, S[, C]) to (N, size, size[, C]) without resampling."""
     diff = size - images.shape[1]
     if diff % 2:
-        raise ValueError(f"can only frame to a size that differs by an even number; got {images.shape[1]} -> {size}")
+        raise InputError(f"can only frame to a size that differs by an even number; got {images.shape[1]} -> {size}", setting="image_size")
     if diff >= 0:
         pad = [(0, 0), (diff // 2, diff // 2), (diff // 2, diff // 2)] + [(0, 0)] * (images.ndim - 3)
         return np.pad(images, pad)
@@ -279,7 +282,7 @@ class DigitsDataset(BaseDataset):
         try:
             from sklearn.datasets import load_digits  # scikit-learn is optional (the `dev` extra)
         except ImportError:
-            raise ValueError("the 'digits' dataset needs scikit-learn; pip install scikit-learn or use mnist") from None
+            raise InputError("the 'digits' dataset needs scikit-learn; pip install scikit-learn or use mnist") from None
         digits = load_digits()
         x = torch.from_numpy(digits.images / 16.0).float()[:, None]  # (N, 1, 8, 8) in [0, 1]
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)

@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from ditkit.runtime.errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ImageSource = np.ndarray | Tensor | str | os.PathLike
 
@@ -46,10 +48,10 @@ def check_images(images: np.ndarray | Tensor) -> np.ndarray:
     if not x.flags.writeable:  # memory-mapped or streamed bytes; torch warns on read-only arrays
         x = x.copy()
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"images must be uint8 (N, H, W, C) with C in {{1, 3}} (the ADM npz layout); got "
             f"dtype {x.dtype}, shape {x.shape}: convert with ((x + 1) * 127.5).round().clip(0, 255)"
-        )
+)
     return x
 
 
@@ -64,7 +66,7 @@ def _read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = reader(f)
     if fortran_order:
-        raise ValueError("Fortran-ordered image arrays are not supported; save with np.savez(path, arr_0=x)")
+        raise InputError("Fortran-ordered image arrays are not supported; save with np.savez(path, arr_0=x)")
     return shape, dtype
 
 
@@ -75,7 +77,7 @@ def _npz_image_key(path: Path) -> str:
         return "arr_0"
     if "images" in names:
         return "images"
-    raise ValueError(
+    raise InputError(
         f"{path} holds no images under 'arr_0' or 'images' (keys: {names}); save with np.savez(path, arr_0=uint8_nhwc)"
     )
 
@@ -89,7 +91,7 @@ def _npz_batches(path: Path, batch_size: int, limit: int) -> Iterator[np.ndarray
             n = min(batch_size, limit - i)
             buf = f.read(n * row_bytes)
             if len(buf) != n * row_bytes:
-                raise ValueError(f"{path}: array data ends early (corrupt or truncated file)")
+                raise InputError(f"{path}: array data ends early (corrupt or truncated file)")
             yield check_images(np.frombuffer(buf, dtype=dtype).reshape(n, *shape[1:]))
 
 
@@ -102,7 +104,7 @@ def open_images(source: ImageSource) -> ImageSet:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
         return ImageSet(num_images=len(files), source=path, kind="folder", files=files)
     if path.suffix == ".npy":
         arr = np.load(path, mmap_mode="r")
@@ -112,7 +114,7 @@ def open_images(source: ImageSource) -> ImageSet:
         with zipfile.ZipFile(path) as zf, zf.open(f"{_npz_image_key(path)}.npy") as f:
             shape, _ = _read_npy_header(f)
         return ImageSet(num_images=int(shape[0]), source=path, kind="npz")
-    raise ValueError(
+    raise InputError(
         f"cannot read images from {source!r}: pass a uint8 NHWC array, an .npz with arr_0, "
         "an .npy, or a folder of PNG/JPEG files"
     )

@@ -23,6 +23,7 @@ from ditkit.config import VAE_LATENT_SCALE
 from ditkit.data.autoencoder import load_vae
 from ditkit.data.datasets import STORE_META_FILE, BaseDataset, draw_flip
 from ditkit.runtime import distributed
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import write_json
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ def _read_meta(root: Path) -> dict[str, Any]:
     try:
         meta = json.loads((root / _META).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{str(root)!r} is not a latent store ({err}); run extract-latents to create one") from None
+        raise InputError(f"{str(root)!r} is not a latent store ({err}); run extract-latents to create one", setting="data") from None
     if meta.get("format") != _STORE_FORMAT:
-        raise ValueError(f"{str(root / _META)!r} is not a ditkit latent-store header; pass another folder")
+        raise InputError(f"{str(root / _META)!r} is not a ditkit latent-store header; pass another folder", setting="data")
     return meta
 
 
@@ -90,12 +91,12 @@ class LatentStore(BaseDataset):
         self.meta = meta = _read_meta(self.root)
         written, total = store_progress(self.root)
         if written < total:
-            raise ValueError(
+            raise InputError(
                 f"latent store {str(root)!r} is incomplete: {written} of {total} latents written; "
                 "rerun extract-latents with the same arguments to resume it"
-            )
+, setting="data")
         if flip and not meta["mirror"]:
-            raise ValueError(f"latent store {str(root)!r} holds no mirror images; pass flip=False or re-extract")
+            raise InputError(f"latent store {str(root)!r} holds no mirror images; pass flip=False or re-extract", setting="flip")
         self._open_memmaps()
         labels = [np.load(_shard_path(self.root, "labels", s)) for s in range(meta["num_shards"])]
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
@@ -147,7 +148,7 @@ def _open_shard(root: Path, shard: int, shape: tuple[int, ...], dtype: str) -> t
     std = np.lib.format.open_memmap(_shard_path(root, "std", shard), mode, np.dtype(dtype), shape)
     labels = np.lib.format.open_memmap(_shard_path(root, "labels", shard), mode, np.int64, shape[:1])
     if mean.shape != shape or std.shape != shape:
-        raise ValueError(f"shard {shard} of {str(root)!r} has shape {mean.shape}, expected {shape}; delete the store")
+        raise InputError(f"shard {shard} of {str(root)!r} has shape {mean.shape}, expected {shape}; delete the store")
     return mean, std, labels
 
 
@@ -158,10 +159,10 @@ def _prepare_store(root: Path, header: dict[str, Any]) -> dict[str, Any]:
         meta = _read_meta(root)
         for key in _META_MUST_MATCH:
             if meta.get(key) != header[key]:
-                raise ValueError(
+                raise InputError(
                     f"latent store {str(root)!r} was made with {key}={meta.get(key)!r}, now {header[key]!r}; "
                     "use a new output folder or delete the old one"
-                )
+, setting="out_dir")
         return meta
     write_json(root / _META, header)  # every rank writes the same bytes; the rename makes it atomic
     return header
@@ -215,9 +216,9 @@ def extract_latents(
     `num_workers` decode images in parallel (torch DataLoader workers).
     """
     if getattr(dataset, "flip", False):
-        raise ValueError("extract_latents needs an un-flipped dataset (the store keeps mirror images); pass flip=False")
+        raise InputError("extract_latents needs an un-flipped dataset (the store keeps mirror images); pass flip=False", setting="flip")
     if len(dataset) == 0 or batch_size < 1 or shard_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(
+        raise InputError(
             f"need a non-empty dataset, batch_size and shard_size >= 1 and 0 <= rank < world_size; got "
             f"{len(dataset)} items, {batch_size}, {shard_size}, {rank}, {world_size}"
         )
@@ -270,7 +271,7 @@ def extract_latents_job(
     info = distributed.init(device)
     encoder = load_vae(vae, info.device)
     if encoder is None:
-        raise ValueError("extract-latents needs a VAE: --vae FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)")
+        raise InputError("extract-latents needs a VAE: vae=FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)", setting="vae")
     extract_latents(dataset, encoder, out_dir, batch_size=batch_size, rank=info.rank, world_size=info.world_size,
                     device=info.device, num_workers=num_workers)  # fmt: skip
     distributed.barrier()

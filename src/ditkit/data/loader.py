@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -29,14 +28,10 @@ from ditkit.data.datasets import (
     NpzDataset,
 )
 from ditkit.data.latent_store import LatentStore
+from ditkit.runtime.errors import InputError
+from ditkit.runtime.seeds import Stream, mix_seed
 
 logger = logging.getLogger(__name__)
-
-
-def mix_seed(*words: int) -> int:
-    """A 63-bit seed from a tuple of ints (NumPy's SeedSequence hash), so nearby tuples are unrelated."""
-    state = np.random.SeedSequence([w % 2**64 for w in words]).generate_state(2, np.uint32)
-    return int(state[0]) | (int(state[1]) & 0x7FFFFFFF) << 32
 
 
 def steps_per_epoch(num_items: int, global_batch_size: int) -> int:
@@ -60,12 +55,11 @@ class _StepBatchSampler:
         while True:
             if step // per_epoch != epoch:  # jump straight to the epoch of `step`: no replay
                 epoch = step // per_epoch
-                perm = torch.randperm(
-                    self.num_items, generator=torch.Generator().manual_seed(mix_seed(self.seed, 0, epoch))
-                )
+                order = torch.Generator().manual_seed(mix_seed(self.seed, Stream.DATA_ORDER, epoch))
+                perm = torch.randperm(self.num_items, generator=order)
             first = (step % per_epoch) * self.global_batch + self.offset
             indices = perm[first : first + self.per_rank].tolist()
-            yield [(i, mix_seed(self.seed, 1, epoch, i)) for i in indices]
+            yield [(i, mix_seed(self.seed, Stream.DATA_ITEM, epoch, i)) for i in indices]
             step += 1
 
 
@@ -100,16 +94,16 @@ def build_loader(
     from step k on, without touching earlier ones.
     """
     if batch_size < 1 or world_size < 1 or batch_size % world_size:
-        raise ValueError(
+        raise InputError(
             f"global batch size {batch_size} must be a positive multiple of the world size {world_size}; "
-            "change --global-batch-size or the number of processes"
-        )
+            "change global_batch_size or the number of processes"
+, setting="global_batch_size")
     if not 0 <= rank < world_size or start_step < 0:
         raise ValueError(f"need 0 <= rank < world_size and start_step >= 0; got {rank}, {world_size}, {start_step}")
     if len(dataset) < batch_size:
-        raise ValueError(
+        raise InputError(
             f"dataset has {len(dataset)} items, fewer than the global batch size {batch_size}; lower the batch size"
-        )
+, setting="global_batch_size")
     sampler = _StepBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
     loader = DataLoader(
         _SeededItems(dataset),
@@ -143,20 +137,20 @@ def open_dataset(spec: str | None, image_size: int | None = None, flip: bool = T
     if path.is_dir() and (path / STORE_META_FILE).exists():
         store = LatentStore(path, flip=flip)
         if image_size is not None and image_size != store.image_size:
-            raise ValueError(
+            raise InputError(
                 f"latent store {name!r} holds {store.image_size} px images, not {image_size}; "
-                f"pass --image-size {store.image_size} or extract a new store"
-            )
+                f"pass image_size={store.image_size} or extract a new store"
+, setting="image_size")
         return store
     if path.is_dir():
         if image_size is None:
-            raise ValueError(f"image folder {name!r} needs an image size; pass --image-size (e.g. 256)")
+            raise InputError(f"image folder {name!r} needs an image size; pass image_size (e.g. 256)", setting="image_size")
         return ImageFolderDataset(path, image_size, flip)
     if path.suffix == ".npz" and path.is_file():
         return NpzDataset(path, image_size, flip)
-    raise ValueError(
+    raise InputError(
         f"dataset {name!r} not found; pass 'mnist', 'digits', an image folder, a latent store folder or a .npz file"
-    )
+, setting="data")
 
 
 def check_num_classes(dataset: BaseDataset, num_classes: int) -> None:
@@ -164,14 +158,14 @@ def check_num_classes(dataset: BaseDataset, num_classes: int) -> None:
     if num_classes == 0 or dataset.num_classes == num_classes:
         return
     fix = (
-        f"pass --num-classes {dataset.num_classes}"
+        f"pass num_classes={dataset.num_classes}"
         if dataset.num_classes
-        else "the data is unlabelled; pass --num-classes 0 for an unconditional model"
+        else "the data is unlabelled; pass num_classes=0 for an unconditional model"
     )
-    raise ValueError(
+    raise InputError(
         f"dataset has {dataset.num_classes} classes but the model has {num_classes}; {fix} "
         "(or use a preset/dataset that agree)"
-    )
+, setting="num_classes")
 
 
 # The training data of a run.
@@ -205,9 +199,9 @@ def open_training_data(
         what = f"{dataset.image_size} px images (pixel space)"
     m = cfg.model
     if shape != (m.in_channels, m.input_size, m.input_size):
-        raise ValueError(
+        raise InputError(
             f"the model takes {m.in_channels}x{m.input_size}x{m.input_size} inputs but the data "
-            f"give {'x'.join(map(str, shape))} ({what}); choose a preset, --image-size or --vae that match"
+            f"give {'x'.join(map(str, shape))} ({what}); choose a preset, image_size or vae that match"
         )
     return dataset, encoder, shape  # type: ignore[return-value]
 
@@ -215,16 +209,17 @@ def open_training_data(
 def _latent_shape(cfg: TrainConfig, dataset: BaseDataset, encoder: Autoencoder) -> tuple[int, int, int]:
     vae_in = int(encoder.vae.config.in_channels)
     if dataset.channels != vae_in:
-        raise ValueError(
+        raise InputError(
             f"VAE {cfg.vae!r} encodes {vae_in}-channel images but the data have "
-            f"{dataset.channels} channels; use --vae none (pixel space) or another VAE"
+            f"{dataset.channels} channels; use vae='none' (pixel space) or another VAE",
+            setting="vae",
         )
     size = dataset.image_size // encoder.downsample
     if dataset.image_size % encoder.downsample:
-        raise ValueError(
+        raise InputError(
             f"image_size {dataset.image_size} is not a multiple of the VAE downsampling "
-            f"{encoder.downsample}; pass --image-size {size * encoder.downsample}"
-        )
+            f"{encoder.downsample}; pass image_size={size * encoder.downsample}"
+, setting='image_size')
     return (encoder.latent_channels, size, size)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ditkit.config import NUM_DIFFUSION_STEPS, DiffusionConfig
+from ditkit.runtime.errors import InputError
 
 ModelFn = Callable[..., Tensor]
 
@@ -57,14 +58,14 @@ def space_timesteps(num_steps: int, spec: str) -> list[int]:
         for stride in range(1, num_steps):
             if len(range(0, num_steps, stride)) == desired:
                 return list(range(0, num_steps, stride))
-        raise ValueError(f"cannot take exactly {desired} evenly strided steps of {num_steps} ({spec!r}); try another N")
+        raise InputError(f"cannot take exactly {desired} evenly strided steps of {num_steps} ({spec!r}); try another N", setting="timestep_respacing")
     counts = [_parse_count(part, spec) for part in spec.split(",")]
     size_per, extra = divmod(num_steps, len(counts))
     start, kept = 0, []
     for i, count in enumerate(counts):
         size = size_per + (1 if i < extra else 0)
         if size < count:
-            raise ValueError(f"cannot take {count} steps from a section of {size} in respacing {spec!r}")
+            raise InputError(f"cannot take {count} steps from a section of {size} in respacing {spec!r}", setting="timestep_respacing")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
         # Accumulate the fractional index by repeated addition, as ADM does: j * stride rounds differently
         # at float ties (e.g. "21": 10 * 49.95 = 499.5 -> 500, the running sum 499.4999... -> 499).
@@ -80,12 +81,12 @@ def _parse_count(text: str, spec: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"bad timestep respacing {spec!r}: use '' (all steps), a count like '250', 'ddim50', "
             "or section counts like '10,15,20'"
-        ) from None
+, setting="timestep_respacing") from None
     if value < 1:
-        raise ValueError(f"respacing counts must be >= 1; got {spec!r}")
+        raise InputError(f"respacing counts must be >= 1; got {spec!r}", setting="timestep_respacing")
     return value
 
 
@@ -146,7 +147,7 @@ class GaussianDiffusion:
     ):
         betas = betas.to(torch.float64)
         if betas.ndim != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
+            raise InputError("betas must be a 1-D tensor with values in (0, 1]", setting='betas')
         self.learn_sigma = learn_sigma
         self.predict_xstart = predict_xstart
         self.num_timesteps = len(betas)
@@ -247,9 +248,10 @@ class GaussianDiffusion:
         channels = x_t.shape[1]
         if self.learn_sigma:
             if model_output.shape[1] != 2 * channels:
-                raise ValueError(
+                raise InputError(
                     f"a learned-sigma diffusion needs {2 * channels} output channels; "
-                    f"got {model_output.shape[1]} (set learn_sigma to match the model)"
+                    f"got {model_output.shape[1]} (set learn_sigma to match the model)",
+                    setting="learn_sigma",
                 )
             model_output, var_values = model_output[:, :channels], model_output[:, channels:]
             min_log = self._extract(self.posterior_log_variance_clipped, t, x_t)

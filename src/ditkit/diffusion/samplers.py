@@ -2,8 +2,10 @@
 
 DDPM: Ho et al. 2020; DDIM: Song et al. 2021 (https://arxiv.org/abs/2010.02502); DPM-Solver++:
 Lu et al. 2022 (https://arxiv.org/abs/2211.01095); classifier-free guidance: Ho & Salimans 2022.
-A sampler is a function of (diffusion, denoise_fn, x_T) -> x_0; guidance is a wrapper that builds a
-denoise_fn. Per-sample seeds make each image depend on its seed only, never on batch size or rank.
+A sampler is a function of (diffusion, denoise_fn, x_T, SampleConfig) -> x_0; guidance is a wrapper that
+builds a denoise_fn. Per-sample seeds make each image depend on its seed only, never on batch size or rank.
+Sampling settings travel only in a `SampleConfig` (ditkit.config.sampling holds every named default); the
+per-step functions take the few numbers they use explicitly, with no defaults of their own.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from ditkit.config import SAMPLERS, DiffusionConfig, SamplerName, default_diffusion
+from ditkit.config import SAMPLERS, DiffusionConfig, SampleConfig, SamplerName, default_diffusion
 from ditkit.diffusion.gaussian import GaussianDiffusion, diffusion_from_config
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -106,36 +108,37 @@ def null_labels_like(labels: Tensor, null_id: int) -> Tensor:
 def make_denoiser(
     model: nn.Module,
     labels: Tensor | None,
+    config: SampleConfig,
     *,
-    cfg_scale: float = 1.0,
-    cfg_channels: Literal["all"] | int = "all",
     forward: Callable[..., Tensor] | None = None,
 ) -> DenoiseFn:
-    """The denoise callable for a DiT: plain at cfg_scale 1 (no doubled batch), guided otherwise.
+    """The denoise callable for a DiT: plain at config.cfg_scale 1 (no doubled batch), guided otherwise
+    (`guided_denoiser` on config.cfg_channels).
 
     labels: (N,) class ids, (N, rows) soft labels (mixtures of table rows), or None (unconditional).
     `forward` replaces `model(x, t, y)` (e.g. under autocast); the model itself gives the config.
     """
     forward = forward or model
-    config = getattr(model, "config", None)
-    num_classes = getattr(config, "num_classes", None)
+    cfg_scale, cfg_channels = config.cfg_scale, config.cfg_channels
+    model_config = getattr(model, "config", None)
+    num_classes = getattr(model_config, "num_classes", None)
     if cfg_scale == 1.0 or labels is None or num_classes == 0:
         if cfg_scale != 1.0:
             log.warning("cfg_scale=%s has no effect on an unconditional model; sampling without guidance", cfg_scale)
         return model_denoiser(forward, labels)
-    if config is not None and not config.has_null_class:
-        raise ValueError(
+    if model_config is not None and not model_config.has_null_class:
+        raise InputError(
             f"cfg_scale={cfg_scale} needs a model trained with label dropout (a null class); "
-            "this one has none: use --cfg-scale 1"
-        )
+            "this one has none: use cfg_scale=1"
+, setting='cfg_scale')
     in_channels = getattr(model, "in_channels", None) or 4
     if cfg_channels == "all":
         guided = in_channels
     elif isinstance(cfg_channels, int) and 1 <= cfg_channels <= in_channels:
         guided = cfg_channels
     else:
-        raise ValueError(f"cfg_channels must be 'all' or an int in 1..{in_channels}; got {cfg_channels!r}")
-    null_id = config.null_class if config is not None else 1000
+        raise InputError(f"cfg_channels must be 'all' or an int in 1..{in_channels}; got {cfg_channels!r}", setting='cfg_channels')
+    null_id = model_config.null_class if model_config is not None else 1000
     return guided_denoiser(forward, labels, null_labels_like(labels, null_id), cfg_scale, guided)
 
 
@@ -152,7 +155,7 @@ def _indices(diffusion: GaussianDiffusion, progress: bool) -> list[int] | object
 
 
 def ddpm_step(
-    diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, t: Tensor, noise: Tensor, clip_denoised: bool = False
+    diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, t: Tensor, noise: Tensor, clip_denoised: bool
 ) -> dict[str, Tensor]:
     """One ancestral step x_t -> x_{t-1} with the model's (learned) variance; no noise at t = 0."""
     out = diffusion.p_mean_variance(lambda x_, t_: denoise(x_, t_), x, t, clip_denoised=clip_denoised)
@@ -161,17 +164,28 @@ def ddpm_step(
     return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
 
+def _clip(config: SampleConfig) -> bool:
+    if config.clip_denoised is None:  # "pixel space only": only `generate` knows (it holds the VAE)
+        raise InputError(
+            "the samplers need clip_denoised set (True in pixel space, False for latents); got None, which "
+            "ditkit.sampling.generate.generate resolves from its vae",
+            setting="clip_denoised",
+        )
+    return config.clip_denoised
+
+
 def ddpm_sample(
     diffusion: GaussianDiffusion,
     denoise: DenoiseFn,
     x: Tensor,
     noise: SeedNoise | GlobalNoise,
-    clip_denoised: bool = False,
+    config: SampleConfig,
     progress: bool = False,
 ) -> Tensor:
-    """Ancestral sampling over every step of `diffusion` (respaced or not)."""
+    """Ancestral sampling over every step of `diffusion` (respaced or not); uses config.clip_denoised."""
+    clip = _clip(config)
     for i in _indices(diffusion, progress):  # type: ignore[union-attr]
-        x = ddpm_step(diffusion, denoise, x, _batch_t(i, x), _step_noise(noise, x), clip_denoised)["sample"]
+        x = ddpm_step(diffusion, denoise, x, _batch_t(i, x), _step_noise(noise, x), clip)["sample"]
     return x
 
 
@@ -181,8 +195,8 @@ def ddim_step(
     x: Tensor,
     t: Tensor,
     noise: Tensor | None,
-    eta: float = 0.0,
-    clip_denoised: bool = False,
+    eta: float,
+    clip_denoised: bool,
 ) -> dict[str, Tensor]:
     """One DDIM step (Eq. 12 of Song et al.); eta = 0 is deterministic, eta = 1 is DDPM-like."""
     out = diffusion.p_mean_variance(denoise, x, t, clip_denoised=clip_denoised)
@@ -202,13 +216,14 @@ def ddim_sample(
     denoise: DenoiseFn,
     x: Tensor,
     noise: SeedNoise | GlobalNoise,
-    eta: float = 0.0,
-    clip_denoised: bool = False,
+    config: SampleConfig,
     progress: bool = False,
 ) -> Tensor:
+    """DDIM over every step of `diffusion`; uses config.eta and config.clip_denoised."""
+    eta, clip = config.eta, _clip(config)
     for i in _indices(diffusion, progress):  # type: ignore[union-attr]
         step_noise = _step_noise(noise, x) if eta > 0 else None
-        x = ddim_step(diffusion, denoise, x, _batch_t(i, x), step_noise, eta, clip_denoised)["sample"]
+        x = ddim_step(diffusion, denoise, x, _batch_t(i, x), step_noise, eta, clip)["sample"]
     return x
 
 
@@ -216,13 +231,11 @@ def ddim_invert(
     diffusion: GaussianDiffusion,
     denoise: DenoiseFn,
     x_start: Tensor,
-    clip_denoised: bool = False,
-    progress: bool = False,
+    clip_denoised: bool,
 ) -> Tensor:
     """Deterministic DDIM inversion: run the eta = 0 ODE forward, image x_0 -> noise x_T."""
     x = x_start
-    steps = range(diffusion.num_timesteps)
-    for i in steps:
+    for i in range(diffusion.num_timesteps):
         t = _batch_t(i, x)
         out = diffusion.p_mean_variance(denoise, x, t, clip_denoised=clip_denoised)
         eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
@@ -232,7 +245,7 @@ def ddim_invert(
 
 
 def dpm_solver_sample(
-    diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, clip_denoised: bool = False, progress: bool = False
+    diffusion: GaussianDiffusion, denoise: DenoiseFn, x: Tensor, config: SampleConfig, progress: bool = False
 ) -> Tensor:
     """DPM-Solver++(2M), data prediction, over the steps of `diffusion`; one model call per step.
 
@@ -240,7 +253,9 @@ def dpm_solver_sample(
     step and on the last one (the jump into t_0 spans a large log-SNR range, where the second-order
     extrapolation overshoots: 20 steps on Gaussian data give std 0.62 for 0.5 with it, 0.48 without,
     as diffusers' lower_order_final), and the last call's x_0 prediction is returned (sigma = 0).
+    Uses config.clip_denoised.
     """
+    clip_denoised = _clip(config)
     abar = diffusion.alphas_cumprod
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
     lam = torch.log(alpha / sigma)  # log-SNR / 2, float64
@@ -272,35 +287,33 @@ def sample_loop(
     model: nn.Module,
     noise: Tensor,
     labels: Tensor | None,
+    config: SampleConfig,
     *,
-    sampler: SamplerName = "ddpm",
-    timestep_respacing: str | int = "250",
-    cfg_scale: float = 1.0,
-    cfg_channels: Literal["all"] | int = "all",
-    eta: float = 0.0,
     seeds: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     diffusion: DiffusionConfig | None = None,
-    clip_denoised: bool = False,
     progress: bool = False,
     forward: Callable[..., Tensor] | None = None,
 ) -> Tensor:
     """Sample N images from x_T = noise (N, C, H, W) -> x_0 (N, C, H, W); guidance doubles the batch inside.
 
-    The low-level entry point (ADM's respacing spec, e.g. "ddim25"); `ditkit.sampling.generate` samples from a
-    `SampleConfig`. With `seeds` (one per image) every random draw of image i comes from seeds[i], so it
-    does not depend on batch size or position; otherwise noise comes from `generator` (or torch's global
-    RNG). `diffusion` is the process the model was trained with (default: the paper's).
+    The low-level entry point: it uses config.sampler, num_steps / respacing, cfg_scale, cfg_channels, eta and
+    clip_denoised (which must be set: True in pixel space, False for latents); `ditkit.sampling.generate`
+    adds the rest (batch_size, precision, compile: `forward` is the network it wraps) and decoding. With
+    `seeds` (one per image) every random draw of image i comes from seeds[i], so it does not depend on batch
+    size or position; otherwise noise comes from `generator` (or torch's global RNG). `diffusion` is the
+    process the model was trained with (default: the paper's).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     if seeds is not None and len(seeds) != noise.shape[0]:
-        raise ValueError(f"need one seed per image: got {len(seeds)} seeds for {noise.shape[0]} images")
+        raise InputError(
+            f"need one seed per image: got {len(seeds)} seeds for {noise.shape[0]} images", setting="seeds"
+        )
+    _clip(config)  # before any work
     if diffusion is None:
-        config = getattr(model, "config", None)
-        diffusion = default_diffusion(config) if config is not None else DiffusionConfig()
-    process = diffusion_from_config(diffusion, str(timestep_respacing))
-    denoise = make_denoiser(model, labels, cfg_scale=cfg_scale, cfg_channels=cfg_channels, forward=forward)
+        model_config = getattr(model, "config", None)
+        diffusion = default_diffusion(model_config) if model_config is not None else DiffusionConfig()
+    process = diffusion_from_config(diffusion, config.timestep_respacing)
+    denoise = make_denoiser(model, labels, config, forward=forward)
     source: SeedNoise | GlobalNoise
     if seeds is not None:
         source = SeedNoise(seeds, noise.device)
@@ -310,8 +323,8 @@ def sample_loop(
     else:
         source = GlobalNoise(generator)
     with torch.no_grad():
-        if sampler == "ddpm":
-            return ddpm_sample(process, denoise, noise, source, clip_denoised, progress)
-        if sampler == "ddim":
-            return ddim_sample(process, denoise, noise, source, eta, clip_denoised, progress)
-        return dpm_solver_sample(process, denoise, noise, clip_denoised, progress)
+        if config.sampler == "ddpm":
+            return ddpm_sample(process, denoise, noise, source, config, progress)
+        if config.sampler == "ddim":
+            return ddim_sample(process, denoise, noise, source, config, progress)
+        return dpm_solver_sample(process, denoise, noise, config, progress)

@@ -25,7 +25,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,8 @@ from ditkit.data.autoencoder import _HUB_ID, load_vae
 from ditkit.data.class_names import IMAGENET_NUM_CLASSES
 from ditkit.model.dit import LN_EPS, DiT, sincos_pos_embed_2d
 from ditkit.model.weights import load_model, save_weights
-from ditkit.runtime.files import temp_path, write_json, write_text
+from ditkit.runtime.errors import InputError
+from ditkit.runtime.files import atomic_dir, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +68,20 @@ _TOP_KEYS = (
 def check_exportable(config: ModelConfig) -> None:
     """Raise a one-line ValueError naming the first feature of `config` that DiTPipeline cannot represent."""
     if config.block not in ("adaln_zero", "adaln"):
-        raise ValueError(
+        raise InputError(
             f"block design {config.block!r} has no diffusers equivalent (DiTTransformer2DModel has only "
-            "adaLN-Zero blocks); export it with --format safetensors"
-        )
+            "adaLN-Zero blocks); export it as a safetensors file instead"
+, setting='format')
     if config.hidden_size * config.mlp_ratio != 4 * config.hidden_size:
-        raise ValueError(
+        raise InputError(
             f"mlp_ratio {config.mlp_ratio} has no diffusers equivalent (its DiT MLP is 4x wide); "
-            "export it with --format safetensors"
-        )
+            "export it as a safetensors file instead"
+, setting='format')
     if config.num_classes > DIFFUSERS_NULL_LABEL:
-        raise ValueError(
+        raise InputError(
             f"num_classes {config.num_classes} has no DiTPipeline equivalent (it guides with the null id "
-            f"{DIFFUSERS_NULL_LABEL}, a real class here); export it with --format safetensors"
-        )
+            f"{DIFFUSERS_NULL_LABEL}, a real class here); export it as a safetensors file instead"
+, setting='format')
 
 
 def transformer_config(config: ModelConfig) -> dict[str, Any]:
@@ -173,12 +173,12 @@ def from_diffusers(
                     out[f"{dst}adaLN_modulation.1.{s}"] = torch.cat([*chunks[:2], *chunks[3:5]])
         table = state_dict["transformer_blocks.0." + _TABLE]
     except KeyError as err:
-        raise ValueError(f"not a diffusers DiT transformer: it has no {err.args[0]!r}") from None
+        raise InputError(f"not a diffusers DiT transformer: it has no {err.args[0]!r}") from None
     if config.num_classes > 0:
         null = table[transformer["num_embeds_ada_norm"] :][:1] if config.has_null_class else table[:0]
         out["y_embedder.embedding_table.weight"] = torch.cat([table[: config.num_classes], null])
     elif bool(table.any()):
-        raise ValueError("num_classes 0 (unconditional) needs an all-zero label table; this one is not zero")
+        raise InputError("num_classes 0 (unconditional) needs an all-zero label table; this one is not zero", setting='num_classes')
     grid = config.input_size // config.patch_size
     out["pos_embed"] = torch.from_numpy(sincos_pos_embed_2d(d, grid)).float().unsqueeze(0)  # as DiT builds it
     return config, out
@@ -191,17 +191,17 @@ def _model_config(
     expected = {"norm_type": "ada_norm_zero", "activation_fn": "gelu-approximate", "attention_bias": True}
     for key, value in expected.items():
         if transformer.get(key, value) != value:
-            raise ValueError(f"transformer {key} {transformer[key]!r} has no ditkit equivalent (DiT uses {value!r})")
+            raise InputError(f"transformer {key} {transformer[key]!r} has no ditkit equivalent (DiT uses {value!r})")
     if abs(float(transformer.get("norm_eps", 1e-5)) - LN_EPS) > 1e-12:
         log.info("transformer norm_eps %s: ditkit runs it with DiT's %s", transformer.get("norm_eps", 1e-5), LN_EPS)
     rows = int(transformer["num_embeds_ada_norm"])
     classes = rows if num_classes is None else int(num_classes)
     if not 0 <= classes <= rows:
-        raise ValueError(f"num_classes must be in 0..{rows} for this transformer (its label table); got {classes}")
+        raise InputError(f"num_classes must be in 0..{rows} for this transformer (its label table); got {classes}", setting='num_classes')
     in_channels = int(transformer["in_channels"])
     out_channels = int(transformer.get("out_channels") or in_channels)
     if out_channels not in (in_channels, 2 * in_channels):
-        raise ValueError(f"transformer out_channels {out_channels} is neither in_channels nor 2 x in_channels")
+        raise InputError(f"transformer out_channels {out_channels} is neither in_channels nor 2 x in_channels")
     depth, heads = int(transformer["num_layers"]), int(transformer["num_attention_heads"])
     hidden = heads * int(transformer["attention_head_dim"])
     return ModelConfig(
@@ -235,10 +235,10 @@ def _check_shared_embedders(state_dict: dict[str, Tensor], depth: int) -> None:
             if not torch.equal(
                 state_dict[f"transformer_blocks.{i}.{name}"], state_dict[f"transformer_blocks.0.{name}"]
             ):
-                raise ValueError(
+                raise InputError(
                     f"block {i}'s {name.split('.')[2]} differs from block 0's (trained in diffusers?); ditkit "
                     "shares one timestep and label embedder across blocks, so these weights have no ditkit equivalent"
-                )
+)
 
 
 # Schedulers.
@@ -274,7 +274,7 @@ def diffusion_from_scheduler(scheduler: dict[str, Any], learn_sigma: bool) -> Di
     steps = int(scheduler.get("num_train_timesteps", 1000))
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "sample"):
-        raise ValueError(f"scheduler prediction_type {prediction!r} has no ditkit equivalent (epsilon or sample)")
+        raise InputError(f"scheduler prediction_type {prediction!r} has no ditkit equivalent (epsilon or sample)")
     schedule = scheduler.get("beta_schedule", "linear") if not scheduler.get("trained_betas") else "trained"
     reference = scheduler_config(DiffusionConfig(num_train_steps=steps))
     linear = schedule == "linear" and all(
@@ -297,7 +297,7 @@ def _diffusers() -> Any:
     try:
         import diffusers  # the optional `vae` extra; imports in ~2-5 s
     except ImportError as err:
-        raise ValueError(f"diffusers interop needs diffusers ({err}): pip install 'ditkit[vae]'") from None
+        raise InputError(f"diffusers interop needs diffusers ({err}): pip install 'ditkit[vae]'") from None
     return diffusers
 
 
@@ -357,22 +357,23 @@ def export_diffusers(
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{str(out_dir)!r} exists and is not an empty folder; pass a new output folder")
+        raise InputError(f"{str(out_dir)!r} exists and is not an empty folder; pass a new output folder", setting="out_dir")
     model, diffusion = load_model(source)
     config = model.config
     check_exportable(config)
     spec = vae or _run_vae(Path(source))
     if spec is None or spec.strip().lower() == NO_VAE:
-        raise ValueError(
+        raise InputError(
             "pixel-space models have no diffusers equivalent (DiTPipeline always decodes latents through a VAE); "
-            "for a latent model given as a weights file, pass --vae FOLDER_OR_HUB_ID"
+            "for a latent model given as a weights file, pass vae=FOLDER_OR_HUB_ID",
+            setting="vae",
         )
     autoencoder = load_vae(spec)
     if autoencoder is None or autoencoder.latent_channels != config.in_channels:
-        raise ValueError(f"VAE {spec!r} does not make the model's {config.in_channels}-channel latents; pass its VAE")
+        raise InputError(f"VAE {spec!r} does not make the model's {config.in_channels}-channel latents; pass its VAE", setting="vae")
     names = class_names or _default_class_names(config.num_classes)
     if len(names) != config.num_classes:
-        raise ValueError(f"class_names has {len(names)} names for a {config.num_classes}-class model")
+        raise InputError(f"class_names has {len(names)} names for a {config.num_classes}-class model", setting='class_names')
     if config.num_classes > 0 and not config.has_null_class:
         log.warning("this model has no null class (no label dropout): call its DiTPipeline with guidance_scale=1")
     diffusers = _diffusers()
@@ -383,8 +384,7 @@ def export_diffusers(
         vae=autoencoder.vae,
         scheduler=diffusers.DDIMScheduler(**scheduler_config(diffusion)),
     )
-    tmp = temp_path(out_dir)  # a temp folder, renamed when complete
-    try:
+    with atomic_dir(out_dir) as tmp:  # the folder appears only when complete
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         index = json.loads((tmp / "model_index.json").read_text())
         if config.num_classes > 0:  # save_pretrained drops id2label; DiTPipeline reads it back from here
@@ -393,11 +393,6 @@ def export_diffusers(
         sidecar = {"model": dataclasses.asdict(config), "diffusion": dataclasses.asdict(diffusion), "vae": spec}
         write_json(tmp / SIDECAR_FILE, sidecar)
         write_text(tmp / "README.md", _folder_readme())
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s as a DiTPipeline folder %s", source, out_dir)
     return out_dir
 
@@ -435,14 +430,14 @@ def read_diffusers(
     spec = str(source)
     local = Path(spec).expanduser()
     if not local.exists() and not _HUB_ID.match(spec):
-        raise ValueError(f"{spec!r} is neither a file, a diffusers folder nor a hub id like facebook/DiT-XL-2-256")
+        raise InputError(f"{spec!r} is neither a file, a diffusers folder nor a hub id like facebook/DiT-XL-2-256", setting="source")
     subfolder = "transformer" if _read_json(spec, "transformer/config.json") is not None else None
     model_class, low_mem = _diffusers().DiTTransformer2DModel, importlib.util.find_spec("accelerate") is not None
     try:
         transformer = model_class.from_pretrained(spec, subfolder=subfolder, low_cpu_mem_usage=low_mem)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot load a diffusers DiT transformer from {spec!r} ({first})") from None
+        raise InputError(f"cannot load a diffusers DiT transformer from {spec!r} ({first})", setting="source") from None
     sidecar = _read_json(spec, SIDECAR_FILE, beside=True) or {}
     stored = sidecar.get("model", {})
     classes = num_classes if num_classes is not None else stored.get("num_classes")
@@ -493,7 +488,7 @@ def import_weights(
     with torch.device("meta"):  # check the keys and shapes against a DiT without allocating one
         expected = {k: tuple(v.shape) for k, v in DiT(config).state_dict().items()}
     if expected != {k: tuple(v.shape) for k, v in state_dict.items()}:
-        raise ValueError(f"converted weights of {str(source)!r} do not fit {config}")  # a converter bug
+        raise RuntimeError(f"converted weights of {str(source)!r} do not fit {config}")  # a converter bug
     saved = save_weights(state_dict, config, out, diffusion)
     log.info("imported %s to %s", source, saved)
     return saved

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ditkit.data.datasets import MNIST_MIN_FRAME, load_mnist_arrays
 from ditkit.metrics.evaluate import ActivationStats, frechet_distance
+from ditkit.runtime.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ def to_digit_tensor(images: np.ndarray | Tensor) -> Tensor:
     if x.ndim == 3:
         x = x[..., None]
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3) or x.shape[1] != x.shape[2]:
-        raise ValueError(
+        raise InputError(
             f"digit images must be uint8 (N, H, W[, 1|3]) and square; got dtype {x.dtype}, "
             f"shape {tuple(x.shape)}: convert with ((x + 1) * 127.5).round().clip(0, 255)"
-        )
+, setting="samples")
     x = x.permute(0, 3, 1, 2).float()
     if x.shape[1] == 3:
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)  # ITU-R 601
@@ -183,23 +184,23 @@ def load_digit_classifier(path: str | os.PathLike | None = None, device: str | t
     if path is None:
         asset = resources.files("ditkit").joinpath(f"assets/{_WEIGHTS}")
         if not asset.is_file():
-            raise ValueError(
+            raise RuntimeError(
                 f"shipped classifier weights ditkit/assets/{_WEIGHTS} are missing; "
                 "run scripts/train_mnist_classifier.py to create them"
             )
         state = load_file(str(asset))
     else:
         if not Path(path).is_file():
-            raise ValueError(f"classifier weights not found at {path}; train with scripts/train_mnist_classifier.py")
+            raise InputError(f"classifier weights not found at {path}; train with scripts/train_mnist_classifier.py", setting="path")
         state = load_file(str(path))
     model = DigitClassifier()
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"classifier weights do not match DigitClassifier: missing {missing}, unexpected "
             f"{unexpected}; retrain with scripts/train_mnist_classifier.py"
-        )
+, setting="path")
     return model.to(device).eval()
 
 
@@ -246,12 +247,12 @@ def digits_metrics(
     classifier = load_digit_classifier() if classifier is None else classifier
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long).flatten()
     if len(labels_t) != len(samples) or len(labels_t) < 2:
-        raise ValueError(
+        raise InputError(
             f"digits_metrics needs >= 2 samples and one label per sample; got {len(samples)} "
             f"samples and {len(labels_t)} labels"
-        )
+, setting="samples")
     if labels_t.min() < 0 or labels_t.max() >= NUM_DIGIT_CLASSES:
-        raise ValueError(f"labels must be digit classes 0-9; got range [{labels_t.min()}, {labels_t.max()}]")
+        raise InputError(f"labels must be digit classes 0-9; got range [{labels_t.min()}, {labels_t.max()}]", setting='labels')
     feats, logits = _predict(classifier, samples)
     correct = (logits.argmax(1) == labels_t).float()
     per_class = [

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ditkit.data.image_files import ImageSet, ImageSource, open_images
 from ditkit.metrics.precision_recall import precision_recall
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import save_npz
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,10 @@ def frechet_distance(
     )
     d = mu1.shape[0]
     if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(
+        raise InputError(
             f"frechet_distance needs mu (D,) and sigma (D, D) of one D; got {mu1.shape}, "
             f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}: were both computed by the same extractor?"
-        )
+)
     diff = mu1 - mu2
     covmean = _sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
@@ -76,7 +77,7 @@ def frechet_distance(
         covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(
+            raise InputError(
                 f"Frechet distance: the covariance square root has an imaginary part up to "
                 f"{np.abs(covmean.imag).max():.3g} (ADM's evaluator stops here too): the statistics are too "
                 f"degenerate; use more images (at least the feature dimension, {d})"
@@ -113,13 +114,13 @@ class ActivationStats:
         """Add a batch of features (N, D)."""
         x = _to_numpy(feats, np.float64)
         if x.ndim != 2:
-            raise ValueError(f"ActivationStats.update expects features (N, D); got shape {x.shape}")
+            raise InputError(f"ActivationStats.update expects features (N, D); got shape {x.shape}")
         if self.shift is None:
             self.shift = x.mean(axis=0)
             self.sum = np.zeros_like(self.shift)
             self.sum_outer = np.zeros((x.shape[1], x.shape[1]))
         elif x.shape[1] != self.dim:
-            raise ValueError(f"ActivationStats.update: feature dim changed from {self.dim} to {x.shape[1]}")
+            raise InputError(f"ActivationStats.update: feature dim changed from {self.dim} to {x.shape[1]}")
         xc = x - self.shift
         self.count += x.shape[0]
         self.sum += xc.sum(axis=0)
@@ -134,7 +135,7 @@ class ActivationStats:
             self.sum, self.sum_outer = other.sum.copy(), other.sum_outer.copy()
             return
         if other.dim != self.dim:
-            raise ValueError(f"ActivationStats.merge: dims differ ({self.dim} vs {other.dim})")
+            raise InputError(f"ActivationStats.merge: dims differ ({self.dim} vs {other.dim})")
         # Move other's sums from its shift to ours: x - s = (x - t) + (t - s).
         delta = other.shift - self.shift
         self.sum_outer += (
@@ -150,21 +151,21 @@ class ActivationStats:
     def mean(self) -> np.ndarray:
         """(D,) sample mean."""
         if self.count == 0:
-            raise ValueError("ActivationStats.mean: no features were added; call update() first")
+            raise InputError("ActivationStats.mean: no features were added; call update() first")
         return self.shift + self.sum / self.count
 
     @property
     def cov(self) -> np.ndarray:
         """(D, D) unbiased sample covariance (as np.cov with rowvar=False)."""
         if self.count < 2:
-            raise ValueError(f"ActivationStats.cov needs at least 2 samples; got {self.count}")
+            raise InputError(f"ActivationStats.cov needs at least 2 samples; got {self.count}")
         centered_sum = self.sum_outer - np.outer(self.sum, self.sum) / self.count
         return centered_sum / (self.count - 1)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the raw sums (resumable with `load` + `update`) to an .npz file."""
         if self.count == 0:
-            raise ValueError(f"ActivationStats.save: nothing to save to {path}; call update() first")
+            raise InputError(f"ActivationStats.save: nothing to save to {path}; call update() first")
         np.savez(path, count=self.count, shift=self.shift, sum=self.sum, sum_outer=self.sum_outer)
 
     @classmethod
@@ -172,7 +173,7 @@ class ActivationStats:
         with np.load(path) as data:
             missing = {"count", "shift", "sum", "sum_outer"} - set(data.files)
             if missing:
-                raise ValueError(f"{path} is not an ActivationStats file (missing {sorted(missing)})")
+                raise InputError(f"{path} is not an ActivationStats file (missing {sorted(missing)})")
             stats = cls()
             stats.count = int(data["count"])
             stats.shift, stats.sum, stats.sum_outer = data["shift"], data["sum"], data["sum_outer"]
@@ -193,10 +194,10 @@ def inception_score(logits: np.ndarray | Tensor, split_size: int = 5000) -> floa
     """
     x = torch.as_tensor(_to_numpy(logits, np.float32))
     if x.ndim != 2 or x.shape[0] < 1 or split_size < 1:
-        raise ValueError(
+        raise InputError(
             f"inception_score needs logits (N, K) and split_size >= 1; got shape {tuple(x.shape)}, "
             f"split_size={split_size}"
-        )
+)
     preds = torch.softmax(x, dim=1).numpy()
     scores = []
     for i in range(0, len(preds), split_size):
@@ -218,9 +219,9 @@ def kernel_inception_distance(
     x_all, y_all = _to_numpy(feats1, np.float64), _to_numpy(feats2, np.float64)
     m = min(len(x_all), len(y_all), subset_size)
     if m < 2 or x_all.shape[1] != y_all.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"kernel_inception_distance needs >= 2 samples per set of one dim; got {x_all.shape} and {y_all.shape}"
-        )
+)
     rng, d, total = np.random.default_rng(seed), x_all.shape[1], 0.0
     for _ in range(num_subsets):
         x = x_all[rng.choice(len(x_all), m, replace=False)]
@@ -323,10 +324,10 @@ def ref_stats(
     src = open_images(images)
     kinds = [k for k in ("pool", "spatial") if k in extractor.available]
     if not kinds:
-        raise ValueError(
+        raise InputError(
             f"extractor {extractor_name(extractor)} gives no pool or spatial features "
             f"(available: {sorted(extractor.available)})"
-        )
+, setting='extractor')
     feats = _extract(src, extractor, kinds, batch_size, keep_pool="pool" in kinds, max_pool=max_features, seed=seed)
     arrays = {"num_images": np.int64(src.num_images), "extractor": np.array(extractor_name(extractor))}
     for kind in kinds:
@@ -358,10 +359,10 @@ def _load_reference(
         with np.load(ref) as data:
             stored = str(data["extractor"]) if "extractor" in data.files else None
             if stored is not None and stored != extractor_name(extractor):
-                raise ValueError(
+                raise InputError(
                     f"{ref} was computed with extractor {stored!r} but evaluation uses "
                     f"{extractor_name(extractor)!r}: rebuild it with ditkit ref-stats, or evaluate with the "
-                    "extractor it was made with (files named 'inception-2015-12-05' need --resize pytorch-fid)"
+                    "extractor it was made with (files named 'inception-2015-12-05' need resize='pytorch-fid')"
                 )
             stats = {k: (data[m], data[s]) for k, (m, s) in _STAT_KEYS.items() if {m, s} <= set(data.files)}
             pool = data["pool_features"] if "pool_features" in data.files else None
@@ -409,11 +410,11 @@ def evaluate_samples(
         "num_samples" and "unavailable": the requested metrics that the extractor or reference cannot give.
     """
     if set(metrics) - set(METRICS):
-        raise ValueError(f"unknown metrics {sorted(set(metrics) - set(METRICS))}; choose from {', '.join(METRICS)}")
+        raise InputError(f"unknown metrics {sorted(set(metrics) - set(METRICS))}; choose from {', '.join(METRICS)}", setting="metrics")
     src = open_images(samples)
     n = src.num_images if num_samples is None else num_samples
     if not 2 <= n <= src.num_images:
-        raise ValueError(f"num_samples must be in [2, {src.num_images}] (the images available); got {n}")
+        raise InputError(f"num_samples must be in [2, {src.num_images}] (the images available); got {n}", setting='num_samples')
     wanted = [m for m in metrics if _FEATURE_FOR_METRIC[m] in extractor.available]
     kinds = [kind for metric, kind in (("fid", "pool"), ("sfid", "spatial")) if metric in wanted]
     need_pool = bool({"precision", "recall", "kid"} & set(wanted))
@@ -454,10 +455,10 @@ def fid(samples: ImageSource, ref: ImageSource, extractor: FeatureExtractor, bat
     """FID of `samples` against `ref` (see `evaluate_samples` for the accepted forms)."""
     result = evaluate_samples(samples, ref, extractor, batch_size=batch_size, metrics=("fid",))
     if "fid" not in result:
-        raise ValueError(
+        raise InputError(
             f"extractor {extractor_name(extractor)} gives no pool features, so no FID; "
             f"available: {sorted(extractor.available)}"
-        )
+, setting='extractor')
     return result["fid"]
 
 

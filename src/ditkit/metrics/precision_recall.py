@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ditkit.runtime.errors import InputError
+
 NUM_NEIGHBOURS = 3  # ADM's nhood_sizes=(3,)
 BLOCK_SIZE = 10_000  # ADM's row_batch_size and col_batch_size
 
@@ -64,7 +66,7 @@ def manifold_radii(
     """
     x = _as_features(feats, device)
     if x.ndim != 2 or x.shape[0] <= k:
-        raise ValueError(f"manifold_radii needs features (N, D) with N > k={k}; got shape {tuple(x.shape)}")
+        raise InputError(f"manifold_radii needs features (N, D) with N > k={k}; got shape {tuple(x.shape)}")
     radii = []
     for i in range(0, len(x), block_size):
         rows = x[i : i + block_size]
@@ -97,9 +99,9 @@ def precision_recall(
     """
     ref, sample = _as_features(ref_feats, device), _as_features(sample_feats, device)
     if ref.ndim != 2 or sample.ndim != 2 or ref.shape[1] != sample.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"precision_recall needs (N, D) features of one D; got {tuple(ref.shape)} and {tuple(sample.shape)}"
-        )
+)
     ref_radii = torch.from_numpy(manifold_radii(ref, k, block_size, float16, device)).to(ref.device)
     sample_radii = torch.from_numpy(manifold_radii(sample, k, block_size, float16, device)).to(ref.device)
     ref_inside = torch.zeros(len(ref), dtype=torch.bool, device=ref.device)  # ref point in the sample manifold

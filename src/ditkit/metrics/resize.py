@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ditkit.runtime.errors import InputError
+
 ResizeMode = Literal["adm", "pytorch-fid"]
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
@@ -26,7 +28,7 @@ RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 def check_resize(mode: str) -> None:
     """ValueError naming `mode` and the choices unless it is one of RESIZE_MODES."""
     if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize {mode!r}; choose from {', '.join(RESIZE_MODES)}")
+        raise InputError(f"unknown resize {mode!r}; choose from {', '.join(RESIZE_MODES)}", setting="resize")
 
 
 def _legacy_taps(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -54,7 +56,7 @@ def tf1_resize_bilinear(x: Tensor, size: int | tuple[int, int] = 299) -> Tensor:
         (N, C, out_h, out_w) float32. When the size does not change the input is only cast, as in TF.
     """
     if x.ndim != 4:
-        raise ValueError(f"tf1_resize_bilinear expects (N, C, H, W); got shape {tuple(x.shape)}")
+        raise InputError(f"tf1_resize_bilinear expects (N, C, H, W); got shape {tuple(x.shape)}", setting="x")
     out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     x = x.to(torch.float32)
     if (x.shape[-2], x.shape[-1]) == (out_h, out_w):

@@ -20,6 +20,7 @@ from ditkit.metrics.digit_classifier import DigitFeatureExtractor, digits_metric
 from ditkit.metrics.evaluate import FeatureExtractor, evaluate_samples, extractor_name, fid, ref_stats, stats_extractor
 from ditkit.metrics.inception import load_inception
 from ditkit.metrics.resize import ResizeMode
+from ditkit.runtime.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,17 @@ def score_samples(
     if metric == "digits":
         with np.load(samples) as data:
             if "labels" not in data.files:
-                raise ValueError(
+                raise InputError(
                     f"{samples} has no 'labels' array: the digits metric needs the requested classes "
-                    "(ditkit sample --num writes them)"
+                    "(sample_npz_job, behind `ditkit sample`, writes them)",
+                    setting="samples",
                 )
             result.update(digits_metrics(data["arr_0"], data["labels"]))
     if ref is not None or metric == "inception":
         if ref is None:
-            raise ValueError("--metric inception needs --ref REF.npz (reference images or ditkit ref-stats output)")
+            raise InputError(
+                "metric 'inception' needs ref=REF.npz (reference images or ditkit ref-stats output)", setting="ref"
+            )
         extractor = feature_extractor(
             metric, inception=inception, allow_download=allow_download, device=device, resize=resize
         )

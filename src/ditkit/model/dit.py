@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ditkit.config import TIMESTEP_FREQ_DIM, TIMESTEP_MAX_PERIOD, ModelConfig
+from ditkit.runtime.errors import InputError
 
 LN_EPS = 1e-6  # LayerNorm epsilon of the official blocks
 
@@ -307,7 +308,7 @@ class DiT(nn.Module):
         if self.y_embedder is None:
             return t_emb, t_emb, None
         if y is None:
-            raise ValueError("this model is class-conditional: pass labels y (use the null id for no class)")
+            raise InputError("this model is class-conditional: pass labels y (use the null id for no class)", setting="y")
         y_emb = self.y_embedder(y, self.training)
         return t_emb + y_emb, t_emb, y_emb
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ditkit.config import DiffusionConfig, ModelConfig, default_diffusion
 from ditkit.model.dit import DiT
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _metadata(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except Exception as err:
-        raise ValueError(_unreadable(path, err)) from None
+        raise InputError(_unreadable(path, err)) from None
 
 
 def _unreadable(path: Path, err: BaseException) -> str:
@@ -99,14 +100,14 @@ def _parse(path: Path, key: str, value: Any, build: Any) -> Any:
     try:
         return build(json.loads(value) if isinstance(value, str) else value)
     except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"{str(path)!r} holds a broken {key!r} entry ({err}); export or download it again") from None
+        raise InputError(f"{str(path)!r} holds a broken {key!r} entry ({err}); export or download it again") from None
 
 
 def resolve_weights_path(path: str | Path) -> Path:
     """A weights file, or for a training run folder the EMA weights of its latest checkpoint."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"no weights at {str(path)!r}: pass a .pt/.safetensors file or a ditkit run folder")
+        raise InputError(f"no weights at {str(path)!r}: pass a .pt/.safetensors file or a ditkit run folder")
     if path.is_file():
         return path
     ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -118,7 +119,7 @@ def resolve_weights_path(path: str | Path) -> Path:
             return candidate
     if (ckpt_dir / EMA_WEIGHTS_FILE).is_file():
         return ckpt_dir / EMA_WEIGHTS_FILE
-    raise ValueError(
+    raise InputError(
         f"{str(path)!r} holds no checkpoint (no checkpoints/{RUN_LATEST_FILE}): train first, or pass a weights file"
     )
 
@@ -134,7 +135,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | 
         try:
             return load_file(str(path)), config
         except Exception as err:
-            raise ValueError(_unreadable(path, err)) from None
+            raise InputError(_unreadable(path, err)) from None
     try:
         # Official train.py checkpoints pickle an argparse.Namespace beside the tensors: allow just that.
         # safe_globals arrived in torch 2.5; before it such checkpoints cannot load (plain state dicts can).
@@ -142,7 +143,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | 
         with allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext():
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(
+        raise InputError(
             f"cannot read {str(path)!r} as weights ({describe_load_error(err)}); ditkit loads only plain tensors "
             "from .pt files: save a state dict (torch.save(model.state_dict(), path)) or a .safetensors file"
         ) from None
@@ -151,7 +152,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], ModelConfig | 
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{str(path)!r} is not a state dict of tensors")
+        raise InputError(f"{str(path)!r} is not a state dict of tensors")
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}, None
 
 
@@ -160,7 +161,7 @@ def infer_config(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig
     try:
         hidden, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
     except KeyError:
-        raise ValueError("not a DiT state dict: no 'x_embedder.proj.weight' key") from None
+        raise InputError("not a DiT state dict: no 'x_embedder.proj.weight' key") from None
     depth = 1 + max((int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     fields: dict[str, Any] = {"hidden_size": hidden, "in_channels": in_channels, "patch_size": patch, "depth": depth}
     fields["mlp_ratio"] = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden
@@ -192,7 +193,7 @@ def infer_config(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig
                 hidden,
             )
     elif "num_heads" not in overrides:
-        raise ValueError(f"cannot infer the head count of width {hidden}: pass num_heads=... (--num-heads)")
+        raise InputError(f"cannot infer the head count of width {hidden}: pass num_heads=...", setting="num_heads")
     fields.update(overrides)
     return ModelConfig(**fields)
 
@@ -210,7 +211,7 @@ def load_dit(path: str | Path, *, device: str | torch.device = "cpu", **override
         try:
             config = infer_config(state_dict, **overrides)
         except (KeyError, IndexError, AttributeError) as err:
-            raise ValueError(
+            raise InputError(
                 f"{str(path)!r} is not a DiT state dict (no usable tensor {err}); pass DiT weights"
             ) from None
     model = DiT(config)
@@ -233,7 +234,7 @@ def load_strict(model: DiT, state_dict: dict[str, Tensor], source: str = "weight
     unexpected = sorted(set(state_dict) - set(own))
     wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise InputError(
             f"{source} does not fit this DiT: {_mismatch_summary(missing, unexpected, wrong, own, state_dict)}"
         )
     model.load_state_dict(state_dict, strict=True)
@@ -251,11 +252,11 @@ def _mismatch_summary(
         parts.append(f"{key} is {tuple(other[key].shape)} in the file but {tuple(own[key].shape)} in the model")
     hints = []
     if "pos_embed" in wrong:
-        hints.append("the weights were trained at another resolution (--image-size)")
+        hints.append("the weights were trained at another resolution (image_size)")
     if "y_embedder.embedding_table.weight" in wrong:
-        hints.append("the class count differs (--num-classes; a null row exists when label dropout > 0)")
+        hints.append("the class count differs (num_classes; a null row exists when label dropout > 0)")
     if any(k.startswith("final_layer.linear") for k in wrong):
-        hints.append("learned sigma differs (--learn-sigma)")
+        hints.append("learned sigma differs (learn_sigma)")
     if any(k.startswith(("model.", "ema.", "opt.")) for k in unexpected):
         hints.append("this is a whole training checkpoint: load its 'ema' weights")
     else:
@@ -269,7 +270,7 @@ def _mismatch_summary(
         in_shared = [k for k in missing + unexpected if (i := _block_index(k)) is None or i < shared]
         differs = wrong + in_shared
         if any(_is_design_key(k) for k in differs):  # adaLN vs adaLN-Zero: same keys, 4 vs 6 chunks
-            hints.append("the block design differs (--block)")
+            hints.append("the block design differs (block)")
     return "; ".join(parts) + (f". Likely cause: {'; '.join(hints)}" if hints else "")
 
 

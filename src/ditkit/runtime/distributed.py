@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ditkit.runtime.errors import InputError
+
 logger = logging.getLogger("ditkit")
 
 
@@ -49,7 +51,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value) if value.strip() else default
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer; launch with torchrun") from None
+        raise InputError(f"environment variable {name}={value!r} is not an integer; launch with torchrun") from None
 
 
 def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
@@ -60,15 +62,15 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
     """
     rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world_size}; launch with torchrun --nproc_per_node N")
+        raise InputError(f"RANK={rank} is outside WORLD_SIZE={world_size}; launch with torchrun --nproc_per_node N")
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu (or auto)")
+        raise InputError(f"device {device!r} requested but CUDA is not available; use device 'cpu' (or 'auto')", setting='device')
     if use_cuda and world_size == 1 and ":" in device:  # one process on a chosen GPU
         local_rank = resolve_device(device).index or 0
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(
+            raise InputError(
                 f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs; "
                 "use --nproc_per_node <= the GPU count"
             )
@@ -93,13 +95,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N", setting="device") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= count:
-            raise ValueError(f"device {name!r} does not exist (this machine has {count} CUDA GPUs); use --device cpu")
+            raise InputError(f"device {name!r} does not exist (this machine has {count} CUDA GPUs); use device 'cpu'", setting='device')
     elif device.type != "cpu":
-        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+        raise InputError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N", setting='device')
     return device
 
 

@@ -2,7 +2,8 @@
 
 The bytes go to a temp file beside the target (`.tmp-<random>-<name>`, so a crash leaves a name that every
 reader skips and the next writer may delete), are flushed to disk, and replace the target with one rename:
-a reader, or a run killed at any moment, sees the old file or the new one, never half of one.
+a reader, or a run killed at any moment, sees the old file or the new one, never half of one. `atomic_dir`
+does the same for a whole folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -22,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ditkit.runtime.errors import InputError
+
 try:
     import fcntl
 except ImportError:  # Windows: locks fall back to O_EXCL files and a pid check
@@ -30,6 +34,7 @@ except ImportError:  # Windows: locks fall back to O_EXCL files and a pid check
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"  # every temp file and folder ditkit writes starts with this
+KEPT_PREFIX = f"{TEMP_PREFIX}old-"  # the old folder that `atomic_dir` keeps until the new one is in place
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -66,6 +71,65 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Pa
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temp folder beside `path` to fill; on success it replaces `path` as a whole.
+
+    Guarantee: `path` holds the complete old folder or the complete new one, never a mix. On success every
+    file and folder is fsynced, an existing `path` is renamed to its kept name (`.tmp-old-<name>`), the new
+    folder is renamed to `path`, and only then is the kept one deleted. On an exception the temp folder is
+    removed and `path` is left as it was. A kill between the two renames leaves `path` missing and its kept
+    folder complete: `recover_dir` (run here first, and by owners before they read) puts it back.
+    """
+    path = Path(path).resolve() if Path(path).is_symlink() else Path(path)  # a link's folder is swapped, not it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
+    tmp, kept = temp_path(path), path.with_name(KEPT_PREFIX + path.name)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for entry in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before folders
+            if not entry.is_symlink():
+                fsync(entry)
+        fsync(tmp)
+        if path.exists():
+            os.rename(path, kept)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            recover_dir(path)  # the old folder back
+            raise
+        fsync(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(kept, ignore_errors=True)
+
+
+def recover_dir(path: str | os.PathLike) -> bool:
+    """Undo what a kill inside `atomic_dir` left at `path`; returns whether `path` is a folder now.
+
+    The rule: `path` only ever appears complete, so when it exists its kept old folder is stale and deleted;
+    when it is missing, the kept folder (complete: it was `path`) is renamed back. Temp folders of a write
+    that did not finish are never used (they may be half written); stale-temp cleanup removes them.
+    """
+    path = Path(path)
+    kept = path.with_name(KEPT_PREFIX + path.name)
+    if kept.is_dir():
+        if path.exists():
+            shutil.rmtree(kept, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):  # another rank of the same run restored it first
+                os.rename(kept, path)
+    return path.is_dir()
+
+
+def recover_dirs(folder: str | os.PathLike) -> None:
+    """`recover_dir` for every kept folder in `folder` (call it before deleting stale temp entries there)."""
+    for kept in Path(folder).glob(f"{KEPT_PREFIX}*"):
+        recover_dir(kept.with_name(kept.name[len(KEPT_PREFIX) :]))
+
+
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = True) -> Path:
     with atomic_path(path, durable=durable) as tmp:
         tmp.write_text(text)
@@ -94,12 +158,12 @@ def check_outputs(paths: Iterable[str | os.PathLike], *, overwrite: bool = False
     """
     for path in map(Path, paths):
         if path.is_dir():
-            raise ValueError(f"output {str(path)!r} is a folder; give a file path (e.g. {str(path / 'out')!r})")
+            raise InputError(f"output {str(path)!r} is a folder; give a file path (e.g. {str(path / 'out')!r})")
         parent = next((p for p in path.parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
-            raise ValueError(f"output {str(path)!r} lies under {str(parent)!r}, which is a file; choose another path")
+            raise InputError(f"output {str(path)!r} lies under {str(parent)!r}, which is a file; choose another path")
         if (path.exists() or path.is_symlink()) and not overwrite:
-            raise ValueError(f"output {str(path)!r} exists; pass --overwrite to replace it, or choose another path")
+            raise InputError(f"output {str(path)!r} exists; pass overwrite=True to replace it, or choose another path", setting="overwrite")
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -107,7 +171,7 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise ValueError(f"output folder {str(path)!r}: {str(blocker)!r} is a file; choose another folder")
+        raise InputError(f"output folder {str(path)!r}: {str(blocker)!r} is a file; choose another folder")
     return path
 
 

@@ -1,10 +1,11 @@
 """Why a training run stops early, the exit code each reason gets from the `ditkit` command, and the one
 line that `ditkit` prints for an error a user can cause (`exit_status`). Imports no torch.
 
-Exit codes (documented in the README): 0 done, 2 bad input (one line on stderr; also unreadable or
-unwritable files and a full disk), 3 the loss, the gradients or the weights stopped being finite, 130
-interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (128 + the signal number, as shells report it). An
-interrupted run has written a checkpoint: rerun the command to resume.
+Exit codes (documented in the README): 0 done, 2 bad input (an `InputError`, one line on stderr; also
+unreadable or unwritable files and a full disk), 3 the loss, the gradients or the weights stopped being
+finite, 70 an internal error: a bug in ditkit (any other exception; the traceback is printed; EX_SOFTWARE
+of sysexits.h), 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (128 + the signal number, as shells
+report it). An interrupted run has written a checkpoint: rerun the command to resume.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
+from ditkit.runtime.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
+EXIT_BUG = 70  # EX_SOFTWARE: an exception that is not bad input is a bug in ditkit
 EXIT_SIGINT = 128 + int(signal.SIGINT)
 
 
@@ -95,7 +99,10 @@ _UNREADABLE = (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, json.JSONDe
 
 
 def exit_status(err: BaseException, inputs: Sequence[str] = ()) -> tuple[int, str] | None:
-    """(exit code, one line) for an error a user can cause or a run that stopped; None for a bug (traceback).
+    """(exit code, one line) for an error a user can cause or a run that stopped; None for a bug (EXIT_BUG).
+
+    Bad input is an `InputError` (raised where the input is checked), a damaged or unreadable input file, or an
+    OSError on a user's path; a bare ValueError or TypeError from the library is a bug like any other.
 
     `inputs` are the input paths of the command, named when a damaged file raised an error that names none
     (numpy and zipfile errors do not say which file they read).
@@ -117,9 +124,9 @@ def exit_status(err: BaseException, inputs: Sequence[str] = ()) -> tuple[int, st
         )
     if isinstance(err, OSError):
         return EXIT_BAD_INPUT, f"error: {_os_error(err)}"
-    if isinstance(err, (ValueError, TypeError)):
+    if isinstance(err, InputError):
         return EXIT_BAD_INPUT, f"error: {one_line(err)}"
-    return None
+    return None  # any other ValueError, TypeError, KeyError, ...: a bug, never the user's mistake
 
 
 def _os_error(err: OSError) -> str:

@@ -23,7 +23,10 @@ from ditkit.config import DiffusionConfig, SampleConfig, default_diffusion
 from ditkit.data.autoencoder import to_uint8
 from ditkit.diffusion.samplers import initial_noise, sample_loop
 from ditkit.runtime import backend, distributed
+from ditkit.runtime.distributed import DistInfo
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import save_npz, write_json
+from ditkit.runtime.seeds import Stream, image_seeds, stream_rng
 from ditkit.sampling.grid import save_labelled_grid
 
 log = logging.getLogger(__name__)
@@ -31,24 +34,11 @@ log = logging.getLogger(__name__)
 Labels = Sequence[int] | Tensor | None  # class ids (N,), soft labels (N, rows), or None (unconditional)
 
 
-def image_seed(global_seed: int, index: int) -> int:
-    """The seed of image `index` of a job: independent streams per (global_seed, index).
-
-    The one seed rule of ditkit: grids, evaluation, .npz jobs, walks and the demo all use it.
-    """
-    return int(np.random.SeedSequence([global_seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def image_seeds(global_seed: int, num: int, start: int = 0) -> list[int]:
-    """Seeds of images start .. start + num - 1 of a job."""
-    return [image_seed(global_seed, i) for i in range(start, start + num)]
-
-
 def job_labels(num: int, num_classes: int, seed: int, class_balanced: bool) -> np.ndarray:
     """Labels of a sampling job: uniform draws, or each class equally often in a seeded order."""
     if num_classes == 0:
         return np.zeros(num, dtype=np.int64)
-    rng = np.random.default_rng([seed, 1])
+    rng = stream_rng(seed, Stream.JOB_LABELS)
     if class_balanced:
         return rng.permutation(np.arange(num) % num_classes).astype(np.int64)
     return rng.integers(0, num_classes, num).astype(np.int64)
@@ -57,16 +47,7 @@ def job_labels(num: int, num_classes: int, seed: int, class_balanced: bool) -> n
 # Sampling.
 
 
-SAMPLE_BATCH_CPU = 32  # images per forward when SampleConfig.batch_size is None
-SAMPLE_BATCH_CUDA = 128  # XL/2 on an H200: 128 images (256 rows with guidance) fill the card; 256 gains <1%
 _COMPILED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
-
-
-def batch_size_for(config: SampleConfig, device: torch.device) -> int:
-    """The images per forward pass: the config's, or the documented default of the device."""
-    if config.batch_size is not None:
-        return config.batch_size
-    return SAMPLE_BATCH_CUDA if device.type == "cuda" else SAMPLE_BATCH_CPU
 
 
 def network(model: nn.Module, precision: str, device: torch.device, compile: bool = False) -> Callable[..., Tensor]:
@@ -110,11 +91,12 @@ def generate(
     model_config = model.config  # type: ignore[attr-defined]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     diffusion = diffusion or default_diffusion(model_config)
-    clip = config.clip_denoised if config.clip_denoised is not None else vae is None
+    if config.clip_denoised is None:  # "on in pixel space only"
+        config = config.replace(clip_denoised=vae is None)
     shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
     precision = backend.resolve_precision(config.precision, device)
     forward = network(model, precision, device, config.compile)
-    batch = batch_size_for(config, device)
+    batch = config.batch_size_on(device.type)
     if labels is not None and model_config.num_classes > 0:
         label_tensor = torch.as_tensor(labels if isinstance(labels, Tensor) else list(labels), device=device)
     else:
@@ -125,21 +107,9 @@ def generate(
             batch_seeds = list(seeds[start : start + batch])
             rows = slice(start, start + len(batch_seeds))
             x_T = noise[rows].to(device) if noise is not None else initial_noise(batch_seeds, shape, device)
-            x = sample_loop(
-                model,
-                x_T,
-                label_tensor[rows] if label_tensor is not None else None,
-                sampler=config.sampler,
-                timestep_respacing=config.timestep_respacing,
-                cfg_scale=config.cfg_scale,
-                cfg_channels=config.cfg_channels,
-                eta=config.eta,
-                seeds=batch_seeds,
-                diffusion=diffusion,
-                clip_denoised=clip,
-                progress=progress,
-                forward=forward,
-            )
+            batch_labels = label_tensor[rows] if label_tensor is not None else None
+            x = sample_loop(model, x_T, batch_labels, config, seeds=batch_seeds, diffusion=diffusion,
+                            progress=progress, forward=forward)  # fmt: skip
             if vae is not None:
                 x = vae.decode(x)  # fp32 (TF32 under "tf32"/"bf16" on CUDA): decoding is ~2% of a 250-step image
             out.append(to_uint8(x).cpu().numpy())
@@ -170,11 +140,11 @@ def sample_npz(
     index is ever duplicated or missing. The caller assembles with `assemble_npz` after a barrier.
     """
     if num < 1:
-        raise ValueError(f"--num must be >= 1; got {num}")
+        raise InputError(f"num must be >= 1; got {num}", setting="num")
     out_path = Path(out_path)
     parts = _parts_dir(out_path)
     parts.mkdir(parents=True, exist_ok=True)
-    chunk = chunk_size or batch_size_for(config, torch.device(device or next(model.parameters()).device)) * 4
+    chunk = chunk_size or config.batch_size_on(torch.device(device or next(model.parameters()).device).type) * 4
     model_config = model.config  # type: ignore[attr-defined]
     diffusion = diffusion or default_diffusion(model_config)
     labels = job_labels(num, model_config.num_classes, seed, class_balanced)
@@ -218,7 +188,7 @@ def assemble_npz(out_path: str | Path) -> Path:
     for c in range((num + chunk - 1) // chunk):
         path = parts / f"chunk_{c:06d}.npz"
         if not path.exists():
-            raise ValueError(f"chunk {c} of {out_path} is missing: re-run the same sample command to finish it")
+            raise InputError(f"chunk {c} of {out_path} is missing: re-run the same sample command to finish it")
         with np.load(path) as data:
             images.append(data["images"])
             labels.append(data["labels"])
@@ -235,9 +205,10 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(job)):
-            raise ValueError(
+            raise InputError(
                 f"{parts} holds chunks of a different sampling job ({old}); "
-                "delete that folder or use another --npz path"
+                "delete that folder or use another npz path",
+                setting="npz",
             )
     elif rank == 0:
         write_json(path, job)
@@ -260,11 +231,18 @@ def sample_grid(
 
 
 def sample_npz_job(
-    opened: Any, npz: str | Path, num: int, config: SampleConfig, *, seed: int = 0, class_balanced: bool = False
+    opened: Any,
+    npz: str | Path,
+    num: int,
+    config: SampleConfig,
+    info: DistInfo,
+    *,
+    seed: int = 0,
+    class_balanced: bool = False,
 ) -> Path | None:
-    """`num` samples into an ADM-layout .npz, sharded over the ranks of a torchrun job (init done by the
-    caller), resumable; rank 0 assembles the file and returns its path (None on other ranks)."""
-    info = distributed.init()
+    """`num` samples into an ADM-layout .npz, sharded over the ranks of a torchrun job, resumable; rank 0
+    assembles the file and returns its path (None on other ranks). `info` is the caller's
+    `distributed.init(device)`: its device (the one `opened` was loaded on) takes every tensor."""
     sample_npz(opened.model, npz, num, config, seed=seed, class_balanced=class_balanced, diffusion=opened.diffusion,
                vae=opened.vae, device=info.device, rank=info.rank, world_size=info.world_size,
                progress=info.is_main)  # fmt: skip

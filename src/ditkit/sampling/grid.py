@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ditkit.data.class_names import caption
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import atomic_path
 
 _BACKGROUND = (255, 255, 255)
@@ -35,7 +36,7 @@ def make_grid(
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3) or len(arr) == 0:
-        raise ValueError(f"make_grid needs uint8 images (N, H, W[, 1|3]) with N >= 1; got {arr.dtype} {arr.shape}")
+        raise InputError(f"make_grid needs uint8 images (N, H, W[, 1|3]) with N >= 1; got {arr.dtype} {arr.shape}", setting="images")
     n, h, w, c = arr.shape
     cols = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from ditkit.config import WALK_SAMPLING, DiffusionConfig, SampleConfig
 from ditkit.diffusion.samplers import initial_noise
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import atomic_path
-from ditkit.sampling.generate import generate, image_seed
+from ditkit.runtime.seeds import image_seed
+from ditkit.sampling.generate import generate
 
 
 def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
@@ -38,9 +40,10 @@ def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
 
 def _check_deterministic(config: SampleConfig) -> None:
     if config.sampler == "ddpm" or (config.sampler == "ddim" and config.eta > 0):
-        raise ValueError(
+        raise InputError(
             f"a walk needs a deterministic sampler (ddim with eta 0, or dpm++2m); got {config.sampler} "
-            f"with eta {config.eta}: frames would jump with the sampler's noise"
+            f"with eta {config.eta}: frames would jump with the sampler's noise",
+            setting="sampler",
         )
 
 
@@ -89,7 +92,7 @@ def class_walk(
     _check_deterministic(config)
     model_config = model.config  # type: ignore[attr-defined]
     if model_config.num_classes == 0:
-        raise ValueError("a class walk needs a class-conditional model; this one is unconditional")
+        raise InputError("a class walk needs a class-conditional model; this one is unconditional")
     shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
     noise = initial_noise([image_seed(seed, 0)], shape).expand(num_frames, *shape).clone()
     ends = _one_hot_rows(model_config, [class_a, class_b])
@@ -115,7 +118,7 @@ def make_walks(
     classes[0] to classes[1]; each saved by `save_walk` as OUT/<kind>_walk.* . Returns {kind: paths}."""
     classes = classes or [None, None]  # type: ignore[list-item]
     if "class" in kinds and len(classes) < 2:
-        raise ValueError("a class walk needs two classes: --classes A,B")
+        raise InputError(f"a class walk needs two classes A,B; got classes={classes!r}", setting="classes")
     made = {}
     common = {"diffusion": diffusion, "vae": vae}
     if "noise" in kinds:

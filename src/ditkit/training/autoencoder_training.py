@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,14 @@ from torch import Tensor
 from ditkit.config import VAETrainConfig
 from ditkit.data.autoencoder import to_uint8
 from ditkit.data.datasets import BaseDataset
-from ditkit.data.loader import build_loader, mix_seed, open_dataset
+from ditkit.data.loader import build_loader, open_dataset
 from ditkit.metrics.digit_classifier import classifier_accuracy, load_digit_classifier
 from ditkit.metrics.scoring import is_digit_images
 from ditkit.runtime import backend, distributed
-from ditkit.runtime.files import TEMP_PREFIX, atomic_path, check_output_dir, write_json
+from ditkit.runtime.errors import InputError
+from ditkit.runtime.files import TEMP_PREFIX, atomic_dir, check_output_dir, recover_dir, write_json
 from ditkit.runtime.progress import progress
+from ditkit.runtime.seeds import Stream, mix_seed
 from ditkit.runtime.stopping import NonFiniteLoss, StopSignal, interrupted
 from ditkit.sampling.grid import save_grid
 from ditkit.training import run
@@ -102,7 +104,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
             x = next(batches)[0].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.max_steps // 20))
-            generator = torch.Generator(device).manual_seed(mix_seed(cfg.seed, 3, step))
+            generator = torch.Generator(device).manual_seed(mix_seed(cfg.seed, Stream.VAE_STEP, step))
             terms = vae_loss(vae, x, cfg.kl_weight, generator)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -129,6 +131,7 @@ def train_vae(cfg: VAETrainConfig) -> Path:
 
 def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
     check_output_dir(out)
+    recover_dir(out)  # a kill between the renames of a folder swap left it aside
     stored_path = out / TRAIN_CONFIG_FILE
     if stored_path.is_file():
         stored = json.loads(stored_path.read_text())
@@ -137,12 +140,13 @@ def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
             f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and stored.get(k) != v
         ]
         if conflicts:
-            raise ValueError(
+            raise InputError(
                 f"VAE folder {str(out)!r} was trained with other settings ({'; '.join(conflicts)}); rerun with "
-                "the original settings to resume, or pass a new --out"
+                "the original settings to resume, or pass a new out_dir",
+                setting="out_dir",
             )
     elif out.exists() and any(out.iterdir()):
-        raise ValueError(f"{str(out)!r} exists and is not a ditkit VAE folder; pass a new or empty --out")
+        raise InputError(f"{str(out)!r} exists and is not a ditkit VAE folder; pass a new or empty out_dir", setting="out_dir")
     write_json(stored_path, cfg.to_dict())
 
 
@@ -177,22 +181,39 @@ def _report(out: Path, step: int, rows: list[Tensor], bar: Any) -> None:
 
 
 def _save(out: Path, vae: Any, optimizer: Any, step: int, dataset: BaseDataset) -> None:
-    """Weights into the folder (diffusers layout, file by file atomically), then the optimizer and the step."""
-    _save_pretrained(vae, out)
-    with atomic_path(out / STATE_DIR / "optimizer.pt") as tmp:
-        torch.save(optimizer.state_dict(), tmp)
-    write_json(out / STATE_DIR / "state.json", {"step": step})
+    """The weights (diffusers layout), the optimizer and the step in one folder swap, then a reconstruction grid."""
+    _save_pretrained(vae, out, optimizer, step)
     with torch.no_grad():
         x = torch.stack([dataset.get(i)[0] for i in range(8)]).to(vae.device)
         reconstruction = reconstruct(vae, x)
     save_grid(to_uint8(torch.cat([x, reconstruction])), out / run.SAMPLES_DIR / f"recon_step_{step:07d}.png", nrow=8)
 
 
-def _save_pretrained(vae: Any, out: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=out, prefix=TEMP_PREFIX) as tmp:
-        vae.save_pretrained(tmp)
-        for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):  # weights first, config last
-            os.replace(Path(tmp) / name, out / name)
+def _save_pretrained(vae: Any, out: Path, optimizer: Any = None, step: int = 0) -> None:
+    """Replace the whole folder (`atomic_dir`): new weights, and with `optimizer` a new training/ state at `step`.
+
+    A kill leaves the old folder or the new one (`recover_dir` puts a folder left aside back), never new weights
+    beside an old config or state. The other entries carry over as hard links (copies where links fail).
+    """
+    with atomic_dir(out) as tmp:
+        vae.save_pretrained(str(tmp))
+        if optimizer is not None:
+            (tmp / STATE_DIR).mkdir()
+            torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
+            write_json(tmp / STATE_DIR / "state.json", {"step": step}, durable=False)  # atomic_dir fsyncs it
+        for entry in out.iterdir():
+            if not (tmp / entry.name).exists() and not entry.name.startswith(TEMP_PREFIX):
+                if entry.is_dir():
+                    shutil.copytree(entry, tmp / entry.name, copy_function=_link)
+                else:
+                    _link(entry, tmp / entry.name)
+
+
+def _link(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
 
 
 @torch.no_grad()

@@ -4,8 +4,9 @@ Layout: run_dir/checkpoints/step_0001000/ holds model.safetensors and ema.safete
 model config in their metadata, ditkit.model.weights format), optimizer.pt (tensors and plain values only, so
 `torch.load(weights_only=True)` reads it) and state.json (schema version, step, file sizes, RNG states,
 data position, the run's config). run_dir/checkpoints/latest names the newest folder; `ditkit.load_dit`
-follows it. A folder appears under its final name only when complete (written as a temp folder, then
-renamed), so a crash mid-write leaves the previous checkpoint as the newest one.
+follows it. A folder appears under its final name only when complete (`ditkit.runtime.files.atomic_dir`), so a
+crash mid-write leaves the previous checkpoint as the newest one; `save` and `load_latest` (the run's owner)
+first put back a re-saved step's old folder that a kill between its two renames left aside (`recover_dirs`).
 
 Only finite checkpoints exist: the training loop checks the weights, the EMA and the optimizer state
 (`non_finite`) before it saves, and `load` treats a checkpoint holding inf/NaN like a corrupt one (the
@@ -43,7 +44,8 @@ from ditkit.model.weights import (
     read_state_dict,
     save_weights,
 )
-from ditkit.runtime.files import TEMP_PREFIX, fsync, temp_path, write_text
+from ditkit.runtime.errors import InputError
+from ditkit.runtime.files import TEMP_PREFIX, atomic_dir, recover_dirs, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,7 @@ def save(
     """
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
+    recover_dirs(root)  # before the cleanup below, which would delete a kept old folder
     for stale in root.glob(f"{TEMP_PREFIX}*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     # Room first: what the new checkpoint makes redundant goes before it is written (never the newest of the
@@ -134,23 +137,9 @@ def save(
     _check_free_space(
         root, step, [*model.state_dict().values(), *ema.state_dict().values(), *_nested_tensors(optimizer.state)]
     )
-    name = checkpoint_name(step)
-    tmp = temp_path(root / name)  # a temp folder, renamed when complete
-    tmp.mkdir()
-    try:
+    final = root / checkpoint_name(step)
+    with atomic_dir(final) as tmp:  # a full disk leaves no half checkpoint; a re-saved step is swapped whole
         _write_files(tmp, step, model, ema, optimizer, config, extra)
-    except BaseException:  # a full disk, say: leave no half checkpoint behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    final = root / name
-    if final.exists():  # re-saving a step (e.g. after a corrupt copy): swap, then delete the old one
-        old = temp_path(root / f"old-{name}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    fsync(root)
     point_latest(run_dir, step)
     prune(run_dir, keep_last=keep_last, milestone_every=milestone_every, current=step)
     return final
@@ -181,9 +170,7 @@ def _write_files(
         **(extra or {}),
         "config": config,
     }
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    for f in (*files, STATE_FILE):
-        fsync(tmp / f)
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # atomic_dir fsyncs every file
 
 
 FREE_SPACE_MARGIN = 256 << 10  # bytes beyond the tensors (safetensors headers, state.json with the RNG states)
@@ -357,8 +344,10 @@ def load_latest(
     """Load the newest readable checkpoint of a run; None when the run has none.
 
     A corrupt or partial newest checkpoint is skipped with a warning and the previous one is used; when
-    checkpoints exist but none is readable, raise rather than silently start over.
+    checkpoints exist but none is readable, raise rather than silently start over. Call it as the run's owner:
+    it first restores a checkpoint folder that a kill mid-swap left aside (`recover_dirs`).
     """
+    recover_dirs(Path(run_dir) / CHECKPOINTS_DIR)
     found = list_checkpoints(run_dir)
     problems = []
     for _, path in reversed(found):
@@ -372,9 +361,10 @@ def load_latest(
             logger.warning("resumed from %s, the newest readable checkpoint", path.name)
         return state
     if problems:
-        raise ValueError(
+        raise InputError(
             f"no readable checkpoint in {str(Path(run_dir) / CHECKPOINTS_DIR)!r} "
-            f"({'; '.join(problems[:3])}); delete the broken folders or use a new --out"
+            f"({'; '.join(problems[:3])}); delete the broken folders or use a new out_dir",
+            setting="out_dir",
         )
     return None
 
@@ -400,13 +390,13 @@ def export_ema(source: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     if (source / CHECKPOINTS_DIR).is_dir():
         ckpt = newest_readable(source)
         if ckpt is None:
-            raise ValueError(f"run folder {str(source)!r} has no readable checkpoint; train first")
+            raise InputError(f"run folder {str(source)!r} has no readable checkpoint; train first")
         source = ckpt / EMA_FILE
     elif source.is_dir() and (source / EMA_FILE).is_file():
         source = source / EMA_FILE
     state_dict, config = read_state_dict(source)
     if config is None:
-        raise ValueError(f"{str(source)!r} carries no ditkit model config; export from a ditkit run folder")
+        raise InputError(f"{str(source)!r} carries no ditkit model config; export from a ditkit run folder")
     out = save_weights(state_dict, config, out_path, read_diffusion_config(source, config))
     logger.info("exported EMA weights of %s to %s", source, out)
     return out

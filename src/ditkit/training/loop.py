@@ -25,14 +25,12 @@ from ditkit.data import loader
 from ditkit.diffusion.gaussian import GaussianDiffusion, diffusion_from_config
 from ditkit.model.dit import DiT
 from ditkit.runtime import backend, distributed
+from ditkit.runtime.seeds import Stream, mix_seed
 from ditkit.runtime.stopping import StopSignal, interrupted
 from ditkit.training import checkpoint, run
 from ditkit.training.monitor import IntervalStats, RunMonitor
 
 logger = logging.getLogger(__name__)
-
-_STEP_STREAM, _GLOBAL_STREAM = 1, 2  # seed streams: per-step draws, torch's global RNG
-
 
 # Building blocks (pure functions, usable without train()).
 
@@ -246,7 +244,7 @@ def train(cfg: TrainConfig) -> Path:
             draws = _rank_draws(cfg, step, shape, diffusion.num_timesteps, encoder is not None, info)
             if encoder is not None:
                 x = loader.encode_batch(encoder, x, draws.pop("latent_noise"), micro)
-            _seed_global_rng(loader.mix_seed(cfg.seed, _GLOBAL_STREAM, info.rank, step), info.device)
+            _seed_global_rng(mix_seed(cfg.seed, Stream.TRAIN_GLOBAL, info.rank, step), info.device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
             stats = train_step(
@@ -377,7 +375,7 @@ def _rank_draws(
     info: distributed.DistInfo,
 ) -> dict[str, Tensor]:
     """This rank's rows of the step's draws over the global batch (same numbers for any process count)."""
-    generator = torch.Generator(info.device).manual_seed(loader.mix_seed(cfg.seed, _STEP_STREAM, step))
+    generator = torch.Generator(info.device).manual_seed(mix_seed(cfg.seed, Stream.TRAIN_STEP, step))
     label_dropout = cfg.model.class_dropout_prob if cfg.model.has_null_class else 0.0
     draws = draw_step(
         generator,

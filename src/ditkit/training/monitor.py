@@ -19,8 +19,9 @@ from ditkit.config import TrainConfig
 from ditkit.metrics.scoring import Scorer, dataset_reference_images, make_scorer
 from ditkit.runtime import distributed
 from ditkit.runtime.progress import logs_above_bar, progress
+from ditkit.runtime.seeds import image_seeds
 from ditkit.runtime.stopping import NonFiniteLoss
-from ditkit.sampling.generate import generate, image_seeds
+from ditkit.sampling.generate import generate
 from ditkit.sampling.grid import plot_curves, save_grid
 from ditkit.training import checkpoint, run
 

@@ -35,6 +35,7 @@ from ditkit.data.loader import open_dataset
 from ditkit.model.dit import DiT
 from ditkit.model.weights import load_model
 from ditkit.runtime import distributed
+from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import TEMP_PREFIX, FileLocked, check_output_dir, exclusive_lock, write_json, write_text
 from ditkit.training import checkpoint
 
@@ -67,7 +68,7 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     try:
         return TrainConfig.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot read {str(path)!r} ({err}); pass a ditkit run folder") from None
+        raise InputError(f"cannot read {str(path)!r} ({err}); pass a ditkit run folder") from None
 
 
 def resume_conflicts(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -104,11 +105,11 @@ def lock_run_dir(out_dir: str | os.PathLike, is_main: bool) -> Iterator[Path]:
                 since = f" since {err.holder['since']}" if err.holder.get("since") else ""
                 error = (
                     f"run folder {str(run_dir)!r} is in use by {err.who}{since} (another `ditkit train`); wait for it "
-                    f"to finish, stop it (it checkpoints first), or pass another --out"
+                    f"to finish, stop it (it checkpoints first), or pass another out_dir"
                 )
         error = distributed.broadcast_object(error)
         if error:
-            raise ValueError(error)
+            raise InputError(error, setting="out_dir")
         yield run_dir
 
 
@@ -130,10 +131,11 @@ def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
     if stored is not None and checkpoint.list_checkpoints(run_dir):
         conflicts = resume_conflicts(stored, cfg)
         if conflicts:
-            raise ValueError(
+            raise InputError(
                 f"run folder {str(run_dir)!r} was started with other settings "
                 f"({'; '.join(conflicts)}); rerun with the original settings to resume, "
-                "or pass a new --out"
+                "or pass a new out_dir",
+                setting="out_dir",
             )
     if is_main:
         for stale in (*run_dir.glob(f"{TEMP_PREFIX}*"), *run_dir.glob(f"*/{TEMP_PREFIX}*")):
@@ -162,19 +164,21 @@ def _stored_config(run_dir: Path) -> dict[str, Any] | None:
         others = sorted(p.name for p in run_dir.iterdir() if p.name not in _OWN_ENTRIES and not
                         p.name.startswith(TEMP_PREFIX)) if run_dir.is_dir() else []  # fmt: skip
         if others:
-            raise ValueError(
-                f"--out {str(run_dir)!r} is not a ditkit run folder (no {CONFIG_FILE}) and not empty "
+            raise InputError(
+                f"out_dir {str(run_dir)!r} is not a ditkit run folder (no {CONFIG_FILE}) and not empty "
                 f"(it holds {', '.join(map(repr, others[:3]))}{' ...' if len(others) > 3 else ''}); "
-                "pass a new or empty folder"
+                "pass a new or empty folder",
+                setting="out_dir",
             )
         return None
     try:
         stored = json.loads(path.read_text())
         TrainConfig.from_dict(stored)
     except (ValueError, TypeError, AttributeError) as err:
-        raise ValueError(
+        raise InputError(
             f"{str(path)!r} is not the config of a ditkit run ({_short(err)}); ditkit leaves it as it is: "
-            "pass a new or empty folder as --out"
+            "pass a new or empty folder as out_dir",
+            setting="out_dir",
         ) from None
     return stored
 
@@ -308,8 +312,9 @@ def open_for_sampling(
         spec = json.loads((Path(path) / CONFIG_FILE).read_text()).get("vae", NO_VAE)
     autoencoder = load_vae(spec or NO_VAE, device)
     if autoencoder is None and model.config.in_channels not in (1, 3):
-        raise ValueError(
-            f"this model works in a {model.config.in_channels}-channel latent space: pass --vae FOLDER_OR_HUB_ID "
-            "(e.g. a local copy of stabilityai/sd-vae-ft-mse) to decode its samples"
+        raise InputError(
+            f"this model works in a {model.config.in_channels}-channel latent space: pass vae=FOLDER_OR_HUB_ID "
+            "(e.g. a local copy of stabilityai/sd-vae-ft-mse) to decode its samples",
+            setting="vae",
         )
     return SamplingModel(model, diffusion, autoencoder)

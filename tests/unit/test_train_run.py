@@ -1,4 +1,5 @@
-"""Training: TrainConfig validation, update_ema, train_step, and train() runs on a tiny model (CPU).
+"""Whole training runs, train(), on a tiny model (CPU): the run folder, resuming, the recorded losses, stops
+(non-finite loss, a signal), evaluation hooks, micro-batches, latent space, gradient checkpointing.
 
 Every run here is DiT-T/2 on sklearn's 8x8 digits in pixel space, deterministic, one thread: ~1 s each.
 """
@@ -16,17 +17,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ditkit.config import DiffusionConfig, SampleConfig, TrainConfig, get_preset, validate_for_world
-from ditkit.diffusion.gaussian import diffusion_from_config
-from ditkit.model.dit import DiT
+from ditkit.config import SampleConfig, TrainConfig, get_preset
 from ditkit.model.weights import load_dit
 from ditkit.runtime import stopping
+from ditkit.runtime.seeds import image_seeds
 from ditkit.runtime.stopping import NonFiniteLoss
-from ditkit.sampling.generate import generate, image_seeds
+from ditkit.sampling.generate import generate
 from ditkit.training import monitor as monitor_mod
-from ditkit.training.loop import draw_step, ema_decay_at, lr_at, train, train_step, update_ema
+from ditkit.training.loop import train
 from ditkit.training.run import read_run_config
-from numerics import OPS_BACKWARD, OPS_ELEMENTWISE, approx_fp32, assert_fp32_close
+from numerics import OPS_BACKWARD, approx_fp32
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REGRESSION_FILE = FIXTURES / "tiny_run_losses.json"
@@ -61,167 +61,6 @@ def metrics(run_dir: str | Path) -> list[dict]:
 
 def final_weights(run_dir: str | Path, step: int, name: str = "model") -> dict[str, torch.Tensor]:
     return load_file(str(Path(run_dir) / "checkpoints" / f"step_{step:07d}" / f"{name}.safetensors"))
-
-
-# Config.
-
-
-def test_train_config_defaults_are_the_paper_run():
-    cfg = TrainConfig(out_dir="x")
-    assert (cfg.model.depth, cfg.model.hidden_size, cfg.model.patch_size) == (28, 1152, 2)
-    assert (cfg.image_size, cfg.model.input_size, cfg.global_batch_size) == (256, 32, 256)
-    assert (cfg.lr, cfg.weight_decay, cfg.ema_decay, cfg.warmup_steps) == (1e-4, 0.0, 0.9999, 0)
-    assert cfg.diffusion.num_train_steps == 1000 and cfg.diffusion.learn_sigma and cfg.model.class_dropout_prob == 0.1
-
-
-def test_train_config_round_trips_through_json():
-    cfg = TrainConfig(out_dir="x", model=get_preset("DiT-T/2"), micro_batch_size=4, max_grad_norm=1.0)
-    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-
-
-@pytest.mark.parametrize(
-    "changes, match",
-    [
-        ({"global_batch_size": 0}, "global_batch_size must be an integer >= 1; got 0"),
-        ({"lr": -1.0}, "lr must be a positive number; got -1.0"),
-        ({"ema_decay": 1.5}, "ema_decay must be in"),
-        ({"precision": "fp16"}, "precision must be one of auto, fp32, tf32, bf16; got 'fp16'"),
-        ({"adam_betas": (0.9, 1.0)}, "adam_betas must be two numbers"),
-        ({"micro_batch_size": 0}, "micro_batch_size must be an integer >= 1"),
-        ({"max_grad_norm": 0.0}, "max_grad_norm must be > 0"),
-        ({"device": "tpu"}, "device must be one of"),
-        (
-            {"model": get_preset("DiT-T/2", class_dropout_prob=0.0), "sample": SampleConfig(cfg_scale=2.0)},
-            "needs a class-conditional model with label dropout",
-        ),
-        ({"out_dir": " "}, "out_dir must name a run directory"),
-        (
-            {"diffusion": DiffusionConfig(learn_sigma=False)},
-            "model.learn_sigma=True but diffusion.learn_sigma=False",
-        ),
-    ],
-)
-def test_train_config_validation_errors(changes, match):
-    with pytest.raises(ValueError, match=match):
-        TrainConfig(**{"out_dir": "x", **changes})
-
-
-def test_configs_from_before_sample_config_still_load():
-    """config.json of 0.1 runs: flat sampling fields and the diffusion's `num_steps`."""
-    old = TrainConfig(out_dir="x", model=get_preset("DiT-T/2")).to_dict()
-    del old["sample"]
-    old.update(sampler="dpm++2m", num_sampling_steps=20, cfg_scale=3.0, eval_batch_size=7)
-    old["diffusion"]["num_steps"] = old["diffusion"].pop("num_train_steps")
-    cfg = TrainConfig.from_dict(old)
-    assert cfg.sample == SampleConfig(sampler="dpm++2m", num_steps=20, cfg_scale=3.0, batch_size=7)
-    assert cfg.diffusion.num_train_steps == 1000
-
-
-def test_from_dict_rejects_unknown_fields():
-    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['bogus'\]"):
-        TrainConfig.from_dict({"out_dir": "x", "bogus": 1})
-
-
-def test_validate_for_world():
-    cfg = TrainConfig(out_dir="x", global_batch_size=6, micro_batch_size=2)
-    validate_for_world(cfg, 3)
-    with pytest.raises(ValueError, match="global_batch_size 6 is not divisible by the 4 processes"):
-        validate_for_world(cfg, 4)
-    with pytest.raises(ValueError, match="micro_batch_size 2 must divide the per-process batch 3"):
-        validate_for_world(cfg, 2)
-
-
-# Pure pieces.
-
-
-def test_update_ema_math():
-    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    before = [p.detach().clone() for p in ema.parameters()]
-    update_ema(ema, model, 0.9)
-    for e, b, m in zip(ema.parameters(), before, model.parameters()):
-        assert_fp32_close(e, 0.9 * b + 0.1 * m, ops=OPS_ELEMENTWISE)
-    update_ema(ema, model, 0.0)  # decay 0 copies exactly
-    assert all(torch.equal(e, m) for e, m in zip(ema.parameters(), model.parameters()))
-    snapshot = [p.detach().clone() for p in ema.parameters()]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    update_ema(ema, model, 1.0)  # decay 1 keeps the EMA
-    assert all(torch.equal(e, s) for e, s in zip(ema.parameters(), snapshot))
-
-
-def test_ema_warmup_and_lr_warmup():
-    cfg = TrainConfig(out_dir="x", ema_warmup=True, warmup_steps=4)
-    assert ema_decay_at(cfg, 0) == pytest.approx(0.1) and ema_decay_at(cfg, 10**7) == 0.9999
-    assert ema_decay_at(cfg.replace(ema_warmup=False), 0) == 0.9999
-    assert [lr_at(cfg, s) for s in range(5)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4])
-
-
-def _tiny_model() -> tuple[DiT, torch.optim.Optimizer]:
-    torch.manual_seed(0)
-    model = DiT(get_preset("DiT-T/2", in_channels=1)).train()
-    with torch.no_grad():  # leave the adaLN-Zero init, so every parameter gets a gradient
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0, fused=True)
-
-
-def test_train_step_returns_finite_stats_and_updates_params():
-    model, opt = _tiny_model()
-    diffusion = diffusion_from_config(DiffusionConfig())
-    before = [p.detach().clone() for p in model.parameters()]
-    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    stats = train_step(model, diffusion, opt, x, y, generator=torch.Generator().manual_seed(0))
-    assert set(stats) == {"loss", "mse", "vb", "grad_norm"}
-    assert all(v.ndim == 0 and torch.isfinite(v) for v in stats.values())
-    assert float(stats["loss"]) == approx_fp32(float(stats["mse"] + stats["vb"]), ops=OPS_ELEMENTWISE)
-    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
-
-
-def test_micro_batches_accumulate_to_the_full_batch_gradient():
-    """Gradients (not post-Adam parameters: Adam divides by sqrt(v) ~ 0 and magnifies rounding) are equal."""
-    diffusion = diffusion_from_config(DiffusionConfig())
-    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    draws = draw_step(torch.Generator().manual_seed(1), 8, (1, 8, 8), diffusion.num_timesteps, label_dropout=0.5)
-    results = []
-    for micro in (8, 2):
-        model, _ = _tiny_model()
-        frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves weights and gradients as they are
-        stats = train_step(model, diffusion, frozen, x, y, draws=draws, micro_batch_size=micro)
-        results.append((stats, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (full, g_full), (acc, g_acc) = results
-    assert_fp32_close(acc["loss"], full["loss"], ops=OPS_BACKWARD)
-    assert_fp32_close(acc["grad_norm"], full["grad_norm"], ops=OPS_BACKWARD)
-    assert float(full["grad_norm"]) > 0 and all(bool(g.abs().sum() > 0) for g in g_full.values())
-    for name, grad in g_full.items():
-        assert_fp32_close(g_acc[name], grad, ops=OPS_BACKWARD, msg=name)
-
-
-def test_label_dropout_is_drawn_by_the_step_and_uses_the_null_class():
-    model, opt = _tiny_model()
-    draws = draw_step(torch.Generator().manual_seed(0), 1000, (1,), 1000, label_dropout=0.1)
-    assert 50 < int(draws["drop"].sum()) < 150
-    seen = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["y"].clone()), with_kwargs=True)
-    diffusion = diffusion_from_config(DiffusionConfig())
-    y = torch.arange(8) % 10
-    drop = torch.tensor([True, False] * 4)
-    draws = draw_step(torch.Generator().manual_seed(0), 8, (1, 8, 8), 1000)
-    train_step(model, diffusion, opt, torch.randn(8, 1, 8, 8), y, draws={**draws, "drop": drop})
-    assert torch.equal(seen[0], torch.where(drop, torch.full_like(y, 10), y))  # null id 10 where dropped
-
-
-def test_max_grad_norm_clips():
-    diffusion = diffusion_from_config(DiffusionConfig())
-    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    model, opt = _tiny_model()
-    stats = train_step(model, diffusion, opt, x, y, generator=torch.Generator().manual_seed(0), max_grad_norm=1e-3)
-    assert float(stats["grad_norm"]) > 1e-3  # reported before clipping
-    total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-    assert float(total) == pytest.approx(1e-3, rel=1e-3)
-
-
-# Whole runs.
 
 
 def test_run_folder_layout_and_rerun_is_a_noop(tmp_path, caplog):
@@ -469,23 +308,6 @@ def test_digits_metrics_are_logged_for_mnist(tmp_path):
     assert lines[-1]["eval_fd"] == pytest.approx(expected["fd"], rel=1e-9) and expected["fd"] > 0
 
 
-if __name__ == "__main__":  # record the reference once: python tests/unit/test_train.py
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        REGRESSION_FILE.write_text(
-            json.dumps(
-                {
-                    "torch": torch.__version__,
-                    "note": "test_train.py, 20 steps of DiT-T/2 on 8x8 sklearn digits, deterministic, 1 thread",
-                    "losses": _record_regression_run(Path(tmp)),
-                },
-                indent=1,
-            )
-            + "\n"
-        )
-
-
 @pytest.mark.slow
 def test_inception_fid_is_logged_for_rgb_images(tmp_path):
     """FID monitoring with the real FID Inception (reference: statistics of training images); ~1 min on CPU."""
@@ -510,3 +332,20 @@ def test_inception_fid_is_logged_for_rgb_images(tmp_path):
     )
     lines = metrics(train(cfg))
     assert lines[-1]["eval_fid"] > 0 and (Path(cfg.out_dir) / "eval" / "ref_stats_16.npz").is_file()
+
+
+if __name__ == "__main__":  # record the reference once: python tests/unit/test_train_run.py
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        REGRESSION_FILE.write_text(
+            json.dumps(
+                {
+                    "torch": torch.__version__,
+                    "note": "test_train_run.py, 20 steps of DiT-T/2 on 8x8 sklearn digits, deterministic, 1 thread",
+                    "losses": _record_regression_run(Path(tmp)),
+                },
+                indent=1,
+            )
+            + "\n"
+        )

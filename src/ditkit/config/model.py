@@ -1,0 +1,159 @@
+"""Model and diffusion configs, and the presets: the 12 paper sizes (Table 1) plus tiny test and demo sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ditkit.config.constants import (
+    BLOCK_DESIGNS,
+    NUM_DIFFUSION_STEPS,
+    PATCH_SIZES,
+    VAE_LATENT_CHANNELS,
+    BlockDesign,
+)
+from ditkit.runtime.errors import InputError, check_count
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """A DiT architecture. Defaults: DiT-XL/2 on 32x32x4 latents (256 px), 1000 classes (the paper)."""
+
+    input_size: int = 32  # latent side length (pixels / VAE_DOWNSAMPLE); pixels when no VAE is used
+    patch_size: int = 2  # p: tokens are p x p patches, T = (input_size / p) ** 2
+    in_channels: int = VAE_LATENT_CHANNELS  # channels of the (latent) image
+    hidden_size: int = 1152  # d, token width
+    depth: int = 28  # N, number of transformer blocks
+    num_heads: int = 16  # attention heads (hidden_size must divide evenly)
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio x hidden_size
+    num_classes: int = 1000  # class labels; 0 makes an unconditional model
+    class_dropout_prob: float = 0.1  # label dropout for classifier-free guidance (adds a null class row)
+    learn_sigma: bool = True  # output a learned-range variance beside eps (doubles output channels)
+    block: BlockDesign = "adaln_zero"  # conditioning design of the paper's Fig. 3
+
+    def __post_init__(self) -> None:
+        if self.patch_size not in PATCH_SIZES:
+            raise InputError(f"patch_size must be one of {PATCH_SIZES}; got {self.patch_size}", setting="patch_size")
+        if self.input_size <= 0 or self.input_size % self.patch_size:
+            raise InputError(
+                f"input_size must be a positive multiple of patch_size {self.patch_size}; got {self.input_size}",
+                setting="input_size",
+            )
+        if self.hidden_size <= 0 or self.num_heads <= 0 or self.hidden_size % self.num_heads:
+            raise InputError(
+                f"hidden_size must be divisible by num_heads; got hidden_size={self.hidden_size}, "
+                f"num_heads={self.num_heads}",
+                setting="hidden_size",
+            )
+        if self.hidden_size % 4:
+            raise InputError(
+                f"hidden_size must be a multiple of 4 (2D sin-cos positions); got {self.hidden_size}",
+                setting="hidden_size",
+            )
+        if self.depth <= 0:
+            raise InputError(f"depth must be >= 1; got {self.depth}", setting="depth")
+        if int(self.hidden_size * self.mlp_ratio) < 1:
+            raise InputError(
+                f"mlp_ratio must give an MLP width >= 1 (mlp_ratio x hidden_size); got {self.mlp_ratio}",
+                setting="mlp_ratio",
+            )
+        if self.in_channels <= 0:
+            raise InputError(f"in_channels must be >= 1; got {self.in_channels}", setting="in_channels")
+        if self.num_classes < 0:
+            raise InputError(
+                f"num_classes must be >= 0 (0 = unconditional); got {self.num_classes}", setting="num_classes"
+            )
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise InputError(
+                f"class_dropout_prob must be in [0, 1); got {self.class_dropout_prob}", setting="class_dropout_prob"
+            )
+        if self.block not in BLOCK_DESIGNS:
+            raise InputError(f"block must be one of {', '.join(BLOCK_DESIGNS)}; got {self.block!r}", setting="block")
+
+    @property
+    def out_channels(self) -> int:
+        """Channels the model predicts: eps, plus the variance interpolation when sigma is learned."""
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def null_class(self) -> int:
+        """Label id of the 'no class' row used for classifier-free guidance (= num_classes)."""
+        return self.num_classes
+
+    @property
+    def has_null_class(self) -> bool:
+        return self.num_classes > 0 and self.class_dropout_prob > 0
+
+    def replace(self, **changes: object) -> ModelConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+# Paper Table 1: (depth, hidden, heads) per size.
+_SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+PRESETS: dict[str, ModelConfig] = {
+    f"DiT-{size}/{p}": ModelConfig(depth=d, hidden_size=w, num_heads=h, patch_size=p)
+    for size, (d, w, h) in _SIZES.items()
+    for p in (2, 4, 8)
+}
+# Tiny presets for tests and CPU demos (torchtitan's "debugmodel" idea).
+PRESETS["DiT-T/2"] = ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=2, input_size=8, num_classes=10)
+PRESETS["DiT-T/4"] = ModelConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=8, num_classes=10)
+# The CPU demo's model (ditkit.apps.demo): 1.1M parameters on 24x24 MNIST digits, 36 tokens, no learned sigma.
+PRESETS["DiT-Demo/4"] = ModelConfig(
+    depth=6,
+    hidden_size=96,
+    num_heads=4,
+    patch_size=4,
+    input_size=24,
+    in_channels=1,
+    num_classes=10,
+    learn_sigma=False,
+)
+
+
+def get_preset(name: str, **overrides: object) -> ModelConfig:
+    """Return the preset `name` (e.g. "DiT-XL/2") with fields replaced by `overrides`."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionConfig:
+    """ADM's Gaussian diffusion as DiT trains it (1000 linear steps, eps prediction, learned range)."""
+
+    num_train_steps: int = NUM_DIFFUSION_STEPS  # length of the training chain (sampling respaces it)
+    noise_schedule: Literal["linear", "cosine"] = "linear"  # betas 1e-4..0.02 (scaled by 1000/num_train_steps)
+    learn_sigma: bool = True  # learned-range variance (else fixed large variance, MSE only)
+    predict_xstart: bool = False  # eps prediction (the paper) unless True
+
+    def __post_init__(self) -> None:
+        check_count("num_train_steps", self.num_train_steps, minimum=2)
+        if self.noise_schedule not in ("linear", "cosine"):
+            raise InputError(
+                f"noise_schedule must be 'linear' or 'cosine'; got {self.noise_schedule!r}", setting="noise_schedule"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DiffusionConfig:
+        """From `dataclasses.asdict` output; files written before 0.2 call the chain length `num_steps`."""
+        fields = dict(values)
+        if "num_steps" in fields:
+            fields["num_train_steps"] = fields.pop("num_steps")
+        return cls(**fields)
+
+
+def default_diffusion(model: ModelConfig) -> DiffusionConfig:
+    """The paper's process for a model whose training diffusion is not recorded (official checkpoints)."""
+    return DiffusionConfig(learn_sigma=model.learn_sigma)
