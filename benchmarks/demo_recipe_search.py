@@ -47,8 +47,9 @@ VARIANTS: dict[str, dict] = {
 def run_variant(name: str, changes: dict, out: Path, sample_steps: int, device: str) -> dict:
     changes = dict(changes)
     model_changes = changes.pop("model", None)
-    cfg = demo_train_config(out / name, precision="fp32", device=device, eval_every_steps=0, sample_every_steps=0,
-                            **changes)  # fmt: skip
+    cfg = demo_train_config(
+        out / name, precision="fp32", device=device, eval_every_steps=0, sample_every_steps=0, **changes
+    )
     if model_changes:
         cfg = cfg.replace(model=cfg.model.replace(**model_changes))
     t0 = time.perf_counter()

@@ -73,9 +73,13 @@ def main() -> None:
     def official_loop() -> None:
         with torch.no_grad():
             diffusion.p_sample_loop(
-                official.forward_with_cfg, (2 * n, 4, 32, 32), torch.cat([z, z]), clip_denoised=False,
-                model_kwargs={"y": torch.cat([y, torch.full_like(y, 1000)]), "cfg_scale": 4.0}, device=device,
-            )  # fmt: skip
+                official.forward_with_cfg,
+                (2 * n, 4, 32, 32),
+                torch.cat([z, z]),
+                clip_denoised=False,
+                model_kwargs={"y": torch.cat([y, torch.full_like(y, 1000)]), "cfg_scale": 4.0},
+                device=device,
+            )
 
     official_loop()
     results["official_tf32"] = _timed(official_loop, device) / args.steps
@@ -90,8 +94,15 @@ def main() -> None:
         ("ditkit_bf16_compile_batch128", base.replace(precision="bf16", compile=True, batch_size=128)),
     ):
         count = 128 if name.endswith("128") else n
-        run = partial(generate, ours, [i % 1000 for i in range(count)], image_seeds(0, count), config,
-                      diffusion=DiffusionConfig(), device=device)  # fmt: skip
+        run = partial(
+            generate,
+            ours,
+            [i % 1000 for i in range(count)],
+            image_seeds(0, count),
+            config,
+            diffusion=DiffusionConfig(),
+            device=device,
+        )
         run()  # warm-up (and compile)
         results[name] = _timed(run, device) / args.steps / (count / n)  # seconds per step for n images
     report = {

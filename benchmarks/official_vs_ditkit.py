@@ -206,8 +206,11 @@ def main() -> None:
         for name, wall in this_round.items():
             times[name].append(wall)
         ratios.append(this_round["official"] / this_round["ditkit"])
-        print(f"round {r}: official {this_round['official']:.3f} s, ditkit {this_round['ditkit']:.3f} s, "
-              f"ratio {ratios[-1]:.3f}", flush=True)  # fmt: skip
+        print(
+            f"round {r}: official {this_round['official']:.3f} s, ditkit {this_round['ditkit']:.3f} s, "
+            f"ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
     if not ratios:
         raise SystemExit("no clean round: the machine was busy throughout; rerun when it is quieter")
     result = {

@@ -26,8 +26,15 @@ from ditkit.runtime.seeds import image_seeds
 from ditkit.sampling.generate import generate, job_labels
 from ditkit.training.run import open_for_sampling
 
-CANDIDATES = [("ddpm", 250), ("dpm++2m", 10), ("dpm++2m", 15), ("dpm++2m", 20), ("dpm++2m", 25), ("ddim", 25),
-              ("ddim", 50)]  # fmt: skip
+CANDIDATES = [
+    ("ddpm", 250),
+    ("dpm++2m", 10),
+    ("dpm++2m", 15),
+    ("dpm++2m", 20),
+    ("dpm++2m", 25),
+    ("ddim", 25),
+    ("ddim", 50),
+]
 H200_S_PER_IMAGE_STEP = 0.032610731120000194 / 32  # bf16 + compile, 128-image batches (256 rows with guidance)
 
 
@@ -46,20 +53,41 @@ def main() -> None:
     rows = []
     for seed in (0, 1):
         for sampler, steps in CANDIDATES if seed == 0 else [("ddpm", 250), ("dpm++2m", 20)]:
-            config = SampleConfig(**{**base, "sampler": sampler, "num_steps": steps, "cfg_scale": args.cfg_scale,
-                                     "batch_size": 250, "precision": "fp32"})  # fmt: skip
+            config = SampleConfig(
+                **{
+                    **base,
+                    "sampler": sampler,
+                    "num_steps": steps,
+                    "cfg_scale": args.cfg_scale,
+                    "batch_size": 250,
+                    "precision": "fp32",
+                }
+            )
             t0 = time.perf_counter()
-            images = generate(opened.model, labels.tolist(), image_seeds(100 + seed, args.num), config,
-                              diffusion=opened.diffusion, vae=opened.vae)  # fmt: skip
+            images = generate(
+                opened.model,
+                labels.tolist(),
+                image_seeds(100 + seed, args.num),
+                config,
+                diffusion=opened.diffusion,
+                vae=opened.vae,
+            )
             metrics = digits_metrics(frame_digits(images, DEMO_REPORT_IMAGE_SIZE), labels, classifier)
-            row = {"sampler": sampler, "steps": steps, "seed": seed, "accuracy": metrics["accuracy"],
-                   "fd": metrics["fd"], "cpu_seconds": round(time.perf_counter() - t0, 1),
-                   "gpu_minutes_50k_xl2": 50_000 * steps * args.gpu_s_per_image_step / 60}  # fmt: skip
+            row = {
+                "sampler": sampler,
+                "steps": steps,
+                "seed": seed,
+                "accuracy": metrics["accuracy"],
+                "fd": metrics["fd"],
+                "cpu_seconds": round(time.perf_counter() - t0, 1),
+                "gpu_minutes_50k_xl2": 50_000 * steps * args.gpu_s_per_image_step / 60,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.json:
-                Path(args.json).write_text(json.dumps({"num": args.num, "cfg_scale": args.cfg_scale, "rows": rows},
-                                                      indent=1) + "\n")  # fmt: skip
+                Path(args.json).write_text(
+                    json.dumps({"num": args.num, "cfg_scale": args.cfg_scale, "rows": rows}, indent=1) + "\n"
+                )
 
 
 if __name__ == "__main__":

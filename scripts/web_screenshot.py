@@ -38,8 +38,15 @@ def chromium(profile: str) -> webdriver.Chrome:
         raise SystemExit("needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-                 "--window-size=1280,900", f"--user-data-dir={profile}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)  # a driver path: no Selenium Manager
 
@@ -63,8 +70,9 @@ def screenshot(url: str, out: Path, per_class: int, steps: int, timeout: float, 
         wait.until(lambda d: d.execute_script("return document.querySelector('#grid img').complete"))
         size = page.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-        shot = page.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                               "clip": clip})  # fmt: skip
+        shot = page.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
         out.write_bytes(base64.b64decode(shot["data"]))
     finally:
         page.quit()

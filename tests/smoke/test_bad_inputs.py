@@ -56,9 +56,33 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     weights = _tiny_weights(root / "tiny.safetensors")
     blob = weights.read_bytes()
     run = root / "run"
-    invoke("train", "--out", str(run), "--data", "digits", "--preset", "DiT-T/2", "--image-size", "8", "--vae",
-           "none", "--max-steps", "1", "--global-batch-size", "8", "--sample-every", "0", "--eval-every", "0",
-           "--device", "cpu", "--precision", "fp32", "--num-workers", "0")  # fmt: skip
+    invoke(
+        "train",
+        "--out",
+        str(run),
+        "--data",
+        "digits",
+        "--preset",
+        "DiT-T/2",
+        "--image-size",
+        "8",
+        "--vae",
+        "none",
+        "--max-steps",
+        "1",
+        "--global-batch-size",
+        "8",
+        "--sample-every",
+        "0",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--num-workers",
+        "0",
+    )
     samples = root / "samples.npz"
     np.savez(samples, arr_0=np.zeros((10, 8, 8, 1), np.uint8), labels=np.arange(10))
     files = {
@@ -304,8 +328,15 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     run_copy = tmp_path / "run_copy"
     if "{run_copy}" in argv:
         shutil.copytree(inputs["run"], run_copy)
-    paths = {**inputs, "out": target, "existing": target / EXISTING_OUTPUT, "grid_dir": grid_dir,
-             "walk_dir": walk_dir, "foreign_dir": foreign, "run_copy": run_copy}  # fmt: skip
+    paths = {
+        **inputs,
+        "out": target,
+        "existing": target / EXISTING_OUTPUT,
+        "grid_dir": grid_dir,
+        "walk_dir": walk_dir,
+        "foreign_dir": foreign,
+        "run_copy": run_copy,
+    }
     watched = [target, grid_dir, walk_dir, foreign, run_copy, *inputs.values()]
     before = _snapshot(*watched)
     proc = invoke(*argv.format(**{k: str(v) for k, v in paths.items()}).split(), check=False)

@@ -35,9 +35,17 @@ from ditkit.model.weights import save_weights
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1100"]  # fmt: skip
+CHROME_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1100",
+]
 WAIT_S = 60  # a shared CI machine: sampling 100 tiny steps takes ~1 s, but the machine may be busy
 
 
@@ -179,8 +187,11 @@ def test_ditkit_serve_command(tmp_path: Path) -> None:
     weights = save_weights(DiT(config).state_dict(), config, tmp_path / "tiny.safetensors")
     port = free_port()
     ditkit = shutil.which("ditkit") or str(Path(sys.executable).with_name("ditkit"))
-    proc = subprocess.Popen([ditkit, "serve", "--ckpt", str(weights), "--port", str(port), "--device", "cpu"],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [ditkit, "serve", "--ckpt", str(weights), "--port", str(port), "--device", "cpu"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
     reader.start()
@@ -225,7 +236,7 @@ def check_grid(driver: Any, server: str) -> None:
     driver.execute_script("""window.ditkitProgress = [];
         new MutationObserver(() => document.querySelectorAll('#grid .progress-text').forEach(
             e => window.ditkitProgress.push(e.textContent))).observe(document.body, {subtree: true, childList: true,
-            characterData: true});""")  # fmt: skip
+            characterData: true});""")
     css(driver, "#generate").click()
     src = wait(driver, lambda d: image_src(d, "#grid"), "the grid")
     grid = Image.open(io.BytesIO(fetch(src)))

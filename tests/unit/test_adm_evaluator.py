@@ -242,8 +242,9 @@ def fids(extractors):
         if (ref, sample, path) not in results:
             (ours_ref, peer_ref), (ours_sample, peer_sample) = set_features(ref, path), set_features(sample, path)
             results[ref, sample, path] = _our_fid(ours_ref, ours_sample), _peer_fid(peer, peer_ref, peer_sample)
-            logging.getLogger(__name__).info("FID %s vs %s (%s): ditkit %.4f, peer %.4f", sample, ref, path,
-                                             *results[ref, sample, path])  # fmt: skip
+            logging.getLogger(__name__).info(
+                "FID %s vs %s (%s): ditkit %.4f, peer %.4f", sample, ref, path, *results[ref, sample, path]
+            )
         return results[ref, sample, path]
 
     return fid_pair
@@ -424,8 +425,9 @@ def test_training_reference_cache_is_rebuilt_for_a_new_input_path(tmp_path, monk
     old = RandomFeatureExtractor(seed=0, pool_dim=16)
     old.name = "inception-2015-12-05"
     ref_stats(images, old, cache)
-    scorer = scoring.make_scorer(4, (8, 8, 3), device=torch.device("cpu"), reference_images=lambda: images,
-                                 reference_cache=cache)  # fmt: skip
+    scorer = scoring.make_scorer(
+        4, (8, 8, 3), device=torch.device("cpu"), reference_images=lambda: images, reference_cache=cache
+    )
     assert evaluate.stats_extractor(cache) == extractor.name
     assert scorer(images, np.zeros(24))["eval_fid"] == pytest.approx(0.0, abs=1e-6)
 

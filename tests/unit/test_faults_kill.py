@@ -44,8 +44,13 @@ pytestmark = [
     pytest.mark.xdist_group("faults"),
 ]
 
-OWNERS = {"replace": (os, "replace"), "rename": (os, "rename"), "fsync": (os, "fsync"),
-          "rmtree": (shutil, "rmtree"), "metrics": (run, "append_metrics")}  # fmt: skip
+OWNERS = {
+    "replace": (os, "replace"),
+    "rename": (os, "rename"),
+    "fsync": (os, "fsync"),
+    "rmtree": (shutil, "rmtree"),
+    "metrics": (run, "append_metrics"),
+}
 
 
 def describe(target: str, args: tuple) -> list[str]:

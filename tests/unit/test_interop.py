@@ -205,9 +205,12 @@ def test_unrepresentable_models_raise_one_line(changes: dict, feature: str) -> N
 
 @pytest.mark.parametrize(
     "diffusion",
-    [DiffusionConfig(), DiffusionConfig(noise_schedule="cosine", predict_xstart=True, learn_sigma=False),
-     DiffusionConfig(num_train_steps=500)],
-)  # fmt: skip
+    [
+        DiffusionConfig(),
+        DiffusionConfig(noise_schedule="cosine", predict_xstart=True, learn_sigma=False),
+        DiffusionConfig(num_train_steps=500),
+    ],
+)
 def test_scheduler_config_round_trip_and_ddim_steps(diffusion: DiffusionConfig) -> None:
     from diffusers import DDIMScheduler
 

@@ -50,9 +50,18 @@ def test_a_preset_on_the_embedded_digits_keeps_the_data_geometry(tmp_path):
 def test_pixel_space_on_any_npz_takes_channels_and_classes_from_the_data(tmp_path, channels, labels):
     data = _npz(tmp_path / "d.npz", channels, labels)
     cfg = build_train_config(
-        tmp_path / "r", data=str(data), preset="DiT-T/2", vae="none", image_size=8, max_steps=1,
-        global_batch_size=8, num_workers=0, sample_every_steps=1, num_grid_images=2, device="cpu",
-    )  # fmt: skip
+        tmp_path / "r",
+        data=str(data),
+        preset="DiT-T/2",
+        vae="none",
+        image_size=8,
+        max_steps=1,
+        global_batch_size=8,
+        num_workers=0,
+        sample_every_steps=1,
+        num_grid_images=2,
+        device="cpu",
+    )
     assert (cfg.model.in_channels, cfg.model.input_size) == (channels, 8)
     assert cfg.model.num_classes == (4 if labels else 0)
     run_dir = train(cfg.replace(sample=cfg.sample.replace(num_steps=2)))

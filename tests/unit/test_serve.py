@@ -84,8 +84,15 @@ def test_bad_input_is_a_clear_one_line_message(page: PageSampler, change: dict, 
     fields = {"classes": ["1"], "per_class": 1, "cfg": 4.0, "guidance": "all channels", "sampler": "ddim"}
     fields |= {"steps": STEPS, "seed": 0} | change
     with pytest.raises(ValueError) as err:
-        page.grid(fields["classes"], fields["per_class"], fields["cfg"], fields["guidance"], fields["sampler"],
-                  fields["steps"], fields["seed"])  # fmt: skip
+        page.grid(
+            fields["classes"],
+            fields["per_class"],
+            fields["cfg"],
+            fields["guidance"],
+            fields["sampler"],
+            fields["steps"],
+            fields["seed"],
+        )
     shown = page_message(err.value)
     assert message in shown and "\n" not in shown and "(--" not in shown  # no CLI flag hints in the page
 

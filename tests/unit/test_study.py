@@ -93,10 +93,15 @@ def test_rerun_resumes_and_a_failed_config_does_not_stop_the_others(tmp_path, mo
 
 def test_train_config_layers_recipe_spec_and_config(tmp_path):
     spec = StudySpec(
-        name="s", max_steps=7, eval_every_steps=3, num_eval_samples=10, model={"depth": 2},
-        train={"lr": 1e-3}, sample={"cfg_scale": 1.0, "num_steps": 5},
+        name="s",
+        max_steps=7,
+        eval_every_steps=3,
+        num_eval_samples=10,
+        model={"depth": 2},
+        train={"lr": 1e-3},
+        sample={"cfg_scale": 1.0, "num_steps": 5},
         configs=(StudyConfig(name="a", model={"block": "adaln"}, train={"lr": 5e-4}),),
-    )  # fmt: skip
+    )
     cfg = study.train_config(spec, spec.configs[0], 3, tmp_path / "run", {})
     assert (cfg.model.depth, cfg.model.block, cfg.lr, cfg.seed, cfg.max_steps) == (2, "adaln", 5e-4, 3, 7)
     assert (cfg.eval_every_steps, cfg.num_eval_samples, cfg.sample.num_steps) == (3, 10, 5)
@@ -109,12 +114,17 @@ def test_a_two_config_study_end_to_end(tmp_path):
     from smoke.test_cli import invoke
 
     spec = {
-        "name": "tiny", "recipe": "demo", "seeds": [0, 1], "max_steps": 20, "eval_every_steps": 10,
-        "num_eval_samples": 20, "model": {"depth": 2, "hidden_size": 64},
+        "name": "tiny",
+        "recipe": "demo",
+        "seeds": [0, 1],
+        "max_steps": 20,
+        "eval_every_steps": 10,
+        "num_eval_samples": 20,
+        "model": {"depth": 2, "hidden_size": 64},
         "train": {"sample_every_steps": 0, "device": "cpu", "precision": "fp32"},
         "sample": {"cfg_scale": 1.0, "num_steps": 4},
         "configs": [{"name": "adaLN-Zero"}, {"name": "in-context", "model": {"block": "in_context"}}],
-    }  # fmt: skip
+    }
     (tmp_path / "tiny.json").write_text(json.dumps(spec))
     out = tmp_path / "out"
     proc = invoke("study", str(tmp_path / "tiny.json"), "--out", str(out))

@@ -17,10 +17,19 @@ from ditkit.training.run import read_metrics
 
 def tiny(tmp_path, **changes) -> VAETrainConfig:
     fields = {
-        "out_dir": str(tmp_path / "vae"), "data": "digits", "image_size": 8, "block_out_channels": (16, 16),
-        "norm_num_groups": 8, "max_steps": 4, "batch_size": 16, "log_every_steps": 2, "ckpt_every_steps": 2,
-        "num_scale_images": 64, "device": "cpu", "num_threads": 1,
-    }  # fmt: skip
+        "out_dir": str(tmp_path / "vae"),
+        "data": "digits",
+        "image_size": 8,
+        "block_out_channels": (16, 16),
+        "norm_num_groups": 8,
+        "max_steps": 4,
+        "batch_size": 16,
+        "log_every_steps": 2,
+        "ckpt_every_steps": 2,
+        "num_scale_images": 64,
+        "device": "cpu",
+        "num_threads": 1,
+    }
     fields.update(changes)
     return VAETrainConfig(**fields)
 

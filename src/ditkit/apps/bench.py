@@ -71,8 +71,13 @@ def bench_sampling(
     model = DiT(config).to(device).eval()
     labels = [i % config.num_classes for i in range(batch_size)] if config.num_classes else None
     guided = config.has_null_class  # BENCH_SAMPLING guides; a model without a null class cannot
-    sample = BENCH_SAMPLING.replace(num_steps=steps, batch_size=batch_size, precision=precision, compile=compile,
-                                    **({} if guided else {"cfg_scale": 1.0}))  # fmt: skip
+    sample = BENCH_SAMPLING.replace(
+        num_steps=steps,
+        batch_size=batch_size,
+        precision=precision,
+        compile=compile,
+        **({} if guided else {"cfg_scale": 1.0}),
+    )
     seeds = image_seeds(0, batch_size)
     first, times = _time(lambda: generate(model, labels, seeds, sample, device=device), 2, device)
     return {"s_per_step": statistics.median(times) / steps, "first_call_s": first}
@@ -108,10 +113,17 @@ def run_bench(
     gmacs = model_cost(config).gflops
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else backend.cpu_name(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "preset": preset,
-        "image_size": image_size, "precision": resolved, "compile": compile, "gflops_per_image": gmacs,
-        "matmul_peaks_gflops": peaks, "matmul_peak_gflops": peak, "matmul_peak_precision": peak_precision,
-    }  # fmt: skip
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "preset": preset,
+        "image_size": image_size,
+        "precision": resolved,
+        "compile": compile,
+        "gflops_per_image": gmacs,
+        "matmul_peaks_gflops": peaks,
+        "matmul_peak_gflops": peak,
+        "matmul_peak_precision": peak_precision,
+    }
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     with backend.precision_scope(resolved, dev):
@@ -156,8 +168,13 @@ def format_report(result: dict[str, Any]) -> str:
     if "sample_img_per_s" in result:
         rows.append((f"sampling, {PAPER_STEPS} DDPM steps + guidance", f"{result['sample_img_per_s']:.3f} img/s"))
         rows.append((f"sampling, DPM-Solver++ {FAST_STEPS} steps", f"{result['sample_fast_img_per_s']:.2f} img/s"))
-        rows.append(("sampling network", f"{100 * result['sample_fraction_of_peak']:.0f}% of peak "
-                     f"(batch {result['sample_batch']}, {2 * result['sample_batch']} rows)"))  # fmt: skip
+        rows.append(
+            (
+                "sampling network",
+                f"{100 * result['sample_fraction_of_peak']:.0f}% of peak "
+                f"(batch {result['sample_batch']}, {2 * result['sample_batch']} rows)",
+            )
+        )
     rows.append(("peak memory", f"{result['peak_memory_mib']:,.0f} MiB"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -111,9 +111,13 @@ def _sample_and_score(
     for key, scale in (("cfg", sampling.cfg_scale), ("nocfg", 1.0)):
         t0 = time.perf_counter()
         images = generate(
-            opened.model, labels.tolist(), seeds, sampling.replace(cfg_scale=scale), diffusion=opened.diffusion,
+            opened.model,
+            labels.tolist(),
+            seeds,
+            sampling.replace(cfg_scale=scale),
+            diffusion=opened.diffusion,
             vae=opened.vae,
-        )  # fmt: skip
+        )
         images = frame_digits(images, DEMO_REPORT_IMAGE_SIZE)
         metrics = digits_metrics(images, labels, classifier)
         save_npz(out_dir / f"samples_{key}.npz", arr_0=images, labels=labels)
@@ -123,9 +127,13 @@ def _sample_and_score(
         report[f"sampling_seconds_{key}"] = round(time.perf_counter() - t0, 1)
         grid_idx = np.concatenate([np.flatnonzero(labels == c)[:10] for c in range(10)])
         save_labelled_grid(
-            images[grid_idx], labels[grid_idx].tolist(), out_dir / f"grid_{key}", nrow=10, num_classes=10,
+            images[grid_idx],
+            labels[grid_idx].tolist(),
+            out_dir / f"grid_{key}",
+            nrow=10,
+            num_classes=10,
             write_images=False,
-        )  # fmt: skip
+        )
     report.update(
         num_samples=num_samples,
         cfg_scale=sampling.cfg_scale,

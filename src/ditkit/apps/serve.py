@@ -55,8 +55,16 @@ WALK_SAMPLERS = ("ddim", "dpm++2m")  # deterministic: a frame is a smooth functi
 FIRST_IMAGENET_CLASSES = (207, 360, 387, 974)  # golden retriever, otter, lesser panda, geyser (official sample.py)
 _GRADIO = "gradio"  # the module the `web` extra installs
 # The page's field for a setting named in an InputError (the CLI names its flag instead).
-PAGE_FIELDS = {"cfg_scale": "Guidance scale", "cfg_channels": "Guide", "guidance": "Guide", "sampler": "Sampler",
-               "num_steps": "Steps", "per_class": "Images per class", "kind": "Walk", "classes": "Classes"}  # fmt: skip
+PAGE_FIELDS = {
+    "cfg_scale": "Guidance scale",
+    "cfg_channels": "Guide",
+    "guidance": "Guide",
+    "sampler": "Sampler",
+    "num_steps": "Steps",
+    "per_class": "Images per class",
+    "kind": "Walk",
+    "classes": "Classes",
+}
 
 OnStep = Callable[[int, int], None]  # (network calls done, calls in the job)
 
@@ -171,14 +179,18 @@ class PageSampler:
         """The page's sampling fields as a SampleConfig (which validates them)."""
         num_steps = whole_number("steps", steps, 2, self.max_steps)
         if guidance not in GUIDANCE:
-            raise InputError(f"guidance must be one of {', '.join(map(repr, GUIDANCE))}; got {guidance!r}", setting='guidance')
+            raise InputError(
+                f"guidance must be one of {', '.join(map(repr, GUIDANCE))}; got {guidance!r}", setting="guidance"
+            )
         channels = GUIDANCE[guidance]
         if channels != "all" and channels >= self.config.in_channels:  # 3 of 3 (or of 1) channels is all of them
             channels = "all"
         try:
             scale = float(cfg_scale)
         except (TypeError, ValueError):
-            raise InputError(f"guidance scale must be a number >= 0 (1 = no guidance); got {cfg_scale!r}", setting="cfg_scale") from None
+            raise InputError(
+                f"guidance scale must be a number >= 0 (1 = no guidance); got {cfg_scale!r}", setting="cfg_scale"
+            ) from None
         return PAGE_SAMPLING.replace(sampler=sampler, num_steps=num_steps, cfg_scale=scale, cfg_channels=channels)
 
     # Jobs.
@@ -234,7 +246,10 @@ class PageSampler:
         if kind not in WALK_KINDS:
             raise InputError(f"walk must be one of {', '.join(map(repr, WALK_KINDS))}; got {kind!r}", setting="kind")
         if sampler not in WALK_SAMPLERS:
-            raise InputError(f"a walk needs a deterministic sampler ({' or '.join(WALK_SAMPLERS)}); got {sampler!r}", setting="sampler")
+            raise InputError(
+                f"a walk needs a deterministic sampler ({' or '.join(WALK_SAMPLERS)}); got {sampler!r}",
+                setting="sampler",
+            )
         config = self.sample_config(sampler, steps, cfg_scale)
         frames = whole_number("frames", num_frames, 2, MAX_FRAMES)
         seed_a = whole_number("seed A", seed_a, 0, MAX_SEED)
@@ -248,7 +263,9 @@ class PageSampler:
                 images = noise_walk(model, label, seed_a, seed_b, frames, config, **common)
         else:
             if not self.num_classes:
-                raise InputError("a class walk needs a class-conditional model; this one is unconditional", setting="kind")
+                raise InputError(
+                    "a class walk needs a class-conditional model; this one is unconditional", setting="kind"
+                )
             a, b = self.parse_classes(class_a, "class A")[0], self.parse_classes(class_b, "class B")[0]
             with count_network_calls(model, total, on_step):
                 images = class_walk(model, a, b, seed_a, frames, config, **common)
@@ -262,8 +279,9 @@ class PageSampler:
         device = next(model.parameters()).device
         total = config.num_steps * math.ceil(len(seeds) / config.batch_size_on(device.type))
         with count_network_calls(model, total, on_step):
-            return generate(model, labels, seeds, config, diffusion=self.opened.diffusion, vae=self.opened.vae,
-                            device=device)  # fmt: skip
+            return generate(
+                model, labels, seeds, config, diffusion=self.opened.diffusion, vae=self.opened.vae, device=device
+            )
 
 
 # The Gradio app.
@@ -315,9 +333,17 @@ def build_app(sampler: PageSampler, *, title: str = "ditkit") -> Any:
 
 def _class_box(gr: Any, sampler: PageSampler, label: str, value: Any, elem_id: str, multiselect: bool) -> Any:
     info = "type to search: a name or an id" if class_names(sampler.num_classes) else "class ids"
-    return gr.Dropdown(sampler.class_choices(), value=value, multiselect=multiselect, label=label, info=info,
-                       filterable=True, allow_custom_value=True, visible=sampler.num_classes > 0,
-                       elem_id=elem_id)  # fmt: skip
+    return gr.Dropdown(
+        sampler.class_choices(),
+        value=value,
+        multiselect=multiselect,
+        label=label,
+        info=info,
+        filterable=True,
+        allow_custom_value=True,
+        visible=sampler.num_classes > 0,
+        elem_id=elem_id,
+    )
 
 
 def _sample_tab(gr: Any, sampler: PageSampler) -> None:
@@ -325,11 +351,21 @@ def _sample_tab(gr: Any, sampler: PageSampler) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             classes = _class_box(gr, sampler, "Classes", sampler.default_classes(), "classes", multiselect=True)
-            per_class = gr.Slider(1, MAX_PER_CLASS if conditional else MAX_IMAGES, value=4 if conditional else 16,
-                                  step=1, label="Images per class" if conditional else "Images",
-                                  elem_id="per_class")  # fmt: skip
-            cfg = gr.Number(start.cfg_scale, label="Guidance scale", info="1 = no guidance, 0 = unconditional",
-                            step=0.5, elem_id="cfg")  # fmt: skip
+            per_class = gr.Slider(
+                1,
+                MAX_PER_CLASS if conditional else MAX_IMAGES,
+                value=4 if conditional else 16,
+                step=1,
+                label="Images per class" if conditional else "Images",
+                elem_id="per_class",
+            )
+            cfg = gr.Number(
+                start.cfg_scale,
+                label="Guidance scale",
+                info="1 = no guidance, 0 = unconditional",
+                step=0.5,
+                elem_id="cfg",
+            )
             guidance = gr.Radio(list(GUIDANCE), value="all channels", label="Guide", elem_id="guidance")
             with gr.Row():
                 algo = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler", elem_id="sampler")
@@ -337,19 +373,32 @@ def _sample_tab(gr: Any, sampler: PageSampler) -> None:
             seed = gr.Number(0, label="Seed", info="image i has seed image_seed(seed, i)", elem_id="seed")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column(scale=2):
-            grid = gr.Image(label="Samples", type="filepath", format="png", interactive=False,
-                            buttons=["download", "fullscreen"], elem_id="grid")  # fmt: skip
+            grid = gr.Image(
+                label="Samples",
+                type="filepath",
+                format="png",
+                interactive=False,
+                buttons=["download", "fullscreen"],
+                elem_id="grid",
+            )
             rows = gr.Markdown(elem_id="rows")
             png = gr.File(label="Download PNG", interactive=False, elem_id="png")
 
     def run(classes, per_class, cfg, guidance, algo, steps, seed, progress=gr.Progress()):  # noqa: B008 (Gradio's way)
         on_step = _progress_reporter(progress)
-        path, caption_ = _in_page(gr, lambda: sampler.grid(classes, per_class, cfg, guidance, algo, steps, seed,
-                                                           on_step))  # fmt: skip
+        path, caption_ = _in_page(
+            gr, lambda: sampler.grid(classes, per_class, cfg, guidance, algo, steps, seed, on_step)
+        )
         return str(path), caption_, str(path)
 
-    button.click(run, [classes, per_class, cfg, guidance, algo, steps, seed], [grid, rows, png], api_name="grid",
-                 concurrency_id="model", concurrency_limit=1)  # fmt: skip
+    button.click(
+        run,
+        [classes, per_class, cfg, guidance, algo, steps, seed],
+        [grid, rows, png],
+        api_name="grid",
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
 
 
 def _walk_tab(gr: Any, sampler: PageSampler) -> None:
@@ -371,16 +420,26 @@ def _walk_tab(gr: Any, sampler: PageSampler) -> None:
                 steps = gr.Number(start.num_steps, label=f"Steps (2-{sampler.max_steps})", elem_id="walk_steps")
             button = gr.Button("Walk", variant="primary", elem_id="walk_button")
         with gr.Column(scale=2):
-            gif = gr.Image(label="Latent walk (GIF)", type="filepath", interactive=False, buttons=["download"],
-                           elem_id="walk_gif")  # fmt: skip
+            gif = gr.Image(
+                label="Latent walk (GIF)", type="filepath", interactive=False, buttons=["download"], elem_id="walk_gif"
+            )
 
     def run(kind, class_a, class_b, seed_a, seed_b, frames, cfg, algo, steps, progress=gr.Progress()):  # noqa: B008
         on_step = _progress_reporter(progress)
-        return str(_in_page(gr, lambda: sampler.walk(kind, class_a, class_b, seed_a, seed_b, frames, cfg, algo, steps,
-                                                     on_step)))  # fmt: skip
+        return str(
+            _in_page(
+                gr, lambda: sampler.walk(kind, class_a, class_b, seed_a, seed_b, frames, cfg, algo, steps, on_step)
+            )
+        )
 
-    button.click(run, [kind, class_a, class_b, seed_a, seed_b, frames, cfg, algo, steps], [gif], api_name="walk",
-                 concurrency_id="model", concurrency_limit=1)  # fmt: skip
+    button.click(
+        run,
+        [kind, class_a, class_b, seed_a, seed_b, frames, cfg, algo, steps],
+        [gif],
+        api_name="walk",
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
 
 
 def launch(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
@@ -388,8 +447,16 @@ def launch(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
     _check_port(port)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up requests to itself
     try:
-        _, url, _ = app.launch(server_name=host, server_port=port, share=False, ssr_mode=False, inbrowser=False,
-                               prevent_thread_lock=True, quiet=True, show_error=False)  # fmt: skip
+        _, url, _ = app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            ssr_mode=False,
+            inbrowser=False,
+            prevent_thread_lock=True,
+            quiet=True,
+            show_error=False,
+        )
     except OSError as err:
         if "empty port" in str(err):  # Gradio's words for "in use"
             raise InputError(f"port {port} on {host} is in use; choose another port", setting="port") from None

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import statistics
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -79,7 +78,9 @@ class StudySpec:
         if self.recipe not in RECIPES:
             raise InputError(f"study recipe must be one of {', '.join(RECIPES)}; got {self.recipe!r}", setting="recipe")
         if not self.configs:
-            raise InputError(f"study {self.name!r} lists no configs; add [[configs]] entries with a name", setting="configs")
+            raise InputError(
+                f"study {self.name!r} lists no configs; add [[configs]] entries with a name", setting="configs"
+            )
         names = [c.name for c in self.configs]
         if len(set(names)) != len(names):
             raise InputError(f"study config names must be unique; got {names}", setting="configs")
@@ -98,7 +99,9 @@ def load_spec(source: str | Path) -> StudySpec:
     else:
         path = Path(source)
         if not path.is_file():
-            raise InputError(f"study spec {str(source)!r} not found; pass a .toml/.json file or one of {BUILT_IN}", setting="spec")
+            raise InputError(
+                f"study spec {str(source)!r} not found; pass a .toml/.json file or one of {BUILT_IN}", setting="spec"
+            )
         text, suffix = path.read_text(), path.suffix.lower()
     return spec_from_dict(_parse(text, suffix, str(source)))
 
@@ -107,9 +110,7 @@ def _parse(text: str, suffix: str, source: str) -> dict[str, Any]:
     try:
         if suffix == ".json":
             return json.loads(text)
-        if sys.version_info < (3, 11):
-            raise InputError(f"TOML study specs need Python 3.11+; write {source} as JSON", setting="spec")
-        import tomllib  # stdlib from 3.11
+        import tomllib  # the standard library's TOML reader (Python 3.11+, what ditkit requires)
 
         return tomllib.loads(text)
     except (ValueError, TypeError) as err:
@@ -185,8 +186,9 @@ def train_config(
     model = base.model.replace(**spec.model)
     if config.preset:
         size = get_preset(config.preset)
-        model = model.replace(depth=size.depth, hidden_size=size.hidden_size, num_heads=size.num_heads,
-                              patch_size=size.patch_size)  # fmt: skip
+        model = model.replace(
+            depth=size.depth, hidden_size=size.hidden_size, num_heads=size.num_heads, patch_size=size.patch_size
+        )
     model = model.replace(**config.model)
     sample = base.sample.replace(**spec.sample)
     return base.replace(model=model, sample=sample, **fields)
@@ -259,18 +261,24 @@ def summarize(spec: StudySpec, runs: dict[str, dict[int, dict[str, Any]]]) -> di
             if spec.guidance_scales:
                 keys = sorted({k for r in good for k in r.get("guidance", {})}, key=_guidance_order)
                 entry["guidance"] = {
-                    k: {"accuracy": _mean_sd([r["guidance"][k][0] for r in good if k in r.get("guidance", {})]),
-                        "fd": _mean_sd([r["guidance"][k][1] for r in good if k in r.get("guidance", {})])}
+                    k: {
+                        "accuracy": _mean_sd([r["guidance"][k][0] for r in good if k in r.get("guidance", {})]),
+                        "fd": _mean_sd([r["guidance"][k][1] for r in good if k in r.get("guidance", {})]),
+                    }
                     for k in keys
-                }  # fmt: skip
+                }
         configs[name] = entry
     scored = {n: c for n, c in configs.items() if "fd" in c}
     ranking = sorted(scored, key=lambda n: scored[n]["fd"][0])
     pairs = [
-        {"better": a, "worse": b, "gap": scored[b]["fd"][0] - scored[a]["fd"][0],
-         "exceeds_seed_spread": scored[b]["fd"][0] - scored[a]["fd"][0] > scored[a]["fd"][1] + scored[b]["fd"][1]}
+        {
+            "better": a,
+            "worse": b,
+            "gap": scored[b]["fd"][0] - scored[a]["fd"][0],
+            "exceeds_seed_spread": scored[b]["fd"][0] - scored[a]["fd"][0] > scored[a]["fd"][1] + scored[b]["fd"][1],
+        }
         for a, b in itertools.pairwise(ranking)
-    ]  # fmt: skip
+    ]
     results: dict[str, Any] = {"study": spec.name, "description": spec.description, "configs": configs}
     results.update(ranking_by_fd=ranking, adjacent_pairs=pairs)
     if len(scored) >= 3:
@@ -312,8 +320,10 @@ def results_markdown(results: dict[str, Any]) -> str:
         if "fd" not in c:
             lines.append(f"| {name} | - | - | 0 | failed: {'; '.join(c['errors'].values())} | - |")
             continue
-        lines.append(f"| {name} | {c['gflops']:.3f} | {c['final_step']} | {c['seeds']} | "
-                     f"{_pm(c['accuracy'], 3)} | {_pm(c['fd'], 2)} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {c['gflops']:.3f} | {c['final_step']} | {c['seeds']} | "
+            f"{_pm(c['accuracy'], 3)} | {_pm(c['fd'], 2)} |"
+        )
     if results.get("adjacent_pairs"):
         lines += ["", "Ranking by FD (lower is better); a gap counts where it exceeds the sum of the seed stds:", ""]
         for p in results["adjacent_pairs"]:
@@ -340,21 +350,37 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     if scored:
         steps = sorted({int(s) for c in scored.values() for s in c["curve"]})
         series = {n: [c["curve"].get(str(s), (math.nan, 0))[0] for s in steps] for n, c in scored.items()}
-        written.append(plot_curves(steps, series, out / "fd_over_steps.png", title="Frechet distance (digit features) "
-                                   "over training, mean of seeds", smoothed=False))  # fmt: skip
+        written.append(
+            plot_curves(
+                steps,
+                series,
+                out / "fd_over_steps.png",
+                title="Frechet distance (digit features) over training, mean of seeds",
+                smoothed=False,
+            )
+        )
     if "corr_log_gflops_fd" in results:
         points = {n: (c["gflops"], c["fd"][0], c["fd"][1]) for n, c in scored.items()}
         title = f"FD against forward Gflops (r = {results['corr_log_gflops_fd']:.2f} with log Gflops)"
-        written.append(plot_scatter(points, out / "fd_vs_gflops.png", title=title, x_label="Gflops per image",
-                                    y_label="FD"))  # fmt: skip
+        written.append(
+            plot_scatter(points, out / "fd_vs_gflops.png", title=title, x_label="Gflops per image", y_label="FD")
+        )
     per_step = {n: c["train_gflops_per_step"] for n, c in scored.items() if "train_gflops_per_step" in c}
     if len(per_step) >= 2 and len(set(per_step.values())) > 1:  # configs of different cost: FD per unit of compute
         compute = {n: {int(s) * per_step[n]: fd[0] for s, fd in scored[n]["curve"].items()} for n in per_step}
         xs = sorted({x for d in compute.values() for x in d})
         series = {n: [d.get(x, math.nan) for x in xs] for n, d in compute.items()}
-        written.append(plot_curves(xs, series, out / "fd_vs_training_compute.png", title="FD against training "
-                                   "compute (Gflops = 3 x forward Gflops x batch x steps)", smoothed=False,
-                                   x_label="training Gflops", log_x=True))  # fmt: skip
+        written.append(
+            plot_curves(
+                xs,
+                series,
+                out / "fd_vs_training_compute.png",
+                title="FD against training compute (Gflops = 3 x forward Gflops x batch x steps)",
+                smoothed=False,
+                x_label="training Gflops",
+                log_x=True,
+            )
+        )
     for name, c in scored.items():
         if c.get("guidance"):
             by_channels: dict[str, dict[float, float]] = {}
@@ -363,6 +389,14 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 by_channels.setdefault(f"{channels} channels", {})[float(scale)] = v["fd"][0]
             scales = sorted({s for d in by_channels.values() for s in d})
             series = {k: [d.get(s, math.nan) for s in scales] for k, d in by_channels.items()}
-            written.append(plot_curves(scales, series, out / f"guidance_{_slug(name)}.png", title=f"FD against the "
-                                       f"guidance scale ({name})", smoothed=False, x_label="cfg scale"))  # fmt: skip
+            written.append(
+                plot_curves(
+                    scales,
+                    series,
+                    out / f"guidance_{_slug(name)}.png",
+                    title=f"FD against the guidance scale ({name})",
+                    smoothed=False,
+                    x_label="cfg scale",
+                )
+            )
     return written

@@ -96,16 +96,28 @@ def _recipe_flags(add: Callable[[str], argparse.ArgumentParser], precisions: Seq
     p.add_argument("--max-steps", type=count(1), help="training steps (default: the recipe's)")
     p.add_argument("--precision", choices=precisions, help="training and sampling (default auto)")
     route = p.add_mutually_exclusive_group()
-    route.add_argument("--latent", dest="route", action="store_const", const="latent", default="latent",
-                       help="the paper's route (default): autoencoder, latents, DiT on latent patches")  # fmt: skip
+    route.add_argument(
+        "--latent",
+        dest="route",
+        action="store_const",
+        const="latent",
+        default="latent",
+        help="the paper's route (default): autoencoder, latents, DiT on latent patches",
+    )
     route.add_argument("--pixel", dest="route", action="store_const", const="pixel", help="DiT on the pixels")
     p.add_argument("--train-vae", action="store_true", help="latent route: train the autoencoder (~25 min)")
 
     p = add("train-vae")
     p.add_argument("--out", required=True, help="the VAE folder (diffusers layout; `--vae OUT` elsewhere)")
     p.add_argument("--data", help="dataset spec (default: the embedded MNIST)")
-    for flag, kind in (("--image-size", count(1)), ("--max-steps", count(1)), ("--batch-size", count(1)),
-                       ("--lr", float), ("--kl-weight", float), ("--seed", count(0))):  # fmt: skip
+    for flag, kind in (
+        ("--image-size", count(1)),
+        ("--max-steps", count(1)),
+        ("--batch-size", count(1)),
+        ("--lr", float),
+        ("--kl-weight", float),
+        ("--seed", count(0)),
+    ):
         p.add_argument(flag, type=kind, help="default: ditkit.config.VAETrainConfig")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
@@ -175,8 +187,12 @@ def _evaluation_flags(evaluate: argparse.ArgumentParser, ref_stats: argparse.Arg
         p.add_argument("--metric", choices=["digits", "inception"], default="inception")
         p.add_argument("--inception", help="pt_inception-2015-12-05 weights or fid-helper's default_1.pt")
         p.add_argument("--allow-download", action="store_true", help="fetch the Inception weights when online")
-        p.add_argument("--resize", choices=["adm", "pytorch-fid"], default="adm",
-                       help="Inception input: adm = ADM's evaluator (DiT's), pytorch-fid = pytorch-fid's")  # fmt: skip
+        p.add_argument(
+            "--resize",
+            choices=["adm", "pytorch-fid"],
+            default="adm",
+            help="Inception input: adm = ADM's evaluator (DiT's), pytorch-fid = pytorch-fid's",
+        )
         p.add_argument("--batch-size", type=count(1), default=64)
         p.add_argument("--device", type=device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
 
@@ -190,8 +206,12 @@ def _sampling_flags(p: argparse.ArgumentParser, samplers: Sequence[str], precisi
     p.add_argument("--batch-size", type=count(1), help="images per forward pass (default 32)")
     p.add_argument("--precision", choices=precisions, help="the network's arithmetic (default auto: bf16 on CUDA)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (CUDA: ~2x)")
-    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
-                   help="clamp x0 predictions to [-1, 1] (default: on in pixel space)")  # fmt: skip
+    p.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clamp x0 predictions to [-1, 1] (default: on in pixel space)",
+    )
 
 
 def _train_flags(

@@ -83,16 +83,43 @@ def _walk(args: argparse.Namespace) -> None:
     num_classes = opened.model.config.num_classes
     classes = parse_classes(args.classes, num_classes) if num_classes else None
     config = _sample_config(args, WALK_SAMPLING)
-    made = make_walks(opened.model, args.out, kinds=kinds, classes=classes, seeds=args.seeds, num_frames=args.frames,
-                      config=config, diffusion=opened.diffusion, vae=opened.vae)  # fmt: skip
+    made = make_walks(
+        opened.model,
+        args.out,
+        kinds=kinds,
+        classes=classes,
+        seeds=args.seeds,
+        num_frames=args.frames,
+        config=config,
+        diffusion=opened.diffusion,
+        vae=opened.vae,
+    )
     for kind, paths in made.items():
         print(f"{kind} walk:", ", ".join(str(p) for p in paths.values()))
 
 
-_TRAIN_FIELDS = ("image_size", "vae", "max_steps", "global_batch_size", "micro_batch_size", "lr", "warmup_steps",
-                 "max_grad_norm", "ema_decay", "ckpt_every_steps", "log_every_steps", "sample_every_steps",
-                 "eval_every_steps", "num_eval_samples", "seed", "precision", "num_workers", "device",
-                 "flip", "eval_ref")  # fmt: skip
+_TRAIN_FIELDS = (
+    "image_size",
+    "vae",
+    "max_steps",
+    "global_batch_size",
+    "micro_batch_size",
+    "lr",
+    "warmup_steps",
+    "max_grad_norm",
+    "ema_decay",
+    "ckpt_every_steps",
+    "log_every_steps",
+    "sample_every_steps",
+    "eval_every_steps",
+    "num_eval_samples",
+    "seed",
+    "precision",
+    "num_workers",
+    "device",
+    "flip",
+    "eval_ref",
+)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -113,9 +140,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     from ditkit.metrics.scoring import format_scores, score_samples
     from ditkit.runtime.distributed import resolve_device
 
-    result = score_samples(args.samples, metric=args.metric, ref=args.ref, inception=args.inception,
-                           allow_download=args.allow_download, device=resolve_device(args.device),
-                           batch_size=args.batch_size, resize=args.resize)  # fmt: skip
+    result = score_samples(
+        args.samples,
+        metric=args.metric,
+        ref=args.ref,
+        inception=args.inception,
+        allow_download=args.allow_download,
+        device=resolve_device(args.device),
+        batch_size=args.batch_size,
+        resize=args.resize,
+    )
     print(json.dumps(result) if args.json else format_scores(result))
 
 
@@ -125,8 +159,13 @@ def _ref_stats(args: argparse.Namespace) -> None:
     from ditkit.runtime.distributed import resolve_device
 
     _outputs(args, args.out)
-    extractor = feature_extractor(args.metric, inception=args.inception, allow_download=args.allow_download,
-                                  device=resolve_device(args.device), resize=args.resize)  # fmt: skip
+    extractor = feature_extractor(
+        args.metric,
+        inception=args.inception,
+        allow_download=args.allow_download,
+        device=resolve_device(args.device),
+        resize=args.resize,
+    )
     print(f"wrote {ref_stats(args.source, extractor, args.out, batch_size=args.batch_size)}")
 
 
@@ -135,8 +174,9 @@ def _extract_latents(args: argparse.Namespace) -> None:
     from ditkit.data.loader import open_dataset
 
     dataset = open_dataset(args.data, args.image_size, flip=False)  # the cheap checks first
-    progress = extract_latents_job(dataset, args.vae, args.out, batch_size=args.batch_size,
-                                   num_workers=args.num_workers, device=args.device)  # fmt: skip
+    progress = extract_latents_job(
+        dataset, args.vae, args.out, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device
+    )
     if progress is not None:
         print(f"latent store {args.out}: {progress[0]}/{progress[1]} images")
 
@@ -224,11 +264,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     handlers: dict[str, Callable[[argparse.Namespace], None]] = {
-        "flops": _flops, "presets": _presets, "classes": _classes, "sample": _sample, "walk": _walk,
-        "train": _train, "export": _export, "extract-latents": _extract_latents, "evaluate": _evaluate,
-        "ref-stats": _ref_stats, "demo": _demo, "bench": _bench, "import": _import,
-        "serve": _serve, "train-vae": _train_vae, "study": _study,
-    }  # fmt: skip
+        "flops": _flops,
+        "presets": _presets,
+        "classes": _classes,
+        "sample": _sample,
+        "walk": _walk,
+        "train": _train,
+        "export": _export,
+        "extract-latents": _extract_latents,
+        "evaluate": _evaluate,
+        "ref-stats": _ref_stats,
+        "demo": _demo,
+        "bench": _bench,
+        "import": _import,
+        "serve": _serve,
+        "train-vae": _train_vae,
+        "study": _study,
+    }
     add_flags(sub, handlers, presets=list(PRESETS), blocks=BLOCK_DESIGNS, samplers=SAMPLERS, precisions=PRECISIONS)
     return parser
 
@@ -256,8 +308,11 @@ def _report(err: BaseException, args: argparse.Namespace, parser: argparse.Argum
     if status is None or args.verbose:
         traceback.print_exception(err, file=sys.stderr)
     if status is None:
-        print(f"ditkit {args.command}: internal error (a bug in ditkit; please report it with the traceback above): "
-              f"{type(err).__name__}: {one_line(err)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"ditkit {args.command}: internal error (a bug in ditkit; please report it with the traceback above): "
+            f"{type(err).__name__}: {one_line(err)}",
+            file=sys.stderr,
+        )
         return EXIT_BUG
     code, line = status
     flag = flag_of(_subcommand(parser, args.command), getattr(err, "setting", None)) if code == EXIT_USAGE else None

@@ -118,7 +118,9 @@ def load_vae(
             raise InputError(f"VAE {spec!r} is a file; pass the folder that holds config.json", setting="vae")
         if not (path / "config.json").is_file():
             if not (path / "vae" / "config.json").is_file():
-                raise InputError(f"VAE folder {spec!r} has no config.json; pass a diffusers AutoencoderKL folder", setting="vae")
+                raise InputError(
+                    f"VAE folder {spec!r} has no config.json; pass a diffusers AutoencoderKL folder", setting="vae"
+                )
             kwargs["subfolder"] = "vae"  # a whole pipeline folder
         source = str(path)
     elif _HUB_ID.match(spec):
@@ -135,8 +137,8 @@ def load_vae(
         from diffusers import AutoencoderKL  # the optional `vae` extra; imports in ~2 s
     except ImportError as err:
         raise InputError(
-            f"loading VAE {spec!r} needs diffusers ({err}); pip install 'ditkit[vae]' or pass vae='none'"
-, setting="vae") from None
+            f"loading VAE {spec!r} needs diffusers ({err}); pip install 'ditkit[vae]' or pass vae='none'", setting="vae"
+        ) from None
     # Without accelerate, diffusers warns unless low_cpu_mem_usage is off.
     kwargs["low_cpu_mem_usage"] = importlib.util.find_spec("accelerate") is not None
     try:

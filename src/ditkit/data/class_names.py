@@ -50,5 +50,8 @@ def parse_classes(spec: str | Sequence[int | str] | None, num_classes: int) -> l
         ids.append(names.index(str(item).lower()))
     bad = [i for i in ids if not 0 <= i < num_classes]
     if bad:
-        raise InputError(f"class ids {bad} are out of range for a {num_classes}-class model (0..{num_classes - 1})", setting="classes")
+        raise InputError(
+            f"class ids {bad} are out of range for a {num_classes}-class model (0..{num_classes - 1})",
+            setting="classes",
+        )
     return ids

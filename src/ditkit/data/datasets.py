@@ -119,7 +119,9 @@ class ImageFolderDataset(BaseDataset):
     def __init__(self, root: str | Path, image_size: int, flip: bool = True) -> None:
         self.root, self.image_size, self.flip, self.channels = Path(root), int(image_size), flip, 3
         if not self.root.is_dir():
-            raise InputError(f"image folder {str(root)!r} does not exist; pass a folder of class subfolders", setting="data")
+            raise InputError(
+                f"image folder {str(root)!r} does not exist; pass a folder of class subfolders", setting="data"
+            )
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if self.classes:
             self.samples = [(p, i) for i, c in enumerate(self.classes) for p in _list_images(self.root / c)]
@@ -128,8 +130,9 @@ class ImageFolderDataset(BaseDataset):
         if not self.samples:
             raise InputError(
                 f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                "pass a folder laid out as root/<class>/<image>"
-, setting="data")
+                "pass a folder laid out as root/<class>/<image>",
+                setting="data",
+            )
         self.num_classes = len(self.classes)
         self._bad: set[int] = set()
 
@@ -240,7 +243,10 @@ def frame_digits(images: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop or zero-pad square images (N, S, S[, C]) to (N, size, size[, C]) without resampling."""
     diff = size - images.shape[1]
     if diff % 2:
-        raise InputError(f"can only frame to a size that differs by an even number; got {images.shape[1]} -> {size}", setting="image_size")
+        raise InputError(
+            f"can only frame to a size that differs by an even number; got {images.shape[1]} -> {size}",
+            setting="image_size",
+        )
     if diff >= 0:
         pad = [(0, 0), (diff // 2, diff // 2), (diff // 2, diff // 2)] + [(0, 0)] * (images.ndim - 3)
         return np.pad(images, pad)

@@ -51,7 +51,7 @@ def check_images(images: np.ndarray | Tensor) -> np.ndarray:
         raise InputError(
             f"images must be uint8 (N, H, W, C) with C in {{1, 3}} (the ADM npz layout); got "
             f"dtype {x.dtype}, shape {x.shape}: convert with ((x + 1) * 127.5).round().clip(0, 255)"
-)
+        )
     return x
 
 

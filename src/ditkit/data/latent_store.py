@@ -55,9 +55,13 @@ def _read_meta(root: Path) -> dict[str, Any]:
     try:
         meta = json.loads((root / _META).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{str(root)!r} is not a latent store ({err}); run extract-latents to create one", setting="data") from None
+        raise InputError(
+            f"{str(root)!r} is not a latent store ({err}); run extract-latents to create one", setting="data"
+        ) from None
     if meta.get("format") != _STORE_FORMAT:
-        raise InputError(f"{str(root / _META)!r} is not a ditkit latent-store header; pass another folder", setting="data")
+        raise InputError(
+            f"{str(root / _META)!r} is not a ditkit latent-store header; pass another folder", setting="data"
+        )
     return meta
 
 
@@ -93,10 +97,13 @@ class LatentStore(BaseDataset):
         if written < total:
             raise InputError(
                 f"latent store {str(root)!r} is incomplete: {written} of {total} latents written; "
-                "rerun extract-latents with the same arguments to resume it"
-, setting="data")
+                "rerun extract-latents with the same arguments to resume it",
+                setting="data",
+            )
         if flip and not meta["mirror"]:
-            raise InputError(f"latent store {str(root)!r} holds no mirror images; pass flip=False or re-extract", setting="flip")
+            raise InputError(
+                f"latent store {str(root)!r} holds no mirror images; pass flip=False or re-extract", setting="flip"
+            )
         self._open_memmaps()
         labels = [np.load(_shard_path(self.root, "labels", s)) for s in range(meta["num_shards"])]
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
@@ -161,8 +168,9 @@ def _prepare_store(root: Path, header: dict[str, Any]) -> dict[str, Any]:
             if meta.get(key) != header[key]:
                 raise InputError(
                     f"latent store {str(root)!r} was made with {key}={meta.get(key)!r}, now {header[key]!r}; "
-                    "use a new output folder or delete the old one"
-, setting="out_dir")
+                    "use a new output folder or delete the old one",
+                    setting="out_dir",
+                )
         return meta
     write_json(root / _META, header)  # every rank writes the same bytes; the rename makes it atomic
     return header
@@ -216,7 +224,10 @@ def extract_latents(
     `num_workers` decode images in parallel (torch DataLoader workers).
     """
     if getattr(dataset, "flip", False):
-        raise InputError("extract_latents needs an un-flipped dataset (the store keeps mirror images); pass flip=False", setting="flip")
+        raise InputError(
+            "extract_latents needs an un-flipped dataset (the store keeps mirror images); pass flip=False",
+            setting="flip",
+        )
     if len(dataset) == 0 or batch_size < 1 or shard_size < 1 or not 0 <= rank < world_size:
         raise InputError(
             f"need a non-empty dataset, batch_size and shard_size >= 1 and 0 <= rank < world_size; got "
@@ -226,13 +237,20 @@ def extract_latents(
     x0 = dataset.get(0)[0]
     probe_mean, _ = encode(x0[None].to(device))  # the latent shape, whatever the VAE
     header = {
-        "format": _STORE_FORMAT, "version": 1, "count": len(dataset),
-        "latent_shape": list(probe_mean.shape[1:]), "num_shards": math.ceil(len(dataset) / shard_size),
+        "format": _STORE_FORMAT,
+        "version": 1,
+        "count": len(dataset),
+        "latent_shape": list(probe_mean.shape[1:]),
+        "num_shards": math.ceil(len(dataset) / shard_size),
         "scale": float(scale if scale is not None else getattr(encoder, "scale", VAE_LATENT_SCALE)),
         "vae": vae_id if vae_id is not None else str(getattr(encoder, "name", "")),
-        "image_size": dataset.image_size, "image_channels": x0.shape[0], "num_classes": dataset.num_classes,
-        "mirror": mirror, "dtype": dtype, "shard_size": shard_size,
-    }  # fmt: skip
+        "image_size": dataset.image_size,
+        "image_channels": x0.shape[0],
+        "num_classes": dataset.num_classes,
+        "mirror": mirror,
+        "dtype": dtype,
+        "shard_size": shard_size,
+    }
     root = Path(out_dir)
     meta = _prepare_store(root, header)
     views, plan = (2 if mirror else 1), _extraction_plan(meta, root, rank, world_size, batch_size)
@@ -271,9 +289,19 @@ def extract_latents_job(
     info = distributed.init(device)
     encoder = load_vae(vae, info.device)
     if encoder is None:
-        raise InputError("extract-latents needs a VAE: vae=FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)", setting="vae")
-    extract_latents(dataset, encoder, out_dir, batch_size=batch_size, rank=info.rank, world_size=info.world_size,
-                    device=info.device, num_workers=num_workers)  # fmt: skip
+        raise InputError(
+            "extract-latents needs a VAE: vae=FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)", setting="vae"
+        )
+    extract_latents(
+        dataset,
+        encoder,
+        out_dir,
+        batch_size=batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=info.device,
+        num_workers=num_workers,
+    )
     distributed.barrier()
     progress = store_progress(out_dir) if info.is_main else None
     distributed.shutdown()

@@ -96,14 +96,16 @@ def build_loader(
     if batch_size < 1 or world_size < 1 or batch_size % world_size:
         raise InputError(
             f"global batch size {batch_size} must be a positive multiple of the world size {world_size}; "
-            "change global_batch_size or the number of processes"
-, setting="global_batch_size")
+            "change global_batch_size or the number of processes",
+            setting="global_batch_size",
+        )
     if not 0 <= rank < world_size or start_step < 0:
         raise ValueError(f"need 0 <= rank < world_size and start_step >= 0; got {rank}, {world_size}, {start_step}")
     if len(dataset) < batch_size:
         raise InputError(
-            f"dataset has {len(dataset)} items, fewer than the global batch size {batch_size}; lower the batch size"
-, setting="global_batch_size")
+            f"dataset has {len(dataset)} items, fewer than the global batch size {batch_size}; lower the batch size",
+            setting="global_batch_size",
+        )
     sampler = _StepBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
     loader = DataLoader(
         _SeededItems(dataset),
@@ -139,18 +141,22 @@ def open_dataset(spec: str | None, image_size: int | None = None, flip: bool = T
         if image_size is not None and image_size != store.image_size:
             raise InputError(
                 f"latent store {name!r} holds {store.image_size} px images, not {image_size}; "
-                f"pass image_size={store.image_size} or extract a new store"
-, setting="image_size")
+                f"pass image_size={store.image_size} or extract a new store",
+                setting="image_size",
+            )
         return store
     if path.is_dir():
         if image_size is None:
-            raise InputError(f"image folder {name!r} needs an image size; pass image_size (e.g. 256)", setting="image_size")
+            raise InputError(
+                f"image folder {name!r} needs an image size; pass image_size (e.g. 256)", setting="image_size"
+            )
         return ImageFolderDataset(path, image_size, flip)
     if path.suffix == ".npz" and path.is_file():
         return NpzDataset(path, image_size, flip)
     raise InputError(
-        f"dataset {name!r} not found; pass 'mnist', 'digits', an image folder, a latent store folder or a .npz file"
-, setting="data")
+        f"dataset {name!r} not found; pass 'mnist', 'digits', an image folder, a latent store folder or a .npz file",
+        setting="data",
+    )
 
 
 def check_num_classes(dataset: BaseDataset, num_classes: int) -> None:
@@ -164,8 +170,9 @@ def check_num_classes(dataset: BaseDataset, num_classes: int) -> None:
     )
     raise InputError(
         f"dataset has {dataset.num_classes} classes but the model has {num_classes}; {fix} "
-        "(or use a preset/dataset that agree)"
-, setting="num_classes")
+        "(or use a preset/dataset that agree)",
+        setting="num_classes",
+    )
 
 
 # The training data of a run.
@@ -218,8 +225,9 @@ def _latent_shape(cfg: TrainConfig, dataset: BaseDataset, encoder: Autoencoder) 
     if dataset.image_size % encoder.downsample:
         raise InputError(
             f"image_size {dataset.image_size} is not a multiple of the VAE downsampling "
-            f"{encoder.downsample}; pass image_size={size * encoder.downsample}"
-, setting='image_size')
+            f"{encoder.downsample}; pass image_size={size * encoder.downsample}",
+            setting="image_size",
+        )
     return (encoder.latent_channels, size, size)
 
 

@@ -58,14 +58,20 @@ def space_timesteps(num_steps: int, spec: str) -> list[int]:
         for stride in range(1, num_steps):
             if len(range(0, num_steps, stride)) == desired:
                 return list(range(0, num_steps, stride))
-        raise InputError(f"cannot take exactly {desired} evenly strided steps of {num_steps} ({spec!r}); try another N", setting="timestep_respacing")
+        raise InputError(
+            f"cannot take exactly {desired} evenly strided steps of {num_steps} ({spec!r}); try another N",
+            setting="timestep_respacing",
+        )
     counts = [_parse_count(part, spec) for part in spec.split(",")]
     size_per, extra = divmod(num_steps, len(counts))
     start, kept = 0, []
     for i, count in enumerate(counts):
         size = size_per + (1 if i < extra else 0)
         if size < count:
-            raise InputError(f"cannot take {count} steps from a section of {size} in respacing {spec!r}", setting="timestep_respacing")
+            raise InputError(
+                f"cannot take {count} steps from a section of {size} in respacing {spec!r}",
+                setting="timestep_respacing",
+            )
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
         # Accumulate the fractional index by repeated addition, as ADM does: j * stride rounds differently
         # at float ties (e.g. "21": 10 * 49.95 = 499.5 -> 500, the running sum 499.4999... -> 499).
@@ -83,8 +89,9 @@ def _parse_count(text: str, spec: str) -> int:
     except ValueError:
         raise InputError(
             f"bad timestep respacing {spec!r}: use '' (all steps), a count like '250', 'ddim50', "
-            "or section counts like '10,15,20'"
-, setting="timestep_respacing") from None
+            "or section counts like '10,15,20'",
+            setting="timestep_respacing",
+        ) from None
     if value < 1:
         raise InputError(f"respacing counts must be >= 1; got {spec!r}", setting="timestep_respacing")
     return value
@@ -147,7 +154,7 @@ class GaussianDiffusion:
     ):
         betas = betas.to(torch.float64)
         if betas.ndim != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
-            raise InputError("betas must be a 1-D tensor with values in (0, 1]", setting='betas')
+            raise InputError("betas must be a 1-D tensor with values in (0, 1]", setting="betas")
         self.learn_sigma = learn_sigma
         self.predict_xstart = predict_xstart
         self.num_timesteps = len(betas)

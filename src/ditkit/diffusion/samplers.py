@@ -129,15 +129,18 @@ def make_denoiser(
     if model_config is not None and not model_config.has_null_class:
         raise InputError(
             f"cfg_scale={cfg_scale} needs a model trained with label dropout (a null class); "
-            "this one has none: use cfg_scale=1"
-, setting='cfg_scale')
+            "this one has none: use cfg_scale=1",
+            setting="cfg_scale",
+        )
     in_channels = getattr(model, "in_channels", None) or 4
     if cfg_channels == "all":
         guided = in_channels
     elif isinstance(cfg_channels, int) and 1 <= cfg_channels <= in_channels:
         guided = cfg_channels
     else:
-        raise InputError(f"cfg_channels must be 'all' or an int in 1..{in_channels}; got {cfg_channels!r}", setting='cfg_channels')
+        raise InputError(
+            f"cfg_channels must be 'all' or an int in 1..{in_channels}; got {cfg_channels!r}", setting="cfg_channels"
+        )
     null_id = model_config.null_class if model_config is not None else 1000
     return guided_denoiser(forward, labels, null_labels_like(labels, null_id), cfg_scale, guided)
 

@@ -70,18 +70,21 @@ def check_exportable(config: ModelConfig) -> None:
     if config.block not in ("adaln_zero", "adaln"):
         raise InputError(
             f"block design {config.block!r} has no diffusers equivalent (DiTTransformer2DModel has only "
-            "adaLN-Zero blocks); export it as a safetensors file instead"
-, setting='format')
+            "adaLN-Zero blocks); export it as a safetensors file instead",
+            setting="format",
+        )
     if config.hidden_size * config.mlp_ratio != 4 * config.hidden_size:
         raise InputError(
             f"mlp_ratio {config.mlp_ratio} has no diffusers equivalent (its DiT MLP is 4x wide); "
-            "export it as a safetensors file instead"
-, setting='format')
+            "export it as a safetensors file instead",
+            setting="format",
+        )
     if config.num_classes > DIFFUSERS_NULL_LABEL:
         raise InputError(
             f"num_classes {config.num_classes} has no DiTPipeline equivalent (it guides with the null id "
-            f"{DIFFUSERS_NULL_LABEL}, a real class here); export it as a safetensors file instead"
-, setting='format')
+            f"{DIFFUSERS_NULL_LABEL}, a real class here); export it as a safetensors file instead",
+            setting="format",
+        )
 
 
 def transformer_config(config: ModelConfig) -> dict[str, Any]:
@@ -178,7 +181,9 @@ def from_diffusers(
         null = table[transformer["num_embeds_ada_norm"] :][:1] if config.has_null_class else table[:0]
         out["y_embedder.embedding_table.weight"] = torch.cat([table[: config.num_classes], null])
     elif bool(table.any()):
-        raise InputError("num_classes 0 (unconditional) needs an all-zero label table; this one is not zero", setting='num_classes')
+        raise InputError(
+            "num_classes 0 (unconditional) needs an all-zero label table; this one is not zero", setting="num_classes"
+        )
     grid = config.input_size // config.patch_size
     out["pos_embed"] = torch.from_numpy(sincos_pos_embed_2d(d, grid)).float().unsqueeze(0)  # as DiT builds it
     return config, out
@@ -197,7 +202,10 @@ def _model_config(
     rows = int(transformer["num_embeds_ada_norm"])
     classes = rows if num_classes is None else int(num_classes)
     if not 0 <= classes <= rows:
-        raise InputError(f"num_classes must be in 0..{rows} for this transformer (its label table); got {classes}", setting='num_classes')
+        raise InputError(
+            f"num_classes must be in 0..{rows} for this transformer (its label table); got {classes}",
+            setting="num_classes",
+        )
     in_channels = int(transformer["in_channels"])
     out_channels = int(transformer.get("out_channels") or in_channels)
     if out_channels not in (in_channels, 2 * in_channels):
@@ -238,7 +246,7 @@ def _check_shared_embedders(state_dict: dict[str, Tensor], depth: int) -> None:
                 raise InputError(
                     f"block {i}'s {name.split('.')[2]} differs from block 0's (trained in diffusers?); ditkit "
                     "shares one timestep and label embedder across blocks, so these weights have no ditkit equivalent"
-)
+                )
 
 
 # Schedulers.
@@ -357,7 +365,9 @@ def export_diffusers(
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise InputError(f"{str(out_dir)!r} exists and is not an empty folder; pass a new output folder", setting="out_dir")
+        raise InputError(
+            f"{str(out_dir)!r} exists and is not an empty folder; pass a new output folder", setting="out_dir"
+        )
     model, diffusion = load_model(source)
     config = model.config
     check_exportable(config)
@@ -370,10 +380,14 @@ def export_diffusers(
         )
     autoencoder = load_vae(spec)
     if autoencoder is None or autoencoder.latent_channels != config.in_channels:
-        raise InputError(f"VAE {spec!r} does not make the model's {config.in_channels}-channel latents; pass its VAE", setting="vae")
+        raise InputError(
+            f"VAE {spec!r} does not make the model's {config.in_channels}-channel latents; pass its VAE", setting="vae"
+        )
     names = class_names or _default_class_names(config.num_classes)
     if len(names) != config.num_classes:
-        raise InputError(f"class_names has {len(names)} names for a {config.num_classes}-class model", setting='class_names')
+        raise InputError(
+            f"class_names has {len(names)} names for a {config.num_classes}-class model", setting="class_names"
+        )
     if config.num_classes > 0 and not config.has_null_class:
         log.warning("this model has no null class (no label dropout): call its DiTPipeline with guidance_scale=1")
     diffusers = _diffusers()
@@ -430,7 +444,9 @@ def read_diffusers(
     spec = str(source)
     local = Path(spec).expanduser()
     if not local.exists() and not _HUB_ID.match(spec):
-        raise InputError(f"{spec!r} is neither a file, a diffusers folder nor a hub id like facebook/DiT-XL-2-256", setting="source")
+        raise InputError(
+            f"{spec!r} is neither a file, a diffusers folder nor a hub id like facebook/DiT-XL-2-256", setting="source"
+        )
     subfolder = "transformer" if _read_json(spec, "transformer/config.json") is not None else None
     model_class, low_mem = _diffusers().DiTTransformer2DModel, importlib.util.find_spec("accelerate") is not None
     try:

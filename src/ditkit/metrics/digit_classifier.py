@@ -69,8 +69,9 @@ def to_digit_tensor(images: np.ndarray | Tensor) -> Tensor:
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3) or x.shape[1] != x.shape[2]:
         raise InputError(
             f"digit images must be uint8 (N, H, W[, 1|3]) and square; got dtype {x.dtype}, "
-            f"shape {tuple(x.shape)}: convert with ((x + 1) * 127.5).round().clip(0, 255)"
-, setting="samples")
+            f"shape {tuple(x.shape)}: convert with ((x + 1) * 127.5).round().clip(0, 255)",
+            setting="samples",
+        )
     x = x.permute(0, 3, 1, 2).float()
     if x.shape[1] == 3:
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)  # ITU-R 601
@@ -191,7 +192,9 @@ def load_digit_classifier(path: str | os.PathLike | None = None, device: str | t
         state = load_file(str(asset))
     else:
         if not Path(path).is_file():
-            raise InputError(f"classifier weights not found at {path}; train with scripts/train_mnist_classifier.py", setting="path")
+            raise InputError(
+                f"classifier weights not found at {path}; train with scripts/train_mnist_classifier.py", setting="path"
+            )
         state = load_file(str(path))
     model = DigitClassifier()
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -199,8 +202,9 @@ def load_digit_classifier(path: str | os.PathLike | None = None, device: str | t
     if missing or unexpected:
         raise InputError(
             f"classifier weights do not match DigitClassifier: missing {missing}, unexpected "
-            f"{unexpected}; retrain with scripts/train_mnist_classifier.py"
-, setting="path")
+            f"{unexpected}; retrain with scripts/train_mnist_classifier.py",
+            setting="path",
+        )
     return model.to(device).eval()
 
 
@@ -249,10 +253,13 @@ def digits_metrics(
     if len(labels_t) != len(samples) or len(labels_t) < 2:
         raise InputError(
             f"digits_metrics needs >= 2 samples and one label per sample; got {len(samples)} "
-            f"samples and {len(labels_t)} labels"
-, setting="samples")
+            f"samples and {len(labels_t)} labels",
+            setting="samples",
+        )
     if labels_t.min() < 0 or labels_t.max() >= NUM_DIGIT_CLASSES:
-        raise InputError(f"labels must be digit classes 0-9; got range [{labels_t.min()}, {labels_t.max()}]", setting='labels')
+        raise InputError(
+            f"labels must be digit classes 0-9; got range [{labels_t.min()}, {labels_t.max()}]", setting="labels"
+        )
     feats, logits = _predict(classifier, samples)
     correct = (logits.argmax(1) == labels_t).float()
     per_class = [

@@ -68,7 +68,7 @@ def frechet_distance(
         raise InputError(
             f"frechet_distance needs mu (D,) and sigma (D, D) of one D; got {mu1.shape}, "
             f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}: were both computed by the same extractor?"
-)
+        )
     diff = mu1 - mu2
     covmean = _sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
@@ -197,7 +197,7 @@ def inception_score(logits: np.ndarray | Tensor, split_size: int = 5000) -> floa
         raise InputError(
             f"inception_score needs logits (N, K) and split_size >= 1; got shape {tuple(x.shape)}, "
             f"split_size={split_size}"
-)
+        )
     preds = torch.softmax(x, dim=1).numpy()
     scores = []
     for i in range(0, len(preds), split_size):
@@ -221,7 +221,7 @@ def kernel_inception_distance(
     if m < 2 or x_all.shape[1] != y_all.shape[1]:
         raise InputError(
             f"kernel_inception_distance needs >= 2 samples per set of one dim; got {x_all.shape} and {y_all.shape}"
-)
+        )
     rng, d, total = np.random.default_rng(seed), x_all.shape[1], 0.0
     for _ in range(num_subsets):
         x = x_all[rng.choice(len(x_all), m, replace=False)]
@@ -326,8 +326,9 @@ def ref_stats(
     if not kinds:
         raise InputError(
             f"extractor {extractor_name(extractor)} gives no pool or spatial features "
-            f"(available: {sorted(extractor.available)})"
-, setting='extractor')
+            f"(available: {sorted(extractor.available)})",
+            setting="extractor",
+        )
     feats = _extract(src, extractor, kinds, batch_size, keep_pool="pool" in kinds, max_pool=max_features, seed=seed)
     arrays = {"num_images": np.int64(src.num_images), "extractor": np.array(extractor_name(extractor))}
     for kind in kinds:
@@ -410,11 +411,16 @@ def evaluate_samples(
         "num_samples" and "unavailable": the requested metrics that the extractor or reference cannot give.
     """
     if set(metrics) - set(METRICS):
-        raise InputError(f"unknown metrics {sorted(set(metrics) - set(METRICS))}; choose from {', '.join(METRICS)}", setting="metrics")
+        raise InputError(
+            f"unknown metrics {sorted(set(metrics) - set(METRICS))}; choose from {', '.join(METRICS)}",
+            setting="metrics",
+        )
     src = open_images(samples)
     n = src.num_images if num_samples is None else num_samples
     if not 2 <= n <= src.num_images:
-        raise InputError(f"num_samples must be in [2, {src.num_images}] (the images available); got {n}", setting='num_samples')
+        raise InputError(
+            f"num_samples must be in [2, {src.num_images}] (the images available); got {n}", setting="num_samples"
+        )
     wanted = [m for m in metrics if _FEATURE_FOR_METRIC[m] in extractor.available]
     kinds = [kind for metric, kind in (("fid", "pool"), ("sfid", "spatial")) if metric in wanted]
     need_pool = bool({"precision", "recall", "kid"} & set(wanted))
@@ -457,8 +463,9 @@ def fid(samples: ImageSource, ref: ImageSource, extractor: FeatureExtractor, bat
     if "fid" not in result:
         raise InputError(
             f"extractor {extractor_name(extractor)} gives no pool features, so no FID; "
-            f"available: {sorted(extractor.available)}"
-, setting='extractor')
+            f"available: {sorted(extractor.available)}",
+            setting="extractor",
+        )
     return result["fid"]
 
 

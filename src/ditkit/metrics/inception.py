@@ -455,7 +455,10 @@ def load_inception(
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
     if path is not None:
         if not Path(path).is_file():
-            raise InputError(f"Inception weights not found at {path}; pass {FID_WEIGHTS_NAME} or {FID_HELPER_FILE}", setting="inception")
+            raise InputError(
+                f"Inception weights not found at {path}; pass {FID_WEIGHTS_NAME} or {FID_HELPER_FILE}",
+                setting="inception",
+            )
         state, source = _read_weights(Path(path)), str(path)
     elif hub_file.is_file():
         state, source = _read_weights(hub_file), str(hub_file)

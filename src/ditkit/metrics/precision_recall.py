@@ -101,7 +101,7 @@ def precision_recall(
     if ref.ndim != 2 or sample.ndim != 2 or ref.shape[1] != sample.shape[1]:
         raise InputError(
             f"precision_recall needs (N, D) features of one D; got {tuple(ref.shape)} and {tuple(sample.shape)}"
-)
+        )
     ref_radii = torch.from_numpy(manifold_radii(ref, k, block_size, float16, device)).to(ref.device)
     sample_radii = torch.from_numpy(manifold_radii(sample, k, block_size, float16, device)).to(ref.device)
     ref_inside = torch.zeros(len(ref), dtype=torch.bool, device=ref.device)  # ref point in the sample manifold

@@ -308,7 +308,9 @@ class DiT(nn.Module):
         if self.y_embedder is None:
             return t_emb, t_emb, None
         if y is None:
-            raise InputError("this model is class-conditional: pass labels y (use the null id for no class)", setting="y")
+            raise InputError(
+                "this model is class-conditional: pass labels y (use the null id for no class)", setting="y"
+            )
         y_emb = self.y_embedder(y, self.training)
         return t_emb + y_emb, t_emb, y_emb
 

@@ -72,10 +72,16 @@ def costs_table(
     costs = [model_cost(get_preset(n, **overrides), n) for n in names]
     if as_json:
         rows = [
-            {"model": c.name, "params": c.params, "gflops": round(c.gflops, 4), "tokens": c.tokens,
-             "image_size": image_size, "block": block or "adaln_zero"}
+            {
+                "model": c.name,
+                "params": c.params,
+                "gflops": round(c.gflops, 4),
+                "tokens": c.tokens,
+                "image_size": image_size,
+                "block": block or "adaln_zero",
+            }
             for c in costs
-        ]  # fmt: skip
+        ]
         return json.dumps(rows, indent=1)
     header = f"Forward Gflops per image (multiply-adds, the paper's convention) at {image_size} px"
     return header + "\n" + format_table(costs)

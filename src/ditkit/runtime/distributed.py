@@ -65,7 +65,9 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
         raise InputError(f"RANK={rank} is outside WORLD_SIZE={world_size}; launch with torchrun --nproc_per_node N")
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available; use device 'cpu' (or 'auto')", setting='device')
+        raise InputError(
+            f"device {device!r} requested but CUDA is not available; use device 'cpu' (or 'auto')", setting="device"
+        )
     if use_cuda and world_size == 1 and ":" in device:  # one process on a chosen GPU
         local_rank = resolve_device(device).index or 0
     if use_cuda:
@@ -99,9 +101,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= count:
-            raise InputError(f"device {name!r} does not exist (this machine has {count} CUDA GPUs); use device 'cpu'", setting='device')
+            raise InputError(
+                f"device {name!r} does not exist (this machine has {count} CUDA GPUs); use device 'cpu'",
+                setting="device",
+            )
     elif device.type != "cpu":
-        raise InputError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N", setting='device')
+        raise InputError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N", setting="device")
     return device
 
 

@@ -163,7 +163,10 @@ def check_outputs(paths: Iterable[str | os.PathLike], *, overwrite: bool = False
         if parent is not None and not parent.is_dir():
             raise InputError(f"output {str(path)!r} lies under {str(parent)!r}, which is a file; choose another path")
         if (path.exists() or path.is_symlink()) and not overwrite:
-            raise InputError(f"output {str(path)!r} exists; pass overwrite=True to replace it, or choose another path", setting="overwrite")
+            raise InputError(
+                f"output {str(path)!r} exists; pass overwrite=True to replace it, or choose another path",
+                setting="overwrite",
+            )
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -206,8 +209,12 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     key = str(path)
     if key in _HELD:
         raise FileLocked(path, {"pid": os.getpid(), "host": socket.gethostname()})
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": " ".join(sys.argv)[:300]}  # fmt: skip
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv)[:300],
+    }
     fd = _lock_fd(path) if fcntl is not None else None
     if fd is None:
         fd = _exclusive_create(path)

@@ -108,8 +108,16 @@ def generate(
             rows = slice(start, start + len(batch_seeds))
             x_T = noise[rows].to(device) if noise is not None else initial_noise(batch_seeds, shape, device)
             batch_labels = label_tensor[rows] if label_tensor is not None else None
-            x = sample_loop(model, x_T, batch_labels, config, seeds=batch_seeds, diffusion=diffusion,
-                            progress=progress, forward=forward)  # fmt: skip
+            x = sample_loop(
+                model,
+                x_T,
+                batch_labels,
+                config,
+                seeds=batch_seeds,
+                diffusion=diffusion,
+                progress=progress,
+                forward=forward,
+            )
             if vae is not None:
                 x = vae.decode(x)  # fp32 (TF32 under "tf32"/"bf16" on CUDA): decoding is ~2% of a 250-step image
             out.append(to_uint8(x).cpu().numpy())
@@ -206,8 +214,7 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int) -> None:
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(job)):
             raise InputError(
-                f"{parts} holds chunks of a different sampling job ({old}); "
-                "delete that folder or use another npz path",
+                f"{parts} holds chunks of a different sampling job ({old}); delete that folder or use another npz path",
                 setting="npz",
             )
     elif rank == 0:
@@ -224,8 +231,15 @@ def sample_grid(
     images beside it in `out_dir`; returns (grid path, number of images). `opened` is a run.SamplingModel."""
     num_classes = opened.model.config.num_classes
     labels = [c for c in classes for _ in range(per_class)]
-    images = generate(opened.model, labels if num_classes else None, image_seeds(seed, len(labels)), config,
-                      diffusion=opened.diffusion, vae=opened.vae, progress=True)  # fmt: skip
+    images = generate(
+        opened.model,
+        labels if num_classes else None,
+        image_seeds(seed, len(labels)),
+        config,
+        diffusion=opened.diffusion,
+        vae=opened.vae,
+        progress=True,
+    )
     path = save_labelled_grid(images, labels, out_dir, nrow=per_class, num_classes=num_classes)
     return path, len(images)
 
@@ -243,9 +257,20 @@ def sample_npz_job(
     """`num` samples into an ADM-layout .npz, sharded over the ranks of a torchrun job, resumable; rank 0
     assembles the file and returns its path (None on other ranks). `info` is the caller's
     `distributed.init(device)`: its device (the one `opened` was loaded on) takes every tensor."""
-    sample_npz(opened.model, npz, num, config, seed=seed, class_balanced=class_balanced, diffusion=opened.diffusion,
-               vae=opened.vae, device=info.device, rank=info.rank, world_size=info.world_size,
-               progress=info.is_main)  # fmt: skip
+    sample_npz(
+        opened.model,
+        npz,
+        num,
+        config,
+        seed=seed,
+        class_balanced=class_balanced,
+        diffusion=opened.diffusion,
+        vae=opened.vae,
+        device=info.device,
+        rank=info.rank,
+        world_size=info.world_size,
+        progress=info.is_main,
+    )
     distributed.barrier()
     path = assemble_npz(npz) if info.is_main else None
     distributed.shutdown()

@@ -21,8 +21,18 @@ from ditkit.runtime.files import atomic_path
 _BACKGROUND = (255, 255, 255)
 _AXIS = (60, 60, 60)
 _GRIDLINE = (225, 225, 225)
-_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+_COLORS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def make_grid(
@@ -36,7 +46,9 @@ def make_grid(
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3) or len(arr) == 0:
-        raise InputError(f"make_grid needs uint8 images (N, H, W[, 1|3]) with N >= 1; got {arr.dtype} {arr.shape}", setting="images")
+        raise InputError(
+            f"make_grid needs uint8 images (N, H, W[, 1|3]) with N >= 1; got {arr.dtype} {arr.shape}", setting="images"
+        )
     n, h, w, c = arr.shape
     cols = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)

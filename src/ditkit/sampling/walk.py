@@ -159,8 +159,23 @@ def _encode_mp4(ffmpeg: str, images: list[Image.Image], path: Path, fps: int) ->
     with tempfile.TemporaryDirectory() as frames_dir, atomic_path(path, durable=False) as tmp:
         for i, img in enumerate(images):
             img.convert("RGB").save(Path(frames_dir) / f"{i:05d}.png")
-        cmd = [ffmpeg, "-y", "-loglevel", "error", "-framerate", str(fps), "-i", str(Path(frames_dir) / "%05d.png"),
-               "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p", "-f", "mp4", str(tmp)]  # fmt: skip
+        cmd = [
+            ffmpeg,
+            "-y",
+            "-loglevel",
+            "error",
+            "-framerate",
+            str(fps),
+            "-i",
+            str(Path(frames_dir) / "%05d.png"),
+            "-vf",
+            "scale=trunc(iw/2)*2:trunc(ih/2)*2",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "mp4",
+            str(tmp),
+        ]
         if subprocess.run(cmd, check=False).returncode != 0:
             return None
     return path

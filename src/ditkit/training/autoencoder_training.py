@@ -146,7 +146,9 @@ def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
                 setting="out_dir",
             )
     elif out.exists() and any(out.iterdir()):
-        raise InputError(f"{str(out)!r} exists and is not a ditkit VAE folder; pass a new or empty out_dir", setting="out_dir")
+        raise InputError(
+            f"{str(out)!r} exists and is not a ditkit VAE folder; pass a new or empty out_dir", setting="out_dir"
+        )
     write_json(stored_path, cfg.to_dict())
 
 
@@ -164,9 +166,13 @@ def _load_or_build(out: Path, cfg: VAETrainConfig, channels: int, device: torch.
     vae = build_vae(cfg, channels).to(device).train()
     logger.info(
         "training a VAE in %s: %.2fM parameters, %d px -> %dx%dx%d latents",
-        out, sum(p.numel() for p in vae.parameters()) / 1e6, cfg.image_size, cfg.latent_channels,
-        cfg.image_size // cfg.downsample, cfg.image_size // cfg.downsample,
-    )  # fmt: skip
+        out,
+        sum(p.numel() for p in vae.parameters()) / 1e6,
+        cfg.image_size,
+        cfg.latent_channels,
+        cfg.image_size // cfg.downsample,
+        cfg.image_size // cfg.downsample,
+    )
     return vae, torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0), 0
 
 

@@ -161,8 +161,13 @@ def _stored_config(run_dir: Path) -> dict[str, Any] | None:
     """config.json of a ditkit run in run_dir (None when there is none); ValueError for anything else there."""
     path = run_dir / CONFIG_FILE
     if not path.exists():
-        others = sorted(p.name for p in run_dir.iterdir() if p.name not in _OWN_ENTRIES and not
-                        p.name.startswith(TEMP_PREFIX)) if run_dir.is_dir() else []  # fmt: skip
+        others = (
+            sorted(
+                p.name for p in run_dir.iterdir() if p.name not in _OWN_ENTRIES and not p.name.startswith(TEMP_PREFIX)
+            )
+            if run_dir.is_dir()
+            else []
+        )
         if others:
             raise InputError(
                 f"out_dir {str(run_dir)!r} is not a ditkit run folder (no {CONFIG_FILE}) and not empty "
