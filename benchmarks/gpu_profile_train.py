@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from ditkit.config import DiffusionConfig, get_preset
 from ditkit.diffusion.gaussian import diffusion_from_config
 from ditkit.model.dit import DiT
-from ditkit.training.loop import train_step, update_ema
+from ditkit.training.step import train_step, update_ema
 
 GROUPS = [
     ("gemm", r"gemm|cutlass|sm90_xmma|nvjet|cublas|matmul"),

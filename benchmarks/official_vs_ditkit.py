@@ -136,7 +136,7 @@ def ditkit_step_fn(args: argparse.Namespace, device: torch.device, x: torch.Tens
     from ditkit.diffusion.gaussian import diffusion_from_config
     from ditkit.model.dit import DiT
     from ditkit.runtime import backend
-    from ditkit.training.loop import train_step, update_ema
+    from ditkit.training.step import train_step, update_ema
 
     config = get_preset(args.preset, input_size=args.latent_size)
     torch.manual_seed(0)

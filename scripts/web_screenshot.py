@@ -22,7 +22,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from ditkit.apps.serve import PageSampler, build_app, launch
+from ditkit.apps.page_sampler import PageSampler
+from ditkit.apps.serve import build_app, launch
 from ditkit.training.run import open_for_sampling
 
 

@@ -27,7 +27,7 @@ _EXPORTS = {
     "generate": "ditkit.sampling.generate",
     "train": "ditkit.training.loop",
     "evaluate_samples": "ditkit.metrics.evaluate",
-    "frechet_distance": "ditkit.metrics.evaluate",
+    "frechet_distance": "ditkit.metrics.statistics",
     "model_cost": "ditkit.model.flops",
 }
 __all__ = ["__version__", *_EXPORTS]

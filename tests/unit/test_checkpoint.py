@@ -14,6 +14,7 @@ from ditkit.config import get_preset
 from ditkit.model.dit import DiT
 from ditkit.model.weights import load_dit
 from ditkit.training import checkpoint
+from ditkit.training.non_finite import non_finite
 
 
 def _trained_triplet(seed: int = 0) -> tuple[DiT, DiT, torch.optim.Optimizer]:
@@ -165,11 +166,11 @@ def test_a_failed_write_keeps_the_checkpoint_the_run_resumed_from(tmp_path, monk
 
 def test_non_finite_state_is_found_and_such_a_checkpoint_is_skipped(tmp_path):
     model, ema, opt = _trained_triplet()
-    assert checkpoint.non_finite(model, ema, opt) == ""
+    assert non_finite(model, ema, opt) == ""
     _save(tmp_path, 1, model, ema, opt)
     next(iter(opt.state.values()))["exp_avg_sq"].view(-1)[0] = float("nan")
     with torch.no_grad():
         next(ema.parameters()).view(-1)[0] = float("inf")
-    assert checkpoint.non_finite(model, ema, opt) == "the EMA weights, the optimizer state"
+    assert non_finite(model, ema, opt) == "the EMA weights, the optimizer state"
     _save(tmp_path, 2, model, ema, opt)  # as an older ditkit could have written it
     assert checkpoint.load_latest(tmp_path, *_trained_triplet(1))["step"] == 1

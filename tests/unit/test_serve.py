@@ -1,5 +1,5 @@
-"""The web page's request handling (ditkit.apps.serve.PageSampler) without Gradio or a browser, and `ditkit serve`'s
-command line. The page itself, in headless Chromium: tests/smoke/test_serve.py (slow set)."""
+"""The web page's request handling (ditkit.apps.page_sampler.PageSampler) without Gradio or a browser, and
+`ditkit serve`'s command line. The page itself, in headless Chromium: tests/smoke/test_serve.py (slow set)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ from PIL import Image
 
 from ditkit.apps import serve
 from ditkit.apps.demo import summary
-from ditkit.apps.serve import PageSampler, page_message, whole_number
+from ditkit.apps.page_sampler import PageSampler, page_message, whole_number
 from ditkit.cli.main import build_parser, main
 from ditkit.config import default_diffusion, get_preset
 from ditkit.model.dit import DiT
 from ditkit.runtime.seeds import image_seeds
-from ditkit.sampling.generate import generate
+from ditkit.sampling.generate import SamplingModel, generate
 from ditkit.sampling.grid import make_grid
-from ditkit.training.run import SamplingModel
 
 STEPS = 5  # the tiny model samples in milliseconds; the checks are about the plumbing
 

@@ -1,4 +1,5 @@
-"""`ditkit study` (ditkit.apps.study): specs, summaries with seed spreads and correlations, writers, resume."""
+"""`ditkit study` (ditkit.apps.study, study_spec, study_report): specs, summaries with seed spreads and
+correlations, writers, resume."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import json
 
 import pytest
 
-from ditkit.apps import study
-from ditkit.apps.study import StudyConfig, StudySpec, load_spec, run_study, spec_from_dict, summarize
+from ditkit.apps import study, study_report
+from ditkit.apps.study import run_study
+from ditkit.apps.study_report import summarize
+from ditkit.apps.study_spec import StudyConfig, StudySpec, load_spec, spec_from_dict
 
 
 def test_built_in_specs_parse():
@@ -66,9 +69,9 @@ def test_summary_ranks_with_seed_spread_and_correlates_with_gflops(tmp_path):
     pairs = {(p["better"], p["worse"]): p["exceeds_seed_spread"] for p in results["adjacent_pairs"]}
     assert pairs == {("large", "medium"): True, ("medium", "small"): True}
     assert results["corr_log_gflops_fd"] < -0.9 and "boom" in results["configs"]["broken"]["errors"]["0"]
-    text = study.results_markdown(results)
+    text = study_report.results_markdown(results)
     assert "| medium | 1.000 | 200 | 2 | 0.800 +- 0.000 | 13.00 +- 1.41 |" in text and "failed" in text
-    paths = study.write_plots(results, tmp_path)
+    paths = study_report.write_plots(results, tmp_path)
     assert {p.name for p in paths} == {"fd_over_steps.png", "fd_vs_gflops.png", "fd_vs_training_compute.png"}
     assert results["configs"]["large"]["train_gflops_per_step"] == 960.0
 

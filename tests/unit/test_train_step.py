@@ -9,7 +9,7 @@ import torch
 from ditkit.config import DiffusionConfig, TrainConfig, get_preset
 from ditkit.diffusion.gaussian import diffusion_from_config
 from ditkit.model.dit import DiT
-from ditkit.training.loop import draw_step, ema_decay_at, lr_at, train_step, update_ema
+from ditkit.training.step import draw_step, ema_decay_at, lr_at, train_step, update_ema
 from numerics import OPS_BACKWARD, OPS_ELEMENTWISE, approx_fp32, assert_fp32_close
 
 

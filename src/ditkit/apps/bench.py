@@ -25,7 +25,7 @@ from ditkit.runtime.distributed import resolve_device
 from ditkit.runtime.files import write_json
 from ditkit.runtime.seeds import image_seeds
 from ditkit.sampling.generate import generate
-from ditkit.training.loop import adamw, train_step, update_ema
+from ditkit.training.step import adamw, train_step, update_ema
 
 PAPER_STEPS = 250  # the paper's DDPM sampling steps
 FAST_STEPS = 20  # DPM-Solver++(2M) steps of the fast recipe

@@ -17,9 +17,14 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from ditkit.config import BLOCK_DESIGNS, PRECISIONS, PRESETS, SAMPLERS  # config imports no torch
+from ditkit.config import BLOCK_DESIGNS, PRECISIONS, PRESETS, SAMPLERS, SampleConfig  # config imports no torch
+
+if TYPE_CHECKING:  # annotations only: the CLI imports torch inside its handlers
+    import torch
+
+    from ditkit.sampling.generate import SamplingModel
 
 EXIT_USAGE = 2  # the other codes: ditkit.runtime.stopping
 
@@ -35,14 +40,14 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _sample_config(args: argparse.Namespace, base: Any) -> Any:
+def _sample_config(args: argparse.Namespace, base: SampleConfig) -> SampleConfig:
     fields = _given(args, "sampler", "num_steps", "cfg_scale", "eta", "batch_size", "precision", "compile")
     if args.cfg_channels is not None:
         fields["cfg_channels"] = "all" if args.cfg_channels == "all" else int(args.cfg_channels)
     return base.replace(**fields, **({"clip_denoised": args.clip} if args.clip is not None else {}))
 
 
-def _open(args: argparse.Namespace, device: Any) -> Any:
+def _open(args: argparse.Namespace, device: torch.device | str) -> SamplingModel:
     from ditkit.training.run import open_for_sampling
 
     return open_for_sampling(args.ckpt, vae=args.vae, device=device, num_heads=args.num_heads)
@@ -192,7 +197,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
-    from ditkit.apps.study import load_spec, run_study
+    from ditkit.apps.study import run_study
+    from ditkit.apps.study_spec import load_spec
 
     results = run_study(load_spec(args.spec), args.out, max_steps=args.max_steps, seeds=args.seeds)
     print(f"study {results['study']}: {args.out}/results.md; ranking by FD: {', '.join(results['ranking_by_fd'])}")

@@ -89,8 +89,8 @@ class ModelConfig:
     def has_null_class(self) -> bool:
         return self.num_classes > 0 and self.class_dropout_prob > 0
 
-    def replace(self, **changes: object) -> ModelConfig:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
 
 
 # Paper Table 1: (depth, hidden, heads) per size.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ditkit.config.constants import PRECISIONS, SAMPLERS, Precision, SamplerName
 from ditkit.runtime.errors import InputError, check_count
@@ -64,8 +64,8 @@ class SampleConfig:
                 f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}", setting="precision"
             )
 
-    def replace(self, **changes: object) -> SampleConfig:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> SampleConfig:
+        return dataclasses.replace(self, **changes)
 
     def batch_size_on(self, device_type: str) -> int:
         """Images per forward pass on a device of this type ("cpu", "cuda"): `batch_size` or the default."""

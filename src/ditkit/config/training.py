@@ -175,8 +175,8 @@ class TrainConfig:
         """True when images are encoded by a VAE (a latent store is latent whatever `vae` says)."""
         return self.vae.strip().lower() != NO_VAE
 
-    def replace(self, **changes: object) -> TrainConfig:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (config.json, checkpoints); `from_dict` inverts it."""
@@ -318,8 +318,8 @@ class VAETrainConfig:
     def downsample(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
 
-    def replace(self, **changes: object) -> VAETrainConfig:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> VAETrainConfig:
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -108,7 +108,8 @@ class LatentStore(BaseDataset):
         labels = [np.load(_shard_path(self.root, "labels", s)) for s in range(meta["num_shards"])]
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         self.flip, self.scale, self.vae = flip, float(meta["scale"]), meta["vae"]
-        self.latent_shape: tuple[int, int, int] = tuple(meta["latent_shape"])  # type: ignore[assignment]
+        c, h, w = (int(n) for n in meta["latent_shape"])
+        self.latent_shape = (c, h, w)
         self.channels, self.image_size = self.latent_shape[0], int(meta["image_size"])
         self.num_classes = int(meta["num_classes"])
 

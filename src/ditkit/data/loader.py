@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -133,8 +133,8 @@ def open_dataset(spec: str | None, image_size: int | None = None, flip: bool = T
             logger.info("random flips are off for %s (digits are not mirror symmetric)", name)
         if name.lower() == "digits":
             return DigitsDataset(image_size or 32)
-        split = name.lower().partition(":")[2] or "train"
-        return EmbeddedMNIST(split, image_size or 32)  # type: ignore[arg-type]
+        split = {"": "train", "train": "train", "test": "test", "all": "all"}[name.lower().partition(":")[2]]
+        return EmbeddedMNIST(split, image_size or 32)
     path = Path(name).expanduser()
     if path.is_dir() and (path / STORE_META_FILE).exists():
         store = LatentStore(path, flip=flip)
@@ -194,7 +194,7 @@ def open_training_data(
     check_num_classes(dataset, cfg.model.num_classes)
     encoder = None
     if dataset.is_latent:
-        shape = tuple(dataset.item_shape)
+        shape = dataset.item_shape
         what = f"latents of latent store {spec!r}"
     elif cfg.is_latent:
         encoder = load_vae(cfg.vae, device)
@@ -202,7 +202,7 @@ def open_training_data(
         shape = _latent_shape(cfg, dataset, encoder)
         what = f"VAE latents of {dataset.image_size} px images"
     else:
-        shape = tuple(dataset.item_shape)
+        shape = dataset.item_shape
         what = f"{dataset.image_size} px images (pixel space)"
     m = cfg.model
     if shape != (m.in_channels, m.input_size, m.input_size):
@@ -210,7 +210,7 @@ def open_training_data(
             f"the model takes {m.in_channels}x{m.input_size}x{m.input_size} inputs but the data "
             f"give {'x'.join(map(str, shape))} ({what}); choose a preset, image_size or vae that match"
         )
-    return dataset, encoder, shape  # type: ignore[return-value]
+    return dataset, encoder, shape
 
 
 def _latent_shape(cfg: TrainConfig, dataset: BaseDataset, encoder: Autoencoder) -> tuple[int, int, int]:
@@ -236,25 +236,29 @@ def encode_batch(encoder: Autoencoder, x: Tensor, noise: Tensor, chunk: int) -> 
     return torch.cat([encoder.encode(x[i : i + chunk], noise=noise[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
+Decoder = Autoencoder | None | Literal[False]
+"""What decodes a run's samples: its VAE, None in pixel space, False when they cannot be decoded (no grids)."""
+
+
 def decoder_for(
     cfg: TrainConfig,
     dataset: BaseDataset,
     encoder: Autoencoder | None,
     shape: tuple[int, int, int],
     device: torch.device,
-) -> tuple[Any, tuple[int, int, int]]:
+) -> tuple[Decoder, tuple[int, int, int]]:
     """(VAE to decode samples, None for pixel space, or False when samples cannot be shown) and the
     (H, W, C) of decoded images. A latent store's own VAE is loaded only when grids or evaluation are on."""
     if encoder is not None:
         return encoder, (dataset.image_size, dataset.image_size, dataset.channels)
-    if not dataset.is_latent:
+    if not isinstance(dataset, LatentStore):
         return None, (shape[1], shape[2], shape[0])
-    image_shape = (dataset.image_size, dataset.image_size, int(dataset.meta.get("image_channels", 3)))  # type: ignore[attr-defined]
+    image_shape = (dataset.image_size, dataset.image_size, int(dataset.meta.get("image_channels", 3)))
     if not (cfg.sample_every_steps or cfg.eval_every_steps):
         return False, image_shape
-    spec = cfg.vae if cfg.is_latent else dataset.vae  # type: ignore[attr-defined]
+    spec = cfg.vae if cfg.is_latent else dataset.vae
     try:
-        return load_vae(spec, device, scale=dataset.scale), image_shape  # type: ignore[attr-defined]
+        return load_vae(spec, device, scale=dataset.scale), image_shape
     except ValueError as err:
         logger.warning(
             "sample grids and evaluation off: cannot load the latent store's VAE %r (%s); pass --vae", spec, err

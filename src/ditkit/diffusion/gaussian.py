@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -331,7 +331,7 @@ class GaussianDiffusion:
 def create_diffusion(
     timestep_respacing: str | int = "",
     *,
-    noise_schedule: str = "linear",
+    noise_schedule: Literal["linear", "cosine"] = "linear",
     learn_sigma: bool = True,
     predict_xstart: bool = False,
     diffusion_steps: int = NUM_DIFFUSION_STEPS,
@@ -339,7 +339,7 @@ def create_diffusion(
     """The diffusion DiT trains and samples with; timestep_respacing "" keeps all steps ("250", "ddim50")."""
     config = DiffusionConfig(
         num_train_steps=diffusion_steps,
-        noise_schedule=noise_schedule,  # type: ignore[arg-type]
+        noise_schedule=noise_schedule,
         learn_sigma=learn_sigma,
         predict_xstart=predict_xstart,
     )

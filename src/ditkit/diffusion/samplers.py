@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -152,7 +152,7 @@ def _batch_t(i: int, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
 
 
-def _indices(diffusion: GaussianDiffusion, progress: bool) -> list[int] | object:
+def _indices(diffusion: GaussianDiffusion, progress: bool) -> Iterable[int]:
     steps = list(range(diffusion.num_timesteps))[::-1]
     return progress_bar(steps, desc="sampling", unit="step", leave=False) if progress else steps
 
@@ -187,7 +187,7 @@ def ddpm_sample(
 ) -> Tensor:
     """Ancestral sampling over every step of `diffusion` (respaced or not); uses config.clip_denoised."""
     clip = _clip(config)
-    for i in _indices(diffusion, progress):  # type: ignore[union-attr]
+    for i in _indices(diffusion, progress):
         x = ddpm_step(diffusion, denoise, x, _batch_t(i, x), _step_noise(noise, x), clip)["sample"]
     return x
 
@@ -224,7 +224,7 @@ def ddim_sample(
 ) -> Tensor:
     """DDIM over every step of `diffusion`; uses config.eta and config.clip_denoised."""
     eta, clip = config.eta, _clip(config)
-    for i in _indices(diffusion, progress):  # type: ignore[union-attr]
+    for i in _indices(diffusion, progress):
         step_noise = _step_noise(noise, x) if eta > 0 else None
         x = ddim_step(diffusion, denoise, x, _batch_t(i, x), step_noise, eta, clip)["sample"]
     return x
@@ -266,7 +266,7 @@ def dpm_solver_sample(
     prev_h = 0.0
     order = list(range(diffusion.num_timesteps))[::-1]  # for the look-ahead to the next step
     # Iterate the progress bar itself: list(tqdm(...)) would exhaust it before the first model call.
-    for k, i in enumerate(_indices(diffusion, progress)):  # type: ignore[arg-type]
+    for k, i in enumerate(_indices(diffusion, progress)):
         out = diffusion.p_mean_variance(denoise, x, _batch_t(i, x), clip_denoised=clip_denoised)
         x0 = out["pred_xstart"]
         if k == len(order) - 1:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ditkit.data.datasets import MNIST_MIN_FRAME, load_mnist_arrays
-from ditkit.metrics.evaluate import ActivationStats, frechet_distance
+from ditkit.metrics.statistics import ActivationStats, frechet_distance
 from ditkit.runtime.errors import InputError
 
 logger = logging.getLogger(__name__)

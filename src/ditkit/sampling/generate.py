@@ -11,7 +11,7 @@ import json
 import logging
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from ditkit.config import DiffusionConfig, SampleConfig, default_diffusion
-from ditkit.data.autoencoder import to_uint8
+from ditkit.data.autoencoder import Autoencoder, to_uint8
 from ditkit.diffusion.samplers import initial_noise, sample_loop
+from ditkit.model.dit import DiT
 from ditkit.runtime import backend, distributed
 from ditkit.runtime.distributed import DistInfo
 from ditkit.runtime.errors import InputError
@@ -32,6 +33,22 @@ from ditkit.sampling.grid import save_labelled_grid
 log = logging.getLogger(__name__)
 
 Labels = Sequence[int] | Tensor | None  # class ids (N,), soft labels (N, rows), or None (unconditional)
+
+
+@dataclass(frozen=True)
+class SamplingModel:
+    """A DiT with what sampling it needs: the diffusion it was trained with and its VAE (None: pixels).
+
+    What `ditkit.training.run.open_for_sampling` returns and the sampling jobs below take.
+    """
+
+    model: DiT
+    diffusion: DiffusionConfig
+    vae: Autoencoder | None
+
+    @property
+    def pixel_space(self) -> bool:
+        return self.vae is None
 
 
 def job_labels(num: int, num_classes: int, seed: int, class_balanced: bool) -> np.ndarray:
@@ -69,13 +86,13 @@ def network(model: nn.Module, precision: str, device: torch.device, compile: boo
 
 
 def generate(
-    model: nn.Module,
+    model: DiT,
     labels: Labels,
     seeds: Sequence[int],
     config: SampleConfig,
     *,
     diffusion: DiffusionConfig | None = None,
-    vae: Any = None,
+    vae: Autoencoder | None = None,
     device: torch.device | str | None = None,
     noise: Tensor | None = None,
     progress: bool = False,
@@ -88,7 +105,7 @@ def generate(
     is the process the model was trained with (default: the paper's). x_0 predictions are clamped in
     pixel space unless `config.clip_denoised` says otherwise.
     """
-    model_config = model.config  # type: ignore[attr-defined]
+    model_config = model.config
     device = torch.device(device) if device is not None else next(model.parameters()).device
     diffusion = diffusion or default_diffusion(model_config)
     if config.clip_denoised is None:  # "on in pixel space only"
@@ -126,7 +143,7 @@ def generate(
 
 
 def sample_npz(
-    model: nn.Module,
+    model: DiT,
     out_path: str | Path,
     num: int,
     config: SampleConfig,
@@ -134,7 +151,7 @@ def sample_npz(
     seed: int = 0,
     class_balanced: bool = False,
     diffusion: DiffusionConfig | None = None,
-    vae: Any = None,
+    vae: Autoencoder | None = None,
     device: torch.device | str | None = None,
     rank: int = 0,
     world_size: int = 1,
@@ -153,7 +170,7 @@ def sample_npz(
     parts = _parts_dir(out_path)
     parts.mkdir(parents=True, exist_ok=True)
     chunk = chunk_size or config.batch_size_on(torch.device(device or next(model.parameters()).device).type) * 4
-    model_config = model.config  # type: ignore[attr-defined]
+    model_config = model.config
     diffusion = diffusion or default_diffusion(model_config)
     labels = job_labels(num, model_config.num_classes, seed, class_balanced)
     job = {
@@ -225,10 +242,16 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int) -> None:
 
 
 def sample_grid(
-    opened: Any, out_dir: str | Path, classes: list[int], per_class: int, config: SampleConfig, *, seed: int = 0
+    opened: SamplingModel,
+    out_dir: str | Path,
+    classes: list[int],
+    per_class: int,
+    config: SampleConfig,
+    *,
+    seed: int = 0,
 ) -> tuple[Path, int]:
     """`per_class` images of each class (image i has seed image_seed(seed, i)) as a captioned grid with the
-    images beside it in `out_dir`; returns (grid path, number of images). `opened` is a run.SamplingModel."""
+    images beside it in `out_dir`; returns (grid path, number of images)."""
     num_classes = opened.model.config.num_classes
     labels = [c for c in classes for _ in range(per_class)]
     images = generate(
@@ -245,7 +268,7 @@ def sample_grid(
 
 
 def sample_npz_job(
-    opened: Any,
+    opened: SamplingModel,
     npz: str | Path,
     num: int,
     config: SampleConfig,

@@ -13,15 +13,16 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from ditkit.config import WALK_SAMPLING, DiffusionConfig, SampleConfig
+from ditkit.config import WALK_SAMPLING, DiffusionConfig, ModelConfig, SampleConfig
+from ditkit.data.autoencoder import Autoencoder
 from ditkit.diffusion.samplers import initial_noise
+from ditkit.model.dit import DiT
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import atomic_path
 from ditkit.runtime.seeds import image_seed
@@ -47,7 +48,7 @@ def _check_deterministic(config: SampleConfig) -> None:
         )
 
 
-def _one_hot_rows(config: Any, classes: list[int]) -> Tensor:
+def _one_hot_rows(config: ModelConfig, classes: list[int]) -> Tensor:
     rows = config.num_classes + int(config.has_null_class)
     out = torch.zeros(len(classes), rows)
     out[torch.arange(len(classes)), torch.tensor(classes)] = 1.0
@@ -55,7 +56,7 @@ def _one_hot_rows(config: Any, classes: list[int]) -> Tensor:
 
 
 def noise_walk(
-    model: nn.Module,
+    model: DiT,
     class_id: int | None,
     seed_a: int,
     seed_b: int,
@@ -63,22 +64,22 @@ def noise_walk(
     config: SampleConfig = WALK_SAMPLING,
     *,
     diffusion: DiffusionConfig | None = None,
-    vae: Any = None,
+    vae: Autoencoder | None = None,
 ) -> np.ndarray:
     """Frames (F, H, W, C) uint8 decoded from slerp(noise(seed_a), noise(seed_b), w), w in [0, 1]."""
     _check_deterministic(config)
-    model_config = model.config  # type: ignore[attr-defined]
+    model_config = model.config
     shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
     a, b = initial_noise([image_seed(seed_a, 0), image_seed(seed_b, 0)], shape)
     noise = torch.stack([slerp(a, b, float(w)) for w in np.linspace(0.0, 1.0, num_frames)])
     conditional = model_config.num_classes > 0 and class_id is not None
-    labels = _one_hot_rows(model_config, [class_id] * num_frames) if conditional else None  # type: ignore[list-item]
+    labels = _one_hot_rows(model_config, [class_id] * num_frames) if conditional and class_id is not None else None
     seeds = [image_seed(seed_a, 0)] * num_frames  # deterministic samplers draw nothing from them
     return generate(model, labels, seeds, config, diffusion=diffusion, vae=vae, noise=noise)
 
 
 def class_walk(
-    model: nn.Module,
+    model: DiT,
     class_a: int,
     class_b: int,
     seed: int,
@@ -86,11 +87,11 @@ def class_walk(
     config: SampleConfig = WALK_SAMPLING,
     *,
     diffusion: DiffusionConfig | None = None,
-    vae: Any = None,
+    vae: Autoencoder | None = None,
 ) -> np.ndarray:
     """Frames decoded from one noise with the label embedding moved linearly from class_a to class_b."""
     _check_deterministic(config)
-    model_config = model.config  # type: ignore[attr-defined]
+    model_config = model.config
     if model_config.num_classes == 0:
         raise InputError("a class walk needs a class-conditional model; this one is unconditional")
     shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
@@ -103,7 +104,7 @@ def class_walk(
 
 
 def make_walks(
-    model: nn.Module,
+    model: DiT,
     out_dir: str | Path,
     *,
     kinds: tuple[str, ...] = ("noise", "class"),
@@ -112,20 +113,28 @@ def make_walks(
     num_frames: int = 16,
     config: SampleConfig = WALK_SAMPLING,
     diffusion: DiffusionConfig | None = None,
-    vae: Any = None,
+    vae: Autoencoder | None = None,
 ) -> dict[str, dict[str, Path]]:
     """`ditkit walk`: a noise walk from seeds[0] to seeds[1] in class classes[0], and/or a class walk from
     classes[0] to classes[1]; each saved by `save_walk` as OUT/<kind>_walk.* . Returns {kind: paths}."""
-    classes = classes or [None, None]  # type: ignore[list-item]
-    if "class" in kinds and len(classes) < 2:
+    pair = (classes[0], classes[1]) if classes and len(classes) >= 2 else None
+    if "class" in kinds and pair is None:
         raise InputError(f"a class walk needs two classes A,B; got classes={classes!r}", setting="classes")
     made = {}
-    common = {"diffusion": diffusion, "vae": vae}
     if "noise" in kinds:
-        frames = noise_walk(model, classes[0], seeds[0], seeds[-1], num_frames, config, **common)
+        frames = noise_walk(
+            model,
+            classes[0] if classes else None,
+            seeds[0],
+            seeds[-1],
+            num_frames,
+            config,
+            diffusion=diffusion,
+            vae=vae,
+        )
         made["noise"] = save_walk(frames, out_dir, "noise_walk")
-    if "class" in kinds:
-        frames = class_walk(model, classes[0], classes[1], seeds[0], num_frames, config, **common)  # type: ignore[arg-type]
+    if "class" in kinds and pair is not None:
+        frames = class_walk(model, pair[0], pair[1], seeds[0], num_frames, config, diffusion=diffusion, vae=vae)
         made["class"] = save_walk(frames, out_dir, "class_walk")
     return made
 

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from ditkit.runtime.stopping import NonFiniteLoss, StopSignal, interrupted
 from ditkit.sampling.grid import save_grid
 from ditkit.training import run
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL  # the optional `vae` extra, imported where it runs
+
 logger = logging.getLogger(__name__)
 
 TRAIN_CONFIG_FILE = "vae_train_config.json"
@@ -48,7 +51,7 @@ RESUMABLE = frozenset({"out_dir", "max_steps", "lr", "log_every_steps", "ckpt_ev
 NUM_REPORT_IMAGES = 1000  # held-out images scored at the end (PSNR, classifier accuracy)
 
 
-def build_vae(cfg: VAETrainConfig, channels: int) -> Any:
+def build_vae(cfg: VAETrainConfig, channels: int) -> AutoencoderKL:
     """A fresh AutoencoderKL of `cfg`'s shape for `channels`-channel images (seeded by cfg.seed)."""
     from diffusers import AutoencoderKL  # the optional `vae` extra
 
@@ -67,7 +70,7 @@ def build_vae(cfg: VAETrainConfig, channels: int) -> Any:
         )
 
 
-def vae_loss(vae: Any, x: Tensor, kl_weight: float, generator: torch.Generator | None) -> dict[str, Tensor]:
+def vae_loss(vae: AutoencoderKL, x: Tensor, kl_weight: float, generator: torch.Generator | None) -> dict[str, Tensor]:
     """L1 reconstruction (mean per pixel) + kl_weight x KL to N(0, I) (summed per image, mean over images)."""
     posterior = vae.encode(x).latent_dist
     reconstruction = vae.decode(posterior.sample(generator)).sample
@@ -82,7 +85,7 @@ def psnr(reconstruction: Tensor, x: Tensor) -> Tensor:
     return (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()
 
 
-def reconstruct(vae: Any, x: Tensor) -> Tensor:
+def reconstruct(vae: AutoencoderKL, x: Tensor) -> Tensor:
     """The decoded posterior mean of `x` (what a reconstruction grid and the report show)."""
     return vae.decode(vae.encode(x).latent_dist.mode()).sample
 
@@ -152,7 +155,9 @@ def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
     write_json(stored_path, cfg.to_dict())
 
 
-def _load_or_build(out: Path, cfg: VAETrainConfig, channels: int, device: torch.device) -> tuple[Any, Any, int]:
+def _load_or_build(
+    out: Path, cfg: VAETrainConfig, channels: int, device: torch.device
+) -> tuple[AutoencoderKL, torch.optim.Optimizer, int]:
     state_file = out / STATE_DIR / "state.json"
     if state_file.is_file():
         from diffusers import AutoencoderKL  # the optional `vae` extra
@@ -186,7 +191,7 @@ def _report(out: Path, step: int, rows: list[Tensor], bar: Any) -> None:
     bar.set_postfix(l1=f"{l1:.4f}", psnr=f"{psnr:.1f}")
 
 
-def _save(out: Path, vae: Any, optimizer: Any, step: int, dataset: BaseDataset) -> None:
+def _save(out: Path, vae: AutoencoderKL, optimizer: torch.optim.Optimizer, step: int, dataset: BaseDataset) -> None:
     """The weights (diffusers layout), the optimizer and the step in one folder swap, then a reconstruction grid."""
     _save_pretrained(vae, out, optimizer, step)
     with torch.no_grad():
@@ -195,7 +200,9 @@ def _save(out: Path, vae: Any, optimizer: Any, step: int, dataset: BaseDataset) 
     save_grid(to_uint8(torch.cat([x, reconstruction])), out / run.SAMPLES_DIR / f"recon_step_{step:07d}.png", nrow=8)
 
 
-def _save_pretrained(vae: Any, out: Path, optimizer: Any = None, step: int = 0) -> None:
+def _save_pretrained(
+    vae: AutoencoderKL, out: Path, optimizer: torch.optim.Optimizer | None = None, step: int = 0
+) -> None:
     """Replace the whole folder (`atomic_dir`): new weights, and with `optimizer` a new training/ state at `step`.
 
     A kill leaves the old folder or the new one (`recover_dir` puts a folder left aside back), never new weights
@@ -223,7 +230,7 @@ def _link(source: str | os.PathLike, target: str | os.PathLike) -> None:
 
 
 @torch.no_grad()
-def _finish(out: Path, vae: Any, dataset: BaseDataset, cfg: VAETrainConfig, device: torch.device) -> None:
+def _finish(out: Path, vae: AutoencoderKL, dataset: BaseDataset, cfg: VAETrainConfig, device: torch.device) -> None:
     """Set the latent scaling factor (1 / std of posterior samples) and score held-out reconstructions."""
     vae.eval()
     generator = torch.Generator(device).manual_seed(cfg.seed)
@@ -243,7 +250,7 @@ def _finish(out: Path, vae: Any, dataset: BaseDataset, cfg: VAETrainConfig, devi
 
 
 @torch.no_grad()
-def reconstruction_report(vae: Any, cfg: VAETrainConfig, device: torch.device) -> dict[str, float]:
+def reconstruction_report(vae: AutoencoderKL, cfg: VAETrainConfig, device: torch.device) -> dict[str, float]:
     """PSNR of held-out reconstructions (posterior means), and for digits the classifier's accuracy on them."""
     held_out = "mnist:test" if cfg.data in (None, "mnist") else cfg.data
     dataset = open_dataset(held_out, cfg.image_size, flip=False)

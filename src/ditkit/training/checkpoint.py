@@ -9,9 +9,10 @@ crash mid-write leaves the previous checkpoint as the newest one; `save` and `lo
 first put back a re-saved step's old folder that a kill between its two renames left aside (`recover_dirs`).
 
 Only finite checkpoints exist: the training loop checks the weights, the EMA and the optimizer state
-(`non_finite`) before it saves, and `load` treats a checkpoint holding inf/NaN like a corrupt one (the
-previous one is used). Before writing, checkpoints that the new one makes redundant are pruned and the free
-space is checked, so a disk with room for `keep_last` checkpoints never runs full mid-write.
+(`ditkit.training.non_finite`) before it saves, and `load` treats a checkpoint holding inf/NaN like a
+corrupt one (the previous one is used). Before writing, checkpoints that the new one makes redundant are
+pruned and the free space is checked, so a disk with room for `keep_last` checkpoints never runs full
+mid-write.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from ditkit.model.weights import (
 )
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import TEMP_PREFIX, atomic_dir, recover_dirs, write_text
+from ditkit.training.non_finite import nested_tensors, non_finite_groups
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def save(
     # earlier ones: the one this run resumed from survives a failed write).
     prune(run_dir, keep_last=max(keep_last - 1, 1), milestone_every=milestone_every, before=step)
     _check_free_space(
-        root, step, [*model.state_dict().values(), *ema.state_dict().values(), *_nested_tensors(optimizer.state)]
+        root, step, [*model.state_dict().values(), *ema.state_dict().values(), *nested_tensors(optimizer.state)]
     )
     final = root / checkpoint_name(step)
     with atomic_dir(final) as tmp:  # a full disk leaves no half checkpoint; a re-saved step is swapped whole
@@ -194,34 +195,6 @@ def _check_free_space(root: Path, step: int, tensors: list[Tensor]) -> None:
 def free_bytes(path: str | os.PathLike) -> int:
     """Bytes free for this user on the file system of `path` (a function, so tests can fake a full disk)."""
     return shutil.disk_usage(path).free
-
-
-def non_finite(model: nn.Module, ema: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> str:
-    """Which of the weights, the EMA weights and the optimizer state hold inf or NaN ("" when none does).
-
-    One max-abs reduction per tensor and a single host sync (cheap enough for every log interval).
-    """
-    state = _nested_tensors(optimizer.state) if optimizer is not None else []
-    groups = {
-        "the weights": list(model.parameters()),
-        "the EMA weights": list(ema.parameters()) if ema is not None else [],
-        "the optimizer state": [t for t in state if t.is_floating_point()],
-    }
-    return ", ".join(_non_finite_groups(groups))
-
-
-def _non_finite_groups(groups: dict[str, Iterable[Tensor]]) -> list[str]:
-    """The names of the groups holding a non-finite value (max |x| is inf or NaN; NaN propagates)."""
-    names, maxima, device = [], [], None
-    for name, tensors in groups.items():
-        tensors = [t.detach() for t in tensors if t.numel()]
-        if tensors:
-            device = device or tensors[0].device
-            norms = torch._foreach_norm(tensors, float("inf"))
-            names.append(name)
-            maxima.append(torch.stack([n.float().to(device) for n in norms]).max())
-    finite = torch.isfinite(torch.stack(maxima)).tolist() if maxima else []  # the one host sync
-    return [name for name, ok in zip(names, finite) if not ok]
 
 
 def point_latest(run_dir: str | os.PathLike, step: int) -> None:
@@ -306,11 +279,11 @@ def load(
         )
     except Exception as err:
         raise CorruptCheckpoint(f"{ckpt_dir}: {describe_load_error(err)}") from None
-    bad = _non_finite_groups(
+    bad = non_finite_groups(
         {
             "the weights": weights.values(),
             "the EMA weights": (ema_weights or {}).values(),
-            "the optimizer state": [t for t in _nested_tensors(opt_state) if t.is_floating_point()],
+            "the optimizer state": [t for t in nested_tensors(opt_state) if t.is_floating_point()],
         }
     )
     if bad:
@@ -323,16 +296,6 @@ def load(
     if restore_rng and "rng" in state:
         set_rng_state(state["rng"])
     return state
-
-
-def _nested_tensors(obj: Any) -> list[Tensor]:
-    if isinstance(obj, Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _nested_tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _nested_tensors(v)]
-    return []
 
 
 def load_latest(

@@ -1,4 +1,4 @@
-"""Training: `train(cfg)` for one process or torchrun DDP, `train_step`, `update_ema`.
+"""Training: `train(cfg)` for one process or torchrun DDP (the step itself: `ditkit.training.step`).
 
 The paper's recipe as the official train.py runs it: AdamW, constant LR, EMA, label dropout,
 MSE + VLB loss, global batch split over ranks. Bookkeeping follows edm2/torchtitan: every random draw of
@@ -9,12 +9,9 @@ command resumes from the newest good checkpoint.
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,164 +19,22 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ditkit.config import TrainConfig, validate_for_world
 from ditkit.data import loader
-from ditkit.diffusion.gaussian import GaussianDiffusion, diffusion_from_config
-from ditkit.model.dit import DiT
+from ditkit.diffusion.gaussian import diffusion_from_config
 from ditkit.runtime import backend, distributed
 from ditkit.runtime.seeds import Stream, mix_seed
 from ditkit.runtime.stopping import StopSignal, interrupted
 from ditkit.training import checkpoint, run
 from ditkit.training.monitor import IntervalStats, RunMonitor
+from ditkit.training.step import (
+    build_model_and_optimizer,
+    draw_step,
+    ema_decay_at,
+    lr_at,
+    train_step,
+    update_ema,
+)
 
 logger = logging.getLogger(__name__)
-
-# Building blocks (pure functions, usable without train()).
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP and torch.compile wrappers (what checkpoints and the EMA see)."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model over the parameters (one foreach kernel); decay 0 copies."""
-    ema_params = list(ema.parameters())
-    model_params = list(unwrap(model).parameters())
-    if decay == 0.0:
-        torch._foreach_copy_(ema_params, model_params)
-    else:
-        torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
-
-
-def ema_decay_at(cfg: TrainConfig, step: int) -> float:
-    """EMA decay for the update after optimizer step `step` (0-based); warm-up caps it: (1 + s) / (10 + s)."""
-    return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
-
-
-LR_DECAY_FLOOR = 0.1  # a cosine decay ends at lr x this at max_steps
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant or a cosine decay
-    from lr to lr x LR_DECAY_FLOOR at max_steps (so a run extended by a larger max_steps decays anew)."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_decay == "none":
-        return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr * (LR_DECAY_FLOOR + (1 - LR_DECAY_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def draw_step(
-    generator: torch.Generator | None,
-    batch_size: int,
-    shape: tuple[int, ...],
-    num_timesteps: int,
-    *,
-    label_dropout: float = 0.0,
-    latent_noise: bool = False,
-    device: torch.device | str = "cpu",
-) -> dict[str, Tensor]:
-    """All random draws of one optimizer step for `batch_size` rows, in a fixed order.
-
-    "t" (N,) timesteps, "noise" (N, *shape), "drop" (N,) bool label-dropout mask when label_dropout > 0,
-    "latent_noise" (N, *shape) VAE posterior noise when asked. generator None: torch's global RNG.
-    """
-    device = generator.device if generator is not None else torch.device(device)
-    draws = {
-        "t": torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device),
-        "noise": torch.randn((batch_size, *shape), generator=generator, device=device),
-    }
-    if label_dropout > 0:
-        draws["drop"] = torch.rand((batch_size,), generator=generator, device=device) < label_dropout
-    if latent_noise:
-        draws["latent_noise"] = torch.randn((batch_size, *shape), generator=generator, device=device)
-    return draws
-
-
-def train_step(
-    model: nn.Module,
-    diffusion: GaussianDiffusion,
-    optimizer: torch.optim.Optimizer,
-    x: Tensor,
-    y: Tensor | None = None,
-    *,
-    generator: torch.Generator | None = None,
-    draws: dict[str, Tensor] | None = None,
-    micro_batch_size: int | None = None,
-    max_grad_norm: float | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> dict[str, Tensor]:
-    """One optimizer step on x (N, C, H, W), labels y (N,): forward, MSE + VLB, backward, clip, AdamW.
-
-    Randomness: `draws` from `draw_step` ("t", "noise", and "drop": labels replaced by the null class for
-    classifier-free guidance), or else drawn here from `generator` with the model's class_dropout_prob.
-    Micro-batches of `micro_batch_size` rows accumulate gradients (DDP syncs only on the last). Returns
-    detached 0-dim tensors "loss", "mse", "vb" (batch means) and "grad_norm" (before clipping): no host
-    sync, read them when logging.
-    """
-    n = x.shape[0]
-    config = unwrap(model).config  # type: ignore[union-attr]
-    if draws is None:
-        dropout = config.class_dropout_prob if y is not None and config.has_null_class else 0.0
-        draws = draw_step(
-            generator, n, tuple(x.shape[1:]), diffusion.num_timesteps, label_dropout=dropout, device=x.device
-        )
-    if y is not None and "drop" in draws:
-        y = torch.where(draws["drop"], torch.full_like(y, config.null_class), y)
-    micro = micro_batch_size or n
-    starts = range(0, n, micro)
-    autocast = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-
-    def forward(x_t: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
-        return model(x_t, t, **kwargs).float()  # loss math in fp32 even under autocast
-
-    optimizer.zero_grad(set_to_none=True)
-    sums = {k: torch.zeros((), device=x.device) for k in ("loss", "mse", "vb")}
-    for i, start in enumerate(starts):
-        rows = slice(start, start + micro)
-        last = i == len(starts) - 1
-        no_sync = getattr(model, "no_sync", None)
-        with no_sync() if no_sync is not None and not last else nullcontext():
-            kwargs = {"y": y[rows]} if y is not None else {}
-            with autocast:
-                terms = diffusion.training_losses(
-                    forward, x[rows], draws["t"][rows], kwargs, noise=draws["noise"][rows]
-                )
-            (terms["loss"].mean() * (terms["loss"].shape[0] / n)).backward()
-        for k in sums:
-            sums[k] += terms[k].detach().sum()
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, grad_norm)
-    optimizer.step()
-    return {**{k: v / n for k, v in sums.items()}, "grad_norm": grad_norm.detach()}
-
-
-def build_model_and_optimizer(cfg: TrainConfig, device: torch.device) -> tuple[DiT, DiT, torch.optim.Optimizer]:
-    """The DiT (seeded init, identical on every rank), its EMA copy (eval, no grad) and AdamW (fused)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = DiT(cfg.model)
-    model = model.to(device).train()
-    model.grad_checkpointing = cfg.grad_checkpointing
-    ema = copy.deepcopy(model).eval().requires_grad_(False)  # = update_ema(ema, model, 0)
-    optimizer = adamw(model, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    return model, ema, optimizer
-
-
-def adamw(model: nn.Module, **kwargs: Any) -> torch.optim.Optimizer:
-    """AdamW over model's parameters: fused kernels, or foreach where this device / torch build has none."""
-    try:
-        return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(model.parameters(), foreach=True, **kwargs)
-
 
 # The loop.
 
@@ -343,6 +198,7 @@ def _wrap(model: nn.Module, cfg: TrainConfig, info: distributed.DistInfo) -> nn.
     if info.is_distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=device_ids)
+    # torch.compile's stubs return a Callable; for an nn.Module it is an OptimizedModule (an nn.Module).
     return torch.compile(net) if cfg.compile else net  # type: ignore[return-value]
 
 

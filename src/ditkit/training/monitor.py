@@ -9,14 +9,17 @@ import math
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ditkit.config import TrainConfig
+from ditkit.data.datasets import BaseDataset
+from ditkit.data.loader import Decoder
 from ditkit.metrics.scoring import Scorer, dataset_reference_images, make_scorer
+from ditkit.model.dit import DiT
 from ditkit.runtime import distributed
 from ditkit.runtime.progress import logs_above_bar, progress
 from ditkit.runtime.seeds import image_seeds
@@ -24,6 +27,10 @@ from ditkit.runtime.stopping import NonFiniteLoss
 from ditkit.sampling.generate import generate
 from ditkit.sampling.grid import plot_curves, save_grid
 from ditkit.training import checkpoint, run
+from ditkit.training.non_finite import non_finite
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter  # the optional `tensorboard` extra
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +68,7 @@ class IntervalStats:
                 if not math.isfinite(value):
                     name = "loss" if key == "loss" else "gradient norm"
                     raise _stopped(run_dir, f"{name} is {value} at step {self.first_step + i + 1}")
-        bad = checkpoint.non_finite(model, ema, optimizer) if model is not None else ""
+        bad = non_finite(model, ema, optimizer) if model is not None else ""
         if distributed.any_rank(bool(bad)):
             raise _stopped(run_dir, f"inf or NaN in {bad or 'the state'} after step {self.first_step + len(table)}")
         elapsed = time.perf_counter() - self.t0
@@ -92,13 +99,13 @@ class RunMonitor:
         info: distributed.DistInfo,
         run_dir: Path,
         start_step: int,
-        dataset: Any,
-        decoder: Any,
+        dataset: BaseDataset,
+        decoder: Decoder,
         image_shape: tuple[int, int, int],
     ):
         self.cfg, self.info, self.run_dir, self.decoder = cfg, info, run_dir, decoder
         self.history: list[tuple[int, float]] = []
-        self.tb: Any = None
+        self.tb: SummaryWriter | None = None
         self._teardown = ExitStack()
         if info.is_main:
             kept = run.trim_metrics(run_dir, start_step)  # lines an interrupted run wrote after its checkpoint
@@ -110,7 +117,7 @@ class RunMonitor:
             total=cfg.max_steps, initial=start_step, disable=not info.is_main, desc="train", unit="step"
         )
 
-    def report(self, step: int, due: set[str], record: dict[str, Any], ema: nn.Module) -> None:
+    def report(self, step: int, due: set[str], record: dict[str, Any], ema: DiT) -> None:
         """Grids, evaluation, then the metrics line of `step` (record gains the evaluation metrics)."""
         if "sample" in due and self.decoder is not False:
             self._write_grid(step, ema)
@@ -131,7 +138,7 @@ class RunMonitor:
             terms = "mse + vb" if self.cfg.diffusion.learn_sigma else "mse"
             plot_curves(steps, {"loss": losses}, self.run_dir / run.LOSS_CURVE_FILE, title=f"loss ({terms})")
 
-    def _write_grid(self, step: int, ema: nn.Module) -> None:
+    def _write_grid(self, step: int, ema: DiT) -> None:
         if self.info.is_main:
             n = self.cfg.num_grid_images
             seeds, labels = image_seeds(self.cfg.grid_seed, n), _class_labels(self.cfg, range(n))
@@ -147,7 +154,7 @@ class RunMonitor:
             self.tb.close()
 
 
-def _tensorboard_writer(run_dir: Path, start_step: int) -> Any:
+def _tensorboard_writer(run_dir: Path, start_step: int) -> SummaryWriter | None:
     try:
         from torch.utils.tensorboard import SummaryWriter  # the optional `tensorboard` extra
     except ImportError as err:
@@ -157,9 +164,7 @@ def _tensorboard_writer(run_dir: Path, start_step: int) -> Any:
     return SummaryWriter(str(run_dir / run.TENSORBOARD_DIR), purge_step=start_step + 1)
 
 
-def sample_ema(
-    ema: nn.Module, cfg: TrainConfig, seeds: list[int], labels: list[int] | None, decoder: Any
-) -> np.ndarray:
+def sample_ema(ema: DiT, cfg: TrainConfig, seeds: list[int], labels: list[int] | None, decoder: Decoder) -> np.ndarray:
     """uint8 (N, H, W, C) images of the EMA model as the run samples them (its `sample` config and diffusion)."""
     return generate(ema, labels, seeds, cfg.sample, diffusion=cfg.diffusion, vae=decoder or None)
 
@@ -169,7 +174,7 @@ def _class_labels(cfg: TrainConfig, indices: range | list[int]) -> list[int] | N
 
 
 def _scorer_on_main(
-    cfg: TrainConfig, dataset: Any, image_shape: tuple[int, int, int], run_dir: Path, info: distributed.DistInfo
+    cfg: TrainConfig, dataset: BaseDataset, image_shape: tuple[int, int, int], run_dir: Path, info: distributed.DistInfo
 ) -> Scorer | None:
     """The evaluation scorer on rank 0; every rank learns whether evaluation is on (placeholder elsewhere)."""
     if not cfg.eval_every_steps:
@@ -192,7 +197,7 @@ def _scorer_on_main(
 
 
 def evaluate_ema(
-    ema: nn.Module, cfg: TrainConfig, decoder: Any, scorer: Scorer, info: distributed.DistInfo
+    ema: DiT, cfg: TrainConfig, decoder: Decoder, scorer: Scorer, info: distributed.DistInfo
 ) -> dict[str, float]:
     """Sample num_eval_samples class-balanced images over all ranks, score them on rank 0 ({} elsewhere).
 

@@ -22,21 +22,20 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ditkit.config import NO_VAE, RESUMABLE_FIELDS, DiffusionConfig, TrainConfig, get_preset
+from ditkit.config import NO_VAE, RESUMABLE_FIELDS, TrainConfig, get_preset
 from ditkit.config.recipes import demo_train_config
-from ditkit.data.autoencoder import Autoencoder, load_vae, vae_geometry
+from ditkit.data.autoencoder import load_vae, vae_geometry
 from ditkit.data.loader import open_dataset
-from ditkit.model.dit import DiT
 from ditkit.model.weights import load_model
 from ditkit.runtime import distributed
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import TEMP_PREFIX, FileLocked, check_output_dir, exclusive_lock, write_json, write_text
+from ditkit.sampling.generate import SamplingModel
 from ditkit.training import checkpoint
 
 logger = logging.getLogger(__name__)
@@ -283,19 +282,6 @@ def _is_store(spec: str) -> bool:
 
 
 # A trained model, opened for sampling.
-
-
-@dataclass
-class SamplingModel:
-    """A DiT with what sampling it needs: the diffusion it was trained with and its VAE (None: pixels)."""
-
-    model: DiT
-    diffusion: DiffusionConfig
-    vae: Autoencoder | None
-
-    @property
-    def pixel_space(self) -> bool:
-        return self.vae is None
 
 
 def open_for_sampling(
