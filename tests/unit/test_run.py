@@ -125,3 +125,21 @@ def test_run_folder_checks_refuse_what_is_not_a_ditkit_run_and_change_nothing(tm
     assert json.loads((tmp_path / "run" / CONFIG_FILE).read_text())["lr"] == 1e-5
     with pytest.raises(ValueError, match="is a file; choose another folder"):
         prepare_run_dir(cfg.replace(out_dir=str(tmp_path / "run" / LOG_FILE)), is_main=True)
+
+
+def test_run_folder_preparation_removes_half_written_folders_and_restores_kept_ones(tmp_path):
+    from ditkit.runtime.files import KEPT_PREFIX
+    from ditkit.training.run import prepare_run_dir
+
+    cfg = demo_train_config(tmp_path / "run")
+    prepare_run_dir(cfg, is_main=True)  # a new run: nothing to clean
+    ckpts = tmp_path / "run" / "checkpoints"
+    half = ckpts / ".tmp-0123-step_0000004"  # a checkpoint folder whose write was killed
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"half")
+    kept = ckpts / f"{KEPT_PREFIX}step_0000002"  # killed between atomic_dir's two renames: the old one aside
+    kept.mkdir()
+    (kept / "state.json").write_text("{}")
+    prepare_run_dir(cfg, is_main=True)
+    assert not half.exists() and not kept.exists()
+    assert (ckpts / "step_0000002" / "state.json").read_text() == "{}"

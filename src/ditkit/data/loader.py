@@ -261,6 +261,6 @@ def decoder_for(
         return load_vae(spec, device, scale=dataset.scale), image_shape
     except ValueError as err:
         logger.warning(
-            "sample grids and evaluation off: cannot load the latent store's VAE %r (%s); pass --vae", spec, err
+            "sample grids and evaluation off: cannot load the latent store's VAE %r (%s); pass vae (--vae)", spec, err
         )
         return False, image_shape

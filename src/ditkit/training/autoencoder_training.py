@@ -185,7 +185,7 @@ def _report(out: Path, step: int, rows: list[Tensor], bar: Any) -> None:
     loss, l1, kl, psnr = torch.stack(rows).float().mean(0).tolist()
     if not math.isfinite(loss):
         raise NonFiniteLoss(
-            f"the VAE loss is {loss} at step {step}; lower --lr (a rerun resumes from the last checkpoint)"
+            f"the VAE loss is {loss} at step {step}; lower lr (--lr; a rerun resumes from the last checkpoint)"
         )
     run.append_metrics(out, {"step": step, "loss": loss, "l1": l1, "kl": kl, "psnr": psnr})
     bar.set_postfix(l1=f"{l1:.4f}", psnr=f"{psnr:.1f}")

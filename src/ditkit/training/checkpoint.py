@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ditkit.config import DiffusionConfig
+from ditkit.model.dit import DiT
 from ditkit.model.weights import (
     EMA_WEIGHTS_FILE,
     RUN_LATEST_FILE,
@@ -256,8 +257,8 @@ def read_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
 
 def load(
     ckpt_dir: str | os.PathLike,
-    model: nn.Module,
-    ema: nn.Module | None = None,
+    model: DiT,
+    ema: DiT | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     *,
     restore_rng: bool = True,
@@ -288,9 +289,9 @@ def load(
     )
     if bad:
         raise CorruptCheckpoint(f"{ckpt_dir}: {', '.join(bad)} hold inf or NaN")
-    load_strict(model, weights, source=str(ckpt_dir / MODEL_FILE))  # type: ignore[arg-type]
+    load_strict(model, weights, source=str(ckpt_dir / MODEL_FILE))
     if ema is not None and ema_weights is not None:
-        load_strict(ema, ema_weights, source=str(ckpt_dir / EMA_FILE))  # type: ignore[arg-type]
+        load_strict(ema, ema_weights, source=str(ckpt_dir / EMA_FILE))
     if optimizer is not None and opt_state is not None:
         optimizer.load_state_dict(opt_state)
     if restore_rng and "rng" in state:

@@ -83,8 +83,8 @@ def _stopped(run_dir: Path, what: str) -> NonFiniteLoss:
     last = checkpoint.newest_readable(run_dir)
     kept = f"the last good checkpoint {last.name} is kept" if last else "no checkpoint yet: a rerun starts over"
     return NonFiniteLoss(
-        f"{what}; training stopped ({kept}). Rerun with a lower --lr, a --max-grad-norm (e.g. 1.0) or "
-        "--precision fp32 to resume from it (these may change when a run resumes)"
+        f"{what}; training stopped ({kept}). Rerun with a lower lr, a max_grad_norm (e.g. 1.0) or "
+        "precision fp32 (--lr, --max-grad-norm, --precision) to resume from it (these may change when a run resumes)"
     )
 
 

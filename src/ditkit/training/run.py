@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,15 @@ from ditkit.data.loader import open_dataset
 from ditkit.model.weights import load_model
 from ditkit.runtime import distributed
 from ditkit.runtime.errors import InputError
-from ditkit.runtime.files import TEMP_PREFIX, FileLocked, check_output_dir, exclusive_lock, write_json, write_text
+from ditkit.runtime.files import (
+    TEMP_PREFIX,
+    FileLocked,
+    check_output_dir,
+    exclusive_lock,
+    recover_dirs,
+    write_json,
+    write_text,
+)
 from ditkit.sampling.generate import SamplingModel
 from ditkit.training import checkpoint
 
@@ -137,8 +146,14 @@ def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
                 setting="out_dir",
             )
     if is_main:
+        # Left by a process killed mid-write (we hold the lock: nobody writes them now). Folders an atomic_dir
+        # kept aside are put back first; half-written temp files and folders (checkpoints) are deleted.
+        for folder in (run_dir, *(p for p in run_dir.iterdir() if p.is_dir())) if run_dir.is_dir() else ():
+            recover_dirs(folder)
         for stale in (*run_dir.glob(f"{TEMP_PREFIX}*"), *run_dir.glob(f"*/{TEMP_PREFIX}*")):
-            if stale.is_file():  # left by a process killed mid-write (we hold the lock: nobody writes them now)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
                 stale.unlink(missing_ok=True)
         if stored is None:
             write_json(run_dir / CONFIG_FILE, cfg.to_dict())
