@@ -164,7 +164,10 @@ def pause_at(owner: object, name: str, k: int, marker: Path, partial: bool = Fal
                 buffer = io.BytesIO()
                 real(args[0], buffer)
                 Path(args[1]).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-            marker.write_text(json.dumps({"call": k, "path": str(args[1]) if partial else None}))
+            # Written whole, then renamed: the parent kills as soon as the marker exists, and must read all of it.
+            staged = marker.with_name(marker.name + ".partial")
+            staged.write_text(json.dumps({"call": k, "path": str(args[1]) if partial else None}))
+            os.replace(staged, marker)
             time.sleep(PAUSE_SECONDS)
             os._exit(PAUSE_EXPIRED)
 
