@@ -53,7 +53,7 @@ def test_load_vae_none_and_bad_specs(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no config.json"):
         load_vae(str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="cannot load VAE 'no-such-org/no-such-vae'.*--local-dir"):
+    with pytest.raises(ValueError, match="VAE 'no-such-org/no-such-vae' is a Hugging Face hub id.*--local-dir"):
         load_vae("no-such-org/no-such-vae", local_files_only=True)
 
 

@@ -390,3 +390,27 @@ def test_mnist_framing_crops_and_pads_without_resampling():
     np.testing.assert_array_equal(frame_digits(frame_digits(images, 10), 6), images)
     with pytest.raises(ValueError, match="even number"):
         frame_digits(images, 7)
+
+
+# Worker counts that fit the machine.
+
+
+def test_data_workers_are_capped_at_the_usable_cpus(npz_path: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    import logging
+
+    from ditkit.data import latent_store
+
+    # One usable CPU, as torch sees it too (it warns when num_workers exceeds os.sched_getaffinity).
+    monkeypatch.setattr(latent_store.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(latent_store, "_CAPPED_WORKERS", set())
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, "ditkit.data.latent_store"):
+        warnings.simplefilter("always")
+        loader = build_loader(NpzDataset(npz_path, flip=False), batch_size=8, num_workers=3)
+        assert loader._num_workers == 1  # the DataLoader's iterator
+        assert next(loader)[0].shape == (8, 3, SIZE, SIZE)
+        del loader
+        build_loader(NpzDataset(npz_path, flip=False), batch_size=8, num_workers=3)
+        extract_latents(NpzDataset(npz_path, flip=False), fake_encoder, tmp_path / "store", batch_size=8, num_workers=3)
+    assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
+    reductions = [r for r in caplog.records if "workers, not 3" in r.getMessage()]
+    assert len(reductions) == 1 and reductions[0].levelno == logging.INFO  # once, not a warning

@@ -297,3 +297,44 @@ def test_torchscript_weights_match_the_torchscript_network(tmp_path, monkeypatch
     out = extractor(images)
     torch.testing.assert_close(out["pool"], expected, rtol=1e-4, atol=1e-4)
     assert out["spatial"].shape == (1, 2023)
+
+
+# Damaged reference statistics.
+
+
+@pytest.mark.parametrize("array", ["mu", "sigma", "mu_s", "pool_features"])
+def test_non_finite_reference_statistics_are_refused(tmp_path, array: str) -> None:
+    extractor = RandomFeatureExtractor(seed=0, pool_dim=16)
+    stats_path = ref_stats(_images(6, n=32), extractor, tmp_path / "stats.npz", batch_size=16)
+    with np.load(stats_path) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays[array] = arrays[array].copy()
+    arrays[array].flat[0] = np.nan if array != "sigma" else np.inf
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="non-finite") as info:
+        evaluate_samples(_images(7, n=32), tmp_path / "bad.npz", extractor, batch_size=16)
+    message = str(info.value)
+    assert "bad.npz" in message and repr(array) in message and "ref-stats" in message
+    assert getattr(info.value, "setting", None) == "ref"
+
+
+def test_cli_refuses_a_non_finite_reference_in_one_line(tmp_path, capsys, monkeypatch) -> None:
+    from ditkit.cli.main import main
+    from ditkit.metrics.digit_classifier import DigitFeatureExtractor
+
+    for name in ("HF_HUB_VERBOSITY", "DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)  # the CLI quietens the libraries through these
+    digits = np.random.default_rng(8).integers(0, 256, (24, 28, 28, 1), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", arr_0=digits, labels=np.arange(24) % 10)
+    ref_stats(digits, DigitFeatureExtractor(), tmp_path / "ref.npz")
+    with np.load(tmp_path / "ref.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["mu"] = np.full_like(arrays["mu"], np.nan)
+    np.savez(tmp_path / "nan-ref.npz", **arrays)
+    capsys.readouterr()
+    samples, ref = str(tmp_path / "samples.npz"), str(tmp_path / "nan-ref.npz")
+    code = main(["evaluate", samples, "--metric", "digits", "--ref", ref])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "fid" not in out, err
+    assert "nan-ref.npz" in lines[0] and "'mu'" in lines[0] and "ref-stats" in lines[0] and "--ref" in lines[0]

@@ -32,7 +32,7 @@ from ditkit.sampling.generate import generate, job_labels
 from ditkit.sampling.grid import save_labelled_grid
 from ditkit.training.autoencoder_training import train_vae
 from ditkit.training.loop import train
-from ditkit.training.run import open_for_sampling
+from ditkit.training.run import open_for_sampling, with_vae_record
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ def run_latent_demo(
     start = time.perf_counter()
     vae_dir, store = latent_digits(out_dir, train_autoencoder=train_autoencoder)
     vae_seconds = time.perf_counter() - start
-    cfg = latent_demo_train_config(out_dir / "dit", store, vae_dir, **{"eval_every_steps": 0, **train_overrides})
+    cfg = with_vae_record(
+        latent_demo_train_config(out_dir / "dit", store, vae_dir, **{"eval_every_steps": 0, **train_overrides})
+    )
     train(cfg)
     report: dict[str, Any] = {
         "route": "latent",

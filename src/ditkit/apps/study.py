@@ -32,7 +32,7 @@ from ditkit.runtime.files import write_json, write_text
 from ditkit.runtime.seeds import image_seeds
 from ditkit.sampling.generate import generate, job_labels
 from ditkit.training.loop import train
-from ditkit.training.run import open_for_sampling, read_metrics
+from ditkit.training.run import open_for_sampling, read_metrics, with_vae_record
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def train_config(
     fields = {**spec.train, **config.train, "seed": seed, "max_steps": spec.max_steps}
     fields.update(eval_every_steps=spec.eval_every_steps, num_eval_samples=spec.num_eval_samples)
     if spec.recipe == "latent-demo":
-        base = latent_demo_train_config(run_dir, shared["latents"], shared["vae"])
+        base = with_vae_record(latent_demo_train_config(run_dir, shared["latents"], shared["vae"]))
     else:
         base = demo_train_config(run_dir)
     model = base.model.replace(**spec.model)

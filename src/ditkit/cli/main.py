@@ -13,8 +13,10 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -296,11 +298,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     logging.raiseExceptions = args.verbose  # e.g. a full disk under log.txt: no logging tracebacks
+    if not args.verbose:
+        _quiet_libraries()
     try:
         args.fn(args)
     except (Exception, KeyboardInterrupt) as err:
         return _report(err, args, parser)
     return 0
+
+
+_CHATTY = ("huggingface_hub", "diffusers", "transformers", "urllib3", "httpx", "filelock")
+
+
+def _quiet_libraries() -> None:
+    """No third-party retry, warning or progress-bar chatter on a command's stderr (ditkit's own lines stay;
+    --verbose keeps them). The libraries set their levels when imported, so the environment tells them too."""
+    for name in ("HF_HUB_VERBOSITY", "DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+        os.environ.setdefault(name, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(huggingface_hub|diffusers|transformers)(\.|$)")
+    if (hub_tqdm := sys.modules.get("huggingface_hub.utils")) is not None:  # imported before: read its env then
+        hub_tqdm.disable_progress_bars()
+    if (diffusers_logging := sys.modules.get("diffusers.utils.logging")) is not None:
+        diffusers_logging.disable_progress_bar()
 
 
 def _report(err: BaseException, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

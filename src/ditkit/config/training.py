@@ -68,7 +68,9 @@ class TrainConfig:
     # Data.
     data: str | None = None  # open_dataset spec: image folder, .npz, latent store, "digits"; None = MNIST
     image_size: int = 256  # pixels of the training images; the model sees image_size / VAE downsampling
-    vae: str = PAPER_VAE  # "none" (pixel space), a diffusers VAE folder or a hub id; unused for latent stores
+    vae: str = PAPER_VAE  # "none" (pixel space), a diffusers VAE folder or a hub id; a latent store's own VAE
+    vae_sha256: str | None = None  # fingerprint of that VAE (sha256 of its config and weights); None: not recorded
+    vae_scale: float | None = None  # the latent scale its latents were made with; None: the VAE config's
     flip: bool | None = None  # random horizontal flips; None = on for natural images, off for digits
     num_workers: int = 4  # data-loader worker processes per rank (official default; 0 loads in-process)
 

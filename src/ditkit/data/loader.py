@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ditkit.config import TrainConfig
-from ditkit.data.autoencoder import Autoencoder, load_vae
+from ditkit.data.autoencoder import Autoencoder, load_vae, vae_geometry
 from ditkit.data.datasets import (
     STORE_META_FILE,
     BaseDataset,
@@ -26,8 +26,9 @@ from ditkit.data.datasets import (
     EmbeddedMNIST,
     ImageFolderDataset,
     NpzDataset,
+    check_image_folder,
 )
-from ditkit.data.latent_store import LatentStore
+from ditkit.data.latent_store import LatentStore, usable_workers
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.seeds import Stream, mix_seed
 
@@ -110,7 +111,7 @@ def build_loader(
     loader = DataLoader(
         _SeededItems(dataset),
         batch_sampler=sampler,  # type: ignore[arg-type]  # yields (index, seed) keys, not plain indices
-        num_workers=num_workers,
+        num_workers=usable_workers(num_workers),
         pin_memory=pin_memory,
     )
     return iter(loader)
@@ -150,7 +151,9 @@ def open_dataset(spec: str | None, image_size: int | None = None, flip: bool = T
             raise InputError(
                 f"image folder {name!r} needs an image size; pass image_size (e.g. 256)", setting="image_size"
             )
-        return ImageFolderDataset(path, image_size, flip)
+        dataset = ImageFolderDataset(path, image_size, flip)
+        check_image_folder(dataset)  # every file's header, before any VAE or model: the first bad one is named
+        return dataset
     if path.suffix == ".npz" and path.is_file():
         return NpzDataset(path, image_size, flip)
     raise InputError(
@@ -178,13 +181,10 @@ def check_num_classes(dataset: BaseDataset, num_classes: int) -> None:
 # The training data of a run.
 
 
-def open_training_data(
-    cfg: TrainConfig, device: torch.device
-) -> tuple[BaseDataset, Autoencoder | None, tuple[int, int, int]]:
-    """(dataset, online VAE encoder or None, model input shape), checked against the model config.
-
-    Every mismatch (classes, channels, size) is a ValueError before any model is built.
-    """
+def check_training_data(cfg: TrainConfig) -> tuple[BaseDataset, tuple[int, int, int]]:
+    """(dataset, model input shape): the data opened and checked against the model config before any VAE,
+    model or run folder is touched. Every mismatch (files, classes, channels, size) is an InputError; a
+    VAE's geometry is read from its config (`vae_geometry`), not loaded."""
     spec = cfg.data
     digits = spec is None or spec.strip().lower().partition(":")[0] in ("mnist", "digits")
     flip = not digits if cfg.flip is None else cfg.flip
@@ -192,25 +192,56 @@ def open_training_data(
         flip = bool(LatentStore(spec, flip=False).meta.get("mirror", False))  # auto: if mirrors exist
     dataset = open_dataset(spec, cfg.image_size, flip)
     check_num_classes(dataset, cfg.model.num_classes)
-    encoder = None
     if dataset.is_latent:
-        shape = dataset.item_shape
-        what = f"latents of latent store {spec!r}"
+        shape, what = dataset.item_shape, f"latents of latent store {spec!r}"
     elif cfg.is_latent:
+        channels, downsample = vae_geometry(cfg.vae)
+        check_downsampling(dataset.image_size, downsample)
+        size = dataset.image_size // downsample
+        shape, what = (channels, size, size), f"VAE latents of {dataset.image_size} px images"
+    else:
+        shape, what = dataset.item_shape, f"{dataset.image_size} px images (pixel space)"
+    _check_model_shape(cfg, shape, what)
+    return dataset, shape
+
+
+def open_training_data(
+    cfg: TrainConfig,
+    device: torch.device,
+    checked: tuple[BaseDataset, tuple[int, int, int]] | None = None,
+) -> tuple[BaseDataset, Autoencoder | None, tuple[int, int, int]]:
+    """(dataset, online VAE encoder or None, model input shape), checked against the model config.
+
+    `checked` is `check_training_data(cfg)`'s answer when the caller checked first (else it runs here); the
+    VAE is loaded only then, and its own channels and downsampling are checked again.
+    """
+    dataset, shape = checked or check_training_data(cfg)
+    encoder = None
+    if not dataset.is_latent and cfg.is_latent:
         encoder = load_vae(cfg.vae, device)
         assert encoder is not None
         shape = _latent_shape(cfg, dataset, encoder)
-        what = f"VAE latents of {dataset.image_size} px images"
-    else:
-        shape = dataset.item_shape
-        what = f"{dataset.image_size} px images (pixel space)"
+        _check_model_shape(cfg, shape, f"VAE latents of {dataset.image_size} px images")
+    return dataset, encoder, shape
+
+
+def _check_model_shape(cfg: TrainConfig, shape: tuple[int, int, int], what: str) -> None:
     m = cfg.model
     if shape != (m.in_channels, m.input_size, m.input_size):
         raise InputError(
             f"the model takes {m.in_channels}x{m.input_size}x{m.input_size} inputs but the data "
             f"give {'x'.join(map(str, shape))} ({what}); choose a preset, image_size or vae that match"
         )
-    return dataset, encoder, shape
+
+
+def check_downsampling(image_size: int, downsample: int) -> None:
+    """Raise unless a VAE with this downsampling encodes image_size px images into whole latents."""
+    if image_size % downsample:
+        fit = max(downsample, image_size // downsample * downsample)
+        raise InputError(
+            f"image_size {image_size} is not a multiple of the VAE downsampling {downsample}; pass image_size={fit}",
+            setting="image_size",
+        )
 
 
 def _latent_shape(cfg: TrainConfig, dataset: BaseDataset, encoder: Autoencoder) -> tuple[int, int, int]:
@@ -221,13 +252,8 @@ def _latent_shape(cfg: TrainConfig, dataset: BaseDataset, encoder: Autoencoder) 
             f"{dataset.channels} channels; use vae='none' (pixel space) or another VAE",
             setting="vae",
         )
+    check_downsampling(dataset.image_size, encoder.downsample)
     size = dataset.image_size // encoder.downsample
-    if dataset.image_size % encoder.downsample:
-        raise InputError(
-            f"image_size {dataset.image_size} is not a multiple of the VAE downsampling "
-            f"{encoder.downsample}; pass image_size={size * encoder.downsample}",
-            setting="image_size",
-        )
     return (encoder.latent_channels, size, size)
 
 

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from ditkit.config import NO_VAE, DiffusionConfig, ModelConfig, default_diffusion
-from ditkit.data.autoencoder import _HUB_ID, load_vae
+from ditkit.data.autoencoder import _HUB_ID, load_vae, resolve_hub_id
 from ditkit.data.class_names import IMAGENET_NUM_CLASSES
+from ditkit.data.provenance import VaeRecord, decoder_spec
 from ditkit.interop.diffusers_keys import (
     check_exportable,
     diffusion_from_scheduler,
@@ -79,7 +80,10 @@ def load_pipeline(
 ) -> Any:
     """`DiTPipeline.from_pretrained(folder)` with DiT's timestep frequencies (`set_dit_timestep_frequencies`)."""
     low_mem = importlib.util.find_spec("accelerate") is not None  # without it diffusers warns otherwise
-    pipe = _diffusers().DiTPipeline.from_pretrained(str(folder), low_cpu_mem_usage=low_mem)
+    spec = str(folder)
+    if not Path(spec).expanduser().exists() and _HUB_ID.match(spec):  # the local cache first, offline in one line
+        spec = resolve_hub_id(spec, setting="folder", what="diffusers pipeline")
+    pipe = _diffusers().DiTPipeline.from_pretrained(spec, low_cpu_mem_usage=low_mem)
     set_dit_timestep_frequencies(pipe)
     return pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)  # files hold fp32
 
@@ -119,14 +123,15 @@ def export_diffusers(
     model, diffusion = load_model(source)
     config = model.config
     check_exportable(config)
-    spec = vae or _run_vae(Path(source))
+    recorded = _run_vae(Path(source))
+    spec, scale = decoder_spec(recorded, vae, what=f"the run {str(source)!r}") if recorded else (vae, None)
     if spec is None or spec.strip().lower() == NO_VAE:
         raise InputError(
             "pixel-space models have no diffusers equivalent (DiTPipeline always decodes latents through a VAE); "
             "for a latent model given as a weights file, pass vae=FOLDER_OR_HUB_ID",
             setting="vae",
         )
-    autoencoder = load_vae(spec)
+    autoencoder = load_vae(spec, scale=scale)
     if autoencoder is None or autoencoder.latent_channels != config.in_channels:
         raise InputError(
             f"VAE {spec!r} does not make the model's {config.in_channels}-channel latents; pass its VAE", setting="vae"
@@ -159,11 +164,12 @@ def export_diffusers(
     return out_dir
 
 
-def _run_vae(source: Path) -> str | None:
-    """The `vae` of the run config.json in `source` or up to two folders above it (a checkpoint folder)."""
+def _run_vae(source: Path) -> VaeRecord | None:
+    """The autoencoder recorded in the run config.json in `source` or up to two folders above it (a checkpoint
+    folder); None for a weights file outside a run."""
     folders = (source, *source.resolve().parents[:2]) if source.is_dir() else ()
     configs = [f / "config.json" for f in folders if (f / "config.json").is_file()]
-    return str(json.loads(configs[0].read_text()).get("vae", NO_VAE)) if configs else None
+    return VaeRecord.from_config(json.loads(configs[0].read_text())) if configs else None
 
 
 def _default_class_names(num_classes: int) -> list[str]:
@@ -195,6 +201,8 @@ def read_diffusers(
         raise InputError(
             f"{spec!r} is neither a file, a diffusers folder nor a hub id like facebook/DiT-XL-2-256", setting="source"
         )
+    if not local.exists():  # a hub id: the local cache first (no network call), offline in one line
+        spec = resolve_hub_id(spec, setting="source", what="diffusers DiT")
     subfolder = "transformer" if _read_json(spec, "transformer/config.json") is not None else None
     model_class, low_mem = _diffusers().DiTTransformer2DModel, importlib.util.find_spec("accelerate") is not None
     try:

@@ -173,6 +173,8 @@ def _load_reference(
                 )
             stats = {k: (data[m], data[s]) for k, (m, s) in _STAT_KEYS.items() if {m, s} <= set(data.files)}
             pool = data["pool_features"] if "pool_features" in data.files else None
+            names = [name for kind in stats for name in _STAT_KEYS[kind]] + ["pool_features"] * (pool is not None)
+            _check_finite(ref, {name: data[name] for name in names})
             has_images = "arr_0" in data.files or "images" in data.files
         if stats and stored is None and not getattr(extractor, "matches_adm", False):
             logger.warning(
@@ -188,6 +190,19 @@ def _load_reference(
         return stats, pool
     feats = _extract(open_images(ref), extractor, kinds, batch_size, keep_pool=need_pool, max_pool=max_features)
     return {k: (s.mean, s.cov) for k, s in feats.stats.items()}, feats.pool
+
+
+def _check_finite(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse stored statistics holding NaN or inf: every metric computed from them would be nan."""
+    for name, array in arrays.items():
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise InputError(
+                f"reference statistics {str(path)!r}: array {name!r} holds {finite.size - int(finite.sum())} "
+                f"non-finite values (NaN or inf) of {finite.size}, so every score would be nan; the file is "
+                "damaged: recompute it from the reference images (`ref_stats`, the `ditkit ref-stats` command)",
+                setting="ref",
+            )
 
 
 def evaluate_samples(

@@ -54,6 +54,9 @@ def train(cfg: TrainConfig) -> Path:
     precision = backend.resolve_precision(cfg.precision, info.device)
     teardown.enter_context(backend.precision_scope(precision, info.device))
     try:
+        # Data, checked against the model config before the run folder, the VAE or the model is touched.
+        checked = loader.check_training_data(cfg)
+
         # Run directory: held by this process (train.lock) and checked before anything is written there (a
         # finished run is a no-op; a larger max_steps continues it).
         run_dir = teardown.enter_context(run.lock_run_dir(cfg.out_dir, info.is_main))
@@ -63,8 +66,8 @@ def train(cfg: TrainConfig) -> Path:
             clean = True
             return run_dir
 
-        # Data, checked against the model config before the model exists.
-        dataset, encoder, shape = loader.open_training_data(cfg, info.device)
+        # Data (and the online VAE).
+        dataset, encoder, shape = loader.open_training_data(cfg, info.device, checked)
         decoder, image_shape = loader.decoder_for(cfg, dataset, encoder, shape, info.device)
 
         # Model, EMA, optimizer; resume from the newest good checkpoint.

@@ -30,8 +30,10 @@ import torch
 
 from ditkit.config import NO_VAE, RESUMABLE_FIELDS, TrainConfig, get_preset
 from ditkit.config.recipes import demo_train_config
-from ditkit.data.autoencoder import load_vae, vae_geometry
-from ditkit.data.loader import open_dataset
+from ditkit.data.autoencoder import load_vae, resolve_hub_id, vae_geometry
+from ditkit.data.latent_store import store_vae
+from ditkit.data.loader import check_downsampling, check_training_data, open_dataset
+from ditkit.data.provenance import VaeRecord, decoder_spec, is_pixel_space, recorded_spec, vae_fingerprint
 from ditkit.model.weights import load_model
 from ditkit.runtime import distributed
 from ditkit.runtime.errors import InputError
@@ -86,6 +88,11 @@ def resume_conflicts(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
     except (ValueError, TypeError):
         pass
     old, new = json.loads(json.dumps(stored)), json.loads(json.dumps(cfg.to_dict()))
+    if old.get("vae_sha256") is None:  # recorded before ditkit fingerprinted VAEs: compare what it recorded
+        for k in ("vae_sha256", "vae_scale", *(("vae",) if cfg.data and _is_store(cfg.data) else ())):
+            old.pop(k, None)  # (a latent store's run recorded the default vae, which it never used)
+        if "vae" in old:
+            old["vae"] = recorded_spec(str(old["vae"]))  # a relative folder then, an absolute path now
     return [
         f"{k}: {old[k]!r} -> {new[k]!r}"
         for k in sorted(new)
@@ -265,8 +272,8 @@ def build_train_config(
     base = demo_train_config(out_dir) if embedded else TrainConfig(out_dir=str(out_dir))
     base = base.replace(data=data, **fields)
     model = get_preset(preset) if preset else base.model
-    model_fields, image_size = _data_geometry(base)
-    base = base.replace(image_size=image_size)
+    model_fields, image_size = _data_geometry(base, image_size_given="image_size" in fields)  # data first
+    base = with_vae_record(base.replace(image_size=image_size), vae_given="vae" in fields)
     if preset and embedded:
         model_fields["learn_sigma"] = base.model.learn_sigma  # the recipe's diffusion has no VB term
     model_fields.update(model_overrides or {})
@@ -276,16 +283,54 @@ def build_train_config(
     if not model.has_null_class:
         sample_fields.setdefault("cfg_scale", 1.0)  # no null class, no guidance (the recipe guides digits)
     sample = base.sample.replace(**sample_fields)
-    return base.replace(model=model, diffusion=diffusion, sample=sample)
+    cfg = base.replace(model=model, diffusion=diffusion, sample=sample)
+    check_training_data(cfg)  # the overrides against the data (class count, channels), also for a dry run
+    return cfg
 
 
-def _data_geometry(cfg: TrainConfig) -> tuple[dict[str, Any], int]:
-    """The model fields the data decide (input channels and size, class count), and the image size."""
+def with_vae_record(cfg: TrainConfig, *, vae_given: bool = False) -> TrainConfig:
+    """The run records the autoencoder its latents come from by path and fingerprint: a latent store's own
+    (a given vae must be the same one, e.g. moved), or the VAE that encodes its images; nothing in pixel space."""
+    if cfg.data and _is_store(cfg.data):
+        store = store_vae(cfg.data)
+        record = store
+        if vae_given and not is_pixel_space(cfg.vae):
+            given = vae_fingerprint(cfg.vae)
+            if store.sha256 is not None and given != store.sha256:
+                raise InputError(
+                    f"vae {cfg.vae!r} is not the autoencoder that made the latent store {cfg.data!r} (it recorded "
+                    f"{store.spec!r}, sha256 {store.sha256[:12]}); omit vae: the store's own is used",
+                    setting="vae",
+                )
+            record = VaeRecord(recorded_spec(cfg.vae), store.sha256 or given, store.scale)
+    elif cfg.is_latent:
+        if not Path(cfg.vae).expanduser().exists():  # a hub id: offline and not cached is one line, now
+            resolve_hub_id(cfg.vae, setting="vae", what="VAE")
+        record = VaeRecord.of(cfg.vae)
+    else:
+        return cfg
+    return cfg.replace(vae=record.spec, vae_sha256=record.sha256, vae_scale=record.scale)
+
+
+def _data_geometry(cfg: TrainConfig, *, image_size_given: bool) -> tuple[dict[str, Any], int]:
+    """The model fields the data decide (input channels and size, class count), and the image size.
+
+    A size that contradicts the data is an InputError here, before any VAE or model: a latent store's
+    image size is its own (a given image_size that differs from it is refused), and
+    through a VAE the size must be a multiple of its downsampling (read from its config, not loaded).
+    """
     dataset = open_dataset(cfg.data, None if cfg.data and _is_store(cfg.data) else cfg.image_size, flip=False)
     if dataset.is_latent:
+        if image_size_given and cfg.image_size != dataset.image_size:
+            raise InputError(
+                f"latent store {cfg.data!r} was made from {dataset.image_size} px images, not image_size "
+                f"{cfg.image_size}; omit image_size (it comes from the store) or extract a store at that size",
+                setting="image_size",
+            )
         channels, size, _ = dataset.item_shape
     elif cfg.is_latent:
         channels, downsample = vae_geometry(cfg.vae)
+        check_downsampling(cfg.image_size, downsample)
         size = cfg.image_size // downsample
     else:
         channels, size = dataset.channels, cfg.image_size
@@ -313,10 +358,11 @@ def open_for_sampling(
     """
     overrides = {"num_heads": num_heads} if num_heads else {}
     model, diffusion = load_model(path, device=device, **overrides)
-    spec = vae
-    if spec is None and (Path(path) / CONFIG_FILE).is_file():
-        spec = json.loads((Path(path) / CONFIG_FILE).read_text()).get("vae", NO_VAE)
-    autoencoder = load_vae(spec or NO_VAE, device)
+    spec, scale = vae or NO_VAE, None
+    if (Path(path) / CONFIG_FILE).is_file():  # a run: decode with the autoencoder it recorded (checked)
+        recorded = VaeRecord.from_config(json.loads((Path(path) / CONFIG_FILE).read_text()))
+        spec, scale = decoder_spec(recorded, vae, what=f"the run {str(path)!r}")
+    autoencoder = load_vae(spec, device, scale=scale)
     if autoencoder is None and model.config.in_channels not in (1, 3):
         raise InputError(
             f"this model works in a {model.config.in_channels}-channel latent space: pass vae=FOLDER_OR_HUB_ID "
