@@ -162,7 +162,7 @@ def test_a_killed_autoencoder_save_never_mixes_weights_and_state(tmp_path, point
     out = train_vae(cfg)
     changing = ("metrics.jsonl", "vae_train_config.json")  # written in place before the save, as before
     old = files_of(out, changing)
-    assert json.loads(old["training/state.json"]) == {"step": 2}
+    assert json.loads(old["training/state.json"]) == {"step": 2, "max_steps": 2, "finished": True}
     hook = 'block_at(torch, "save")' if point == "body" else 'block_at(os, "rename", swap_of("vae"))'
     kill_inside(
         tmp_path,
@@ -178,7 +178,7 @@ train_vae(tiny(Path({str(tmp_path)!r}), max_steps=4))  # resumes at 2, saves at 
     else:
         assert not out.exists() and files_of(kept(out), changing) == old
     train_vae(cfg.replace(max_steps=4))  # recovers, resumes at step 2 and finishes
-    assert json.loads((out / "training" / "state.json").read_text()) == {"step": 4}
+    assert json.loads((out / "training" / "state.json").read_text()) == {"step": 4, "max_steps": 4, "finished": True}
     report = json.loads((out / "report.json").read_text())
     assert json.loads((out / "config.json").read_text())["scaling_factor"] == report["scaling_factor"]
     assert not kept(out).exists() and not any(p.name.startswith(TEMP_PREFIX) for p in out.rglob("*"))

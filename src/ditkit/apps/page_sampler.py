@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from ditkit.config import WALK_SAMPLING, SampleConfig
-from ditkit.data.class_names import caption, class_names, parse_classes
+from ditkit.data.class_names import caption, class_names, imagenet_class_names, parse_classes
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.seeds import image_seeds
 from ditkit.runtime.stopping import one_line
@@ -110,6 +110,7 @@ class PageSampler:
         self.opened = opened
         self.config = opened.model.config
         self.num_classes = self.config.num_classes
+        self.class_names = class_names(self.num_classes, opened.class_names)  # its run's, ImageNet's or None
         self.work_dir = Path(work_dir)
         self.max_steps = min(MAX_STEPS, opened.diffusion.num_train_steps)
         self._jobs = itertools.count()
@@ -117,12 +118,13 @@ class PageSampler:
     # What the page shows.
 
     def class_choices(self) -> list[str]:
-        """'207 golden retriever' for ImageNet models, the bare id ('7') otherwise (digits for the demo)."""
-        named = class_names(self.num_classes) is not None
-        return [caption(i, self.num_classes) if named else str(i) for i in range(self.num_classes)]
+        """'2 square' with the run's class names, '207 golden retriever' for ImageNet models, the bare id ('7')
+        otherwise (digits for the demo)."""
+        names = self.class_names
+        return [caption(i, self.num_classes, names) if names else str(i) for i in range(self.num_classes)]
 
     def default_classes(self) -> list[str]:
-        ids = FIRST_IMAGENET_CLASSES if class_names(self.num_classes) else range(min(self.num_classes, 10))
+        ids = FIRST_IMAGENET_CLASSES if self.class_names == imagenet_class_names() else range(min(self.num_classes, 10))
         return [self.class_choices()[i] for i in ids]
 
     def describe(self) -> str:
@@ -139,7 +141,7 @@ class PageSampler:
     # Parsing the fields.
 
     def parse_classes(self, values: str | Sequence[str] | None, field: str = "classes") -> list[int]:
-        """Class ids from the page's choices ('207 golden retriever', '7'), ids or ImageNet names."""
+        """Class ids from the page's choices ('207 golden retriever', '7'), ids or class names."""
         items = [values] if isinstance(values, str) else list(values or [])
         items = [str(v).strip() for v in items if str(v).strip()]
         if not items:
@@ -151,7 +153,7 @@ class PageSampler:
                 ids.append(choices[item.lower()])
                 continue
             try:
-                ids.extend(parse_classes(item, self.num_classes))
+                ids.extend(parse_classes(item, self.num_classes, self.opened.class_names))
             except InputError as err:  # name the field: the page has several class boxes
                 raise InputError(f"{field}: {err}", setting="classes") from None
         return ids
@@ -201,7 +203,7 @@ class PageSampler:
                 )
             labels: list[int] | None = [c for c in ids for _ in range(per_class)]
             num, nrow = len(ids) * per_class, per_class
-            rows = "rows, top to bottom: " + ", ".join(caption(c, self.num_classes) for c in ids)
+            rows = "rows, top to bottom: " + ", ".join(caption(c, self.num_classes, self.class_names) for c in ids)
         else:
             num = whole_number("images", per_class, 1, MAX_IMAGES)
             labels, nrow, rows = None, math.ceil(math.sqrt(num)), f"{num} unconditional samples"

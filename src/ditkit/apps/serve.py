@@ -33,7 +33,6 @@ from ditkit.apps.page_sampler import (
     page_message,
 )
 from ditkit.config import SAMPLERS
-from ditkit.data.class_names import class_names
 from ditkit.runtime.distributed import resolve_device
 from ditkit.runtime.errors import InputError
 from ditkit.training.run import open_for_sampling
@@ -91,7 +90,7 @@ def build_app(sampler: PageSampler, *, title: str = "ditkit") -> Any:
 
 
 def _class_box(gr: Any, sampler: PageSampler, label: str, value: Any, elem_id: str, multiselect: bool) -> Any:
-    info = "type to search: a name or an id" if class_names(sampler.num_classes) else "class ids"
+    info = "type to search: a name or an id" if sampler.class_names else "class ids"
     return gr.Dropdown(
         sampler.class_choices(),
         value=value,

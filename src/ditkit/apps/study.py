@@ -30,6 +30,7 @@ from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifie
 from ditkit.model.flops import model_cost
 from ditkit.runtime.files import write_json, write_text
 from ditkit.runtime.seeds import image_seeds
+from ditkit.runtime.stopping import Interrupted, StopSignal, stopped
 from ditkit.sampling.generate import generate, job_labels
 from ditkit.training.loop import train
 from ditkit.training.run import open_for_sampling, read_metrics, with_vae_record
@@ -49,16 +50,26 @@ def run_study(spec: StudySpec, out: str | Path, *, max_steps: int | None = None,
     if seeds is not None:
         spec = dataclasses.replace(spec, seeds=tuple(range(seeds)) if seeds > len(spec.seeds) else spec.seeds[:seeds])
     write_json(out / "spec.json", dataclasses.asdict(spec))
-    shared = _shared_inputs(spec, out)
-    runs: dict[str, dict[int, dict[str, Any]]] = {}
-    for config in spec.configs:
-        runs[config.name] = {}
-        for seed in spec.seeds:
-            try:
-                runs[config.name][seed] = _run_one(spec, config, seed, out, shared)
-            except Exception as err:  # a failed config is reported; the rest go on
-                logger.error("study %s: %s seed %d failed: %s", spec.name, config.name, seed, err)
-                runs[config.name][seed] = {"error": f"{type(err).__name__}: {err}"}
+    # SIGINT/SIGTERM: a run being trained checkpoints and stops (its own StopSignal); elsewhere the study stops
+    # before the next run. Either way the study ends with the signal's exit code, and a rerun resumes.
+    stop = StopSignal("stopping before the next run")
+    try:
+        shared = _shared_inputs(spec, out)
+        runs: dict[str, dict[int, dict[str, Any]]] = {}
+        for config in spec.configs:
+            runs[config.name] = {}
+            for seed in spec.seeds:
+                if stop.signum:
+                    raise stopped(stop.signum, f"before {config.name} seed {seed}")
+                try:
+                    runs[config.name][seed] = _run_one(spec, config, seed, out, shared)
+                except Interrupted:
+                    raise  # a signal stops the study, it does not fail a config
+                except Exception as err:  # a failed config is reported; the rest go on
+                    logger.error("study %s: %s seed %d failed: %s", spec.name, config.name, seed, err)
+                    runs[config.name][seed] = {"error": f"{type(err).__name__}: {err}"}
+    finally:
+        stop.restore()
     results = summarize(spec, runs)
     write_json(out / "results.json", results)
     write_text(out / "results.md", results_markdown(results))

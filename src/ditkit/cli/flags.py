@@ -7,8 +7,12 @@ default once: IMAGE_SAMPLING, WALK_SAMPLING, the TrainConfig and recipe fields).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from ditkit.config import IMAGE_SAMPLING, SAMPLE_BATCH_CPU, SAMPLE_BATCH_CUDA, WALK_SAMPLING, VAETrainConfig  # no torch
+from ditkit.config.recipes import RECIPES
 
 Handler = Callable[[argparse.Namespace], None]
 
@@ -83,7 +87,9 @@ def _weights_flags(add: Callable[[str], argparse.ArgumentParser]) -> None:
     p.add_argument("--data", required=True, help="image folder or .npz")
     p.add_argument("--out", required=True, help="latent store folder (re-run to resume)")
     p.add_argument("--vae", required=True, help="diffusers VAE folder or hub id, e.g. stabilityai/sd-vae-ft-ema")
-    p.add_argument("--image-size", type=count(1), default=256)
+    p.add_argument(
+        "--image-size", type=count(1), help="pixels (default: the images' own size, at most 256; else the VAE's)"
+    )
     p.add_argument("--batch-size", type=count(1), default=32)
     p.add_argument("--num-workers", type=count(0), default=4)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -118,8 +124,10 @@ def _recipe_flags(add: Callable[[str], argparse.ArgumentParser], precisions: Seq
         ("--kl-weight", float),
         ("--seed", count(0)),
     ):
-        p.add_argument(flag, type=kind, help="default: ditkit.config.VAETrainConfig")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        p.add_argument(flag, type=kind, help=f"default {field_default(VAETrainConfig, flag)}")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help=f"default {field_default(VAETrainConfig, 'device')}"
+    )
 
     p = add("study")
     p.add_argument("spec", help="a .toml/.json study spec, or blocks, scaling, guidance (built in)")
@@ -161,7 +169,9 @@ def _sample_and_walk_flags(
         p.add_argument("--ckpt", required=True, help="weights file (.pt/.safetensors) or a ditkit run folder")
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--vae", help="VAE folder or hub id ('none' = pixel space); default: the run's, else none")
-        p.add_argument("--classes", help="class ids or ImageNet names, comma separated")
+        p.add_argument(
+            "--classes", help="class ids or names (a run's own; ImageNet's for 1000 classes), comma separated"
+        )
         _sampling_flags(p, samplers, precisions)
         p.add_argument("--num-heads", type=count(1), help="head count, for weights that do not record it")
         p.add_argument("--device", type=device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
@@ -177,10 +187,12 @@ def _sample_and_walk_flags(
 
 
 def _evaluation_flags(evaluate: argparse.ArgumentParser, ref_stats: argparse.ArgumentParser) -> None:
-    evaluate.add_argument("samples", help="samples .npz (arr_0 uint8 NHWC, + labels for the digits metric)")
+    evaluate.add_argument(
+        "samples", help="samples .npz (arr_0 uint8 NHWC, + labels for the digits metric) or an image folder"
+    )
     evaluate.add_argument("--ref", help="reference .npz: images, ADM reference batch or ditkit ref-stats output")
     evaluate.add_argument("--json", action="store_true", help="one JSON object")
-    ref_stats.add_argument("source", help="image folder or .npz")
+    ref_stats.add_argument("source", help="image folder (flat or <class>/*.png, as train reads it), .npz or ADM batch")
     ref_stats.add_argument("--out", required=True, help="output statistics .npz")
     ref_stats.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     for p in (evaluate, ref_stats):
@@ -198,12 +210,23 @@ def _evaluation_flags(evaluate: argparse.ArgumentParser, ref_stats: argparse.Arg
 
 
 def _sampling_flags(p: argparse.ArgumentParser, samplers: Sequence[str], precisions: Sequence[str]) -> None:
-    p.add_argument("--sampler", choices=samplers, help="default: ddpm (sample), ddim (walk)")
-    p.add_argument("--num-steps", "--steps", dest="num_steps", type=int, help="sampling steps (default 250 / 50)")
-    p.add_argument("--cfg-scale", type=float, help="guidance scale (default 4; 1 = none)")
+    image, walk = IMAGE_SAMPLING, WALK_SAMPLING  # the defaults of `sample` and `walk`
+    p.add_argument("--sampler", choices=samplers, help=f"default: {image.sampler} (sample), {walk.sampler} (walk)")
+    p.add_argument(
+        "--num-steps",
+        "--steps",
+        dest="num_steps",
+        type=int,
+        help=f"sampling steps (default {image.num_steps} / {walk.num_steps})",
+    )
+    p.add_argument("--cfg-scale", type=float, help=f"guidance scale (default {image.cfg_scale:g}; 1 = none)")
     p.add_argument("--cfg-channels", choices=["all", "3"], help="guided channels; 3 = the official DiT variant")
-    p.add_argument("--eta", type=float, help="DDIM noise in [0, 1] (default 0)")
-    p.add_argument("--batch-size", type=count(1), help="images per forward pass (default 32)")
+    p.add_argument("--eta", type=float, help=f"DDIM noise in [0, 1] (default {image.eta:g})")
+    p.add_argument(
+        "--batch-size",
+        type=count(1),
+        help=f"images per forward pass (default {SAMPLE_BATCH_CPU} on CPU, {SAMPLE_BATCH_CUDA} on CUDA)",
+    )
     p.add_argument("--precision", choices=precisions, help="the network's arithmetic (default auto: bf16 on CUDA)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (CUDA: ~2x)")
     p.add_argument(
@@ -222,9 +245,23 @@ def _train_flags(
     p.add_argument("--preset", choices=presets, help="model size (default: DiT-XL/2; the demo's model for MNIST)")
     p.add_argument("--block", choices=blocks, help="block design (default adaln_zero)")
     p.add_argument("--num-classes", type=int, help="classes (default: the data's; 0 = unconditional)")
-    p.add_argument("--num-heads", type=count(1), help="attention heads")
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="paper: DiT-XL/2, batch 256, lr 1e-4, EMA 0.9999 (the default with --data); cpu-small: a ~2 M "
+        "DiT-XS, batch 64, lr 3e-3, x0 + cosine, EMA 0.999, for a laptop CPU (README: Recipes)",
+    )
+    p.add_argument("--depth", type=count(1), help="transformer blocks (default: the preset's or recipe's)")
+    p.add_argument("--hidden-size", "--width", dest="hidden_size", type=count(4), help="token width (d)")
+    p.add_argument("--num-heads", "--heads", dest="num_heads", type=count(1), help="attention heads")
+    p.add_argument("--patch-size", type=count(1), help="p: p x p patches make the tokens (1, 2, 4 or 8)")
+    p.add_argument("--predict", choices=["eps", "x0"], help="what the model predicts (paper: eps)")
+    p.add_argument("--noise-schedule", choices=["linear", "cosine"], help="diffusion betas (paper: linear)")
+    p.add_argument(
+        "--ema-warmup", action=argparse.BooleanOptionalAction, default=None, help="EMA decay warm-up (short runs)"
+    )
     p.add_argument("--learn-sigma", action=argparse.BooleanOptionalAction, default=None, help="learned variance")
-    p.add_argument("--image-size", type=int, help="pixels (256 for the paper, 24 for the MNIST demo)")
+    p.add_argument("--image-size", type=int, help="pixels (default: the images' own size, at most 256)")
     p.add_argument("--vae", help="'none' (pixel space), a diffusers VAE folder or hub id")
     for flag, kind, help_ in (
         ("--max-steps", int, None),
@@ -274,6 +311,20 @@ def flag_of(parser: argparse.ArgumentParser, setting: str | None) -> str | None:
         if action.dest == name and action.option_strings:
             return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
     return None
+
+
+def field_default(config_class: type, flag_or_setting: str) -> str:
+    """The default of a config dataclass field as help text shows it: `field_default(VAETrainConfig,
+    "--max-steps")` -> "1500" (read from the field itself, so the help never restates a default)."""
+    name = flag_or_setting.lstrip("-").replace("-", "_")
+    field = next(f for f in dataclasses.fields(config_class) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return "required"
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def count(minimum: int) -> Callable[[str], int]:

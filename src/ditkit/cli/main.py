@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ditkit.config import BLOCK_DESIGNS, PRECISIONS, PRESETS, SAMPLERS, SampleConfig  # config imports no torch
+from ditkit.runtime.errors import InputError  # no torch either
 
 if TYPE_CHECKING:  # annotations only: the CLI imports torch inside its handlers
     import torch
@@ -64,16 +65,19 @@ def _sample(args: argparse.Namespace) -> None:
     config = _sample_config(args, IMAGE_SAMPLING)
     npz = Path(args.npz or Path(args.out) / "samples.npz") if args.num is not None else None
     _outputs(args, npz or Path(args.out) / "grid.png")
+    if npz is None and (Path(args.out) / "images").exists() and not args.overwrite:  # the grid replaces it whole
+        images = str(Path(args.out) / "images")
+        raise InputError(f"output {images!r} exists; pass overwrite=True to replace it", setting="overwrite")
     info = distributed.init(args.device)
     opened = _open(args, info.device)
     if npz is not None:
-        written = sample_npz_job(
-            opened, npz, args.num, config, info, seed=args.seed, class_balanced=args.class_balanced
-        )
+        job = {"seed": args.seed, "class_balanced": args.class_balanced, "overwrite": args.overwrite}
+        written = sample_npz_job(opened, npz, args.num, config, info, **job)
         if written is not None:
             print(f"wrote {written}")
         return
-    classes = parse_classes(args.classes, opened.model.config.num_classes) if opened.model.config.num_classes else [0]
+    num_classes = opened.model.config.num_classes
+    classes = parse_classes(args.classes, num_classes, opened.class_names) if num_classes else [0]
     path, count = sample_grid(opened, args.out, classes, args.per_class, config, seed=args.seed)
     print(f"wrote {count} images and the grid {path}")
 
@@ -88,7 +92,7 @@ def _walk(args: argparse.Namespace) -> None:
     _outputs(args, *(Path(args.out) / f"{k}_walk{suffix}" for k in kinds for suffix in (".gif", "_strip.png")))
     opened = _open(args, resolve_device(args.device))
     num_classes = opened.model.config.num_classes
-    classes = parse_classes(args.classes, num_classes) if num_classes else None
+    classes = parse_classes(args.classes, num_classes, opened.class_names) if num_classes else None
     config = _sample_config(args, WALK_SAMPLING)
     made = make_walks(
         opened.model,
@@ -115,6 +119,7 @@ _TRAIN_FIELDS = (
     "warmup_steps",
     "max_grad_norm",
     "ema_decay",
+    "ema_warmup",
     "ckpt_every_steps",
     "log_every_steps",
     "sample_every_steps",
@@ -135,8 +140,17 @@ def _train(args: argparse.Namespace) -> None:
 
     fields = _given(args, *_TRAIN_FIELDS)
     fields.update({f: True for f in ("deterministic", "compile", "grad_checkpointing") if getattr(args, f)})
-    model = _given(args, "block", "num_classes", "learn_sigma", "num_heads")
-    cfg = build_train_config(args.out, data=args.data, preset=args.preset, model_overrides=model, **fields)
+    model = _given(args, "block", "num_classes", "learn_sigma", "num_heads", "depth", "hidden_size", "patch_size")
+    diffusion = _given(args, "noise_schedule") | ({"predict_xstart": args.predict == "x0"} if args.predict else {})
+    cfg = build_train_config(
+        args.out,
+        data=args.data,
+        preset=args.preset,
+        recipe=args.recipe,
+        model_overrides=model,
+        diffusion_overrides=diffusion,
+        **fields,
+    )
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         return
@@ -161,11 +175,13 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _ref_stats(args: argparse.Namespace) -> None:
+    from ditkit.data.image_files import open_images
     from ditkit.metrics.evaluate import ref_stats
     from ditkit.metrics.scoring import feature_extractor
     from ditkit.runtime.distributed import resolve_device
 
     _outputs(args, args.out)
+    images = open_images(args.source)  # a missing, empty or unreadable set fails here, before the network loads
     extractor = feature_extractor(
         args.metric,
         inception=args.inception,
@@ -173,14 +189,15 @@ def _ref_stats(args: argparse.Namespace) -> None:
         device=resolve_device(args.device),
         resize=args.resize,
     )
-    print(f"wrote {ref_stats(args.source, extractor, args.out, batch_size=args.batch_size)}")
+    print(f"wrote {ref_stats(images, extractor, args.out, batch_size=args.batch_size)}")
 
 
 def _extract_latents(args: argparse.Namespace) -> None:
-    from ditkit.data.latent_store import extract_latents_job
+    from ditkit.data.latent_store import extract_latents_job, extraction_image_size
     from ditkit.data.loader import open_dataset
 
-    dataset = open_dataset(args.data, args.image_size, flip=False)  # the cheap checks first
+    image_size = extraction_image_size(args.data, args.image_size, args.vae)  # the data's own unless given
+    dataset = open_dataset(args.data, image_size, flip=False)  # the cheap checks first
     progress = extract_latents_job(
         dataset, args.vae, args.out, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device
     )
@@ -207,11 +224,10 @@ def _study(args: argparse.Namespace) -> None:
 
 
 def _train_vae(args: argparse.Namespace) -> None:
-    from ditkit.config import VAETrainConfig
-    from ditkit.training.autoencoder_training import train_vae
+    from ditkit.training.autoencoder_training import train_vae, vae_train_config
 
     fields = _given(args, "data", "image_size", "max_steps", "batch_size", "lr", "kl_weight", "seed", "device")
-    print(f"VAE folder: {train_vae(VAETrainConfig(out_dir=args.out, **fields))}")
+    print(f"VAE folder: {train_vae(vae_train_config(args.out, **fields))}")
 
 
 def _flops(args: argparse.Namespace) -> None:

@@ -120,6 +120,21 @@ PRESETS["DiT-Demo/4"] = ModelConfig(
     num_classes=10,
     learn_sigma=False,
 )
+# The latent demo's model (`ditkit demo`): 6 x 128 on 2x2 patches of 8x8x4 latents (16 tokens), no learned sigma.
+PRESETS["DiT-LatentDemo/2"] = ModelConfig(
+    depth=6,
+    hidden_size=128,
+    num_heads=4,
+    patch_size=2,
+    input_size=8,
+    in_channels=4,
+    num_classes=10,
+    learn_sigma=False,
+)
+# Between the tiny test sizes and DiT-S (33 M): the latent demo's 6 x 128 on the paper's inputs, ~2.0 M parameters
+# (256 / 64 tokens at 256 px); what the cpu-small recipe trains (ditkit.config.recipes).
+PRESETS["DiT-XS/2"] = ModelConfig(depth=6, hidden_size=128, num_heads=4, patch_size=2)
+PRESETS["DiT-XS/4"] = ModelConfig(depth=6, hidden_size=128, num_heads=4, patch_size=4)
 
 
 def get_preset(name: str, **overrides: object) -> ModelConfig:

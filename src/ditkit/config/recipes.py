@@ -1,6 +1,7 @@
 """Training recipes besides the paper run (whose settings are the config defaults): the CPU demo on the
-embedded MNIST. A recipe is a TrainConfig (plus how its model is sampled when scored); `ditkit train`
-with no --data, `ditkit demo` and the studies start from here.
+embedded MNIST, and `ditkit train --recipe` (cpu-small: the latent demo's choices on any data). A recipe is a
+TrainConfig (plus how its model is sampled when scored); `ditkit train` with no --data, `ditkit demo` and
+the studies start from here.
 
 The demo departs from the paper where a 2-core CPU and a few minutes demand it (each choice was measured;
 see benchmarks/demo.md): a small, wide-patch DiT in pixel space, x_0 prediction on a cosine schedule, a
@@ -16,6 +17,7 @@ from typing import Any
 from ditkit.config.model import PRESETS, DiffusionConfig, ModelConfig
 from ditkit.config.sampling import DEMO_SAMPLING
 from ditkit.config.training import TrainConfig, VAETrainConfig
+from ditkit.runtime.errors import InputError
 
 DEMO_IMAGE_SIZE = 24  # MNIST digits cropped 28 -> 24 (every digit stays whole: 36 tokens at patch 4)
 DEMO_REPORT_IMAGE_SIZE = 32  # samples are framed back to 32 px (the classifier's and the usual MNIST-32 layout)
@@ -59,16 +61,7 @@ def demo_train_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
 
 # The latent route on the same digits (`ditkit demo --latent`).
 
-LATENT_DEMO_MODEL = ModelConfig(
-    input_size=8,
-    patch_size=2,
-    in_channels=4,
-    hidden_size=128,
-    depth=6,
-    num_heads=4,
-    num_classes=10,
-    learn_sigma=False,
-)
+LATENT_DEMO_MODEL: ModelConfig = PRESETS["DiT-LatentDemo/2"]
 """The latent demo's DiT: 16 tokens (2x2 patches of 8x8x4 latents), adaLN-Zero, 6 x 128."""
 
 
@@ -96,3 +89,60 @@ def latent_demo_train_config(
     }
     fields.update(overrides)
     return demo_train_config(out_dir, **fields)
+
+
+# Named recipes for `ditkit train --recipe NAME` on any data. A recipe sets what is trained and how (model,
+# diffusion, optimisation, EMA, cadences, sampling), never what the data decide (image size, VAE, flips).
+
+RECIPES: tuple[str, ...] = ("paper", "cpu-small")
+"""paper: the paper's run (TrainConfig's defaults: DiT-XL/2, batch 256, lr 1e-4, EMA 0.9999, eps + linear).
+cpu-small: the latent demo's choices on any data, converging in well under an hour on a laptop CPU."""
+
+CPU_SMALL_MAX_TOKENS = 64  # cpu-small patches the input as finely as this many tokens allow
+
+_RECIPE_FIELDS = (
+    "model",
+    "diffusion",
+    "max_steps",
+    "global_batch_size",
+    "lr",
+    "warmup_steps",
+    "adam_betas",
+    "ema_decay",
+    "ema_warmup",
+    "log_every_steps",
+    "ckpt_every_steps",
+    "sample_every_steps",
+    "sample",
+)
+
+
+def recipe_fields(name: str) -> dict[str, Any]:
+    """The TrainConfig fields recipe `name` sets (see RECIPES); the model's input shape comes from the data."""
+    if name == "paper":
+        paper = TrainConfig(out_dir="paper")
+        return {field: getattr(paper, field) for field in _RECIPE_FIELDS}
+    if name == "cpu-small":
+        return {
+            "model": PRESETS["DiT-XS/2"].replace(learn_sigma=False),  # its patch: cpu_small_patch
+            "diffusion": DiffusionConfig(learn_sigma=False, noise_schedule="cosine", predict_xstart=True),
+            "max_steps": 2000,
+            "global_batch_size": 64,
+            "lr": 3e-3,
+            "warmup_steps": 100,
+            "adam_betas": (0.9, 0.99),
+            "ema_decay": 0.999,
+            "ema_warmup": True,
+            "log_every_steps": 50,
+            "ckpt_every_steps": 250,
+            "sample_every_steps": 500,
+            "sample": DEMO_SAMPLING,
+        }
+    raise InputError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}", setting="recipe")
+
+
+def cpu_small_patch(input_size: int) -> int:
+    """cpu-small's patch for a `input_size`-wide model input: the smallest of 2, 4, 8 that divides it into at
+    most CPU_SMALL_MAX_TOKENS tokens (2 on 8x8 latents: 16 tokens; 4 on 24 px digits: 36; 4 on 32x32 latents: 64)."""
+    fitting = [p for p in (2, 4, 8) if input_size % p == 0]
+    return next((p for p in fitting if (input_size // p) ** 2 <= CPU_SMALL_MAX_TOKENS), fitting[-1] if fitting else 2)

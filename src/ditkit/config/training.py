@@ -46,6 +46,7 @@ RESUMABLE_FIELDS: frozenset[str] = frozenset(
         "num_eval_samples",
         "eval_seed",
         "eval_ref",
+        "class_names",  # names only: the ids, and so the weights, stay
     )
 )
 
@@ -73,6 +74,7 @@ class TrainConfig:
     vae_scale: float | None = None  # the latent scale its latents were made with; None: the VAE config's
     flip: bool | None = None  # random horizontal flips; None = on for natural images, off for digits
     num_workers: int = 4  # data-loader worker processes per rank (official default; 0 loads in-process)
+    class_names: tuple[str, ...] | None = None  # class i's name, from the data (folders, labels file); None: ids
 
     # Optimisation.
     max_steps: int = 400_000  # optimizer steps of the whole run (the paper's Table 4 length); rerun to extend
@@ -167,6 +169,12 @@ class TrainConfig:
                 "(a null class); use cfg_scale 1 (no guidance)",
                 setting="sample.cfg_scale",
             )
+        if self.class_names is not None and len(self.class_names) != self.model.num_classes:
+            raise InputError(
+                f"class_names has {len(self.class_names)} names for a {self.model.num_classes}-class model; "
+                "give one name per class, or None",
+                setting="class_names",
+            )
         if not str(self.vae).strip():
             raise InputError(
                 "vae must be 'none', a diffusers VAE folder or a hub id; got an empty string", setting="vae"
@@ -211,6 +219,8 @@ class TrainConfig:
             fields["sample"] = SampleConfig(**sample)
         if "adam_betas" in fields:
             fields["adam_betas"] = tuple(fields["adam_betas"])
+        if fields.get("class_names") is not None:
+            fields["class_names"] = tuple(fields["class_names"])
         return cls(**fields)
 
 

@@ -25,6 +25,23 @@ from ditkit.config import VAE_DOWNSAMPLE, VAE_LATENT_CHANNELS, VAE_LATENT_SCALE
 from ditkit.runtime.errors import InputError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name", as the Hugging Face hub spells ids
+TRAINING_STATE_FILE = Path("training") / "state.json"  # `ditkit train-vae`'s progress inside a VAE folder
+
+
+def unfinished_training(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(step, max_steps) when `path` is a `ditkit train-vae` folder whose training has not finished (its
+    scaling factor is measured at the end, so it has none yet); None for a finished folder or any other VAE.
+
+    state.json says `finished`; folders written before it did count as finished when report.json exists."""
+    state_file = Path(path) / TRAINING_STATE_FILE
+    if not state_file.is_file():
+        return None
+    try:
+        state = json.loads(state_file.read_text())
+        finished = state.get("finished", (Path(path) / "report.json").is_file())
+        return None if finished else (int(state["step"]), int(state.get("max_steps", 0)))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"VAE folder {str(path)!r}: unreadable {TRAINING_STATE_FILE} ({err})", setting="vae") from None
 
 
 class Autoencoder:
@@ -189,6 +206,14 @@ def load_vae(
                     f"VAE folder {spec!r} has no config.json; pass a diffusers AutoencoderKL folder", setting="vae"
                 )
             kwargs["subfolder"] = "vae"  # a whole pipeline folder
+        unfinished = unfinished_training(path) if scale is None else None
+        if unfinished is not None:
+            where = f"step {unfinished[0]} of {unfinished[1]}" if unfinished[1] else f"step {unfinished[0]}"
+            raise InputError(
+                f"autoencoder training did not finish ({where}) in {spec!r}: rerun train-vae to finish it, or pass "
+                "scale=... (the latent scaling factor)",
+                setting="vae",
+            )
         source = str(path)
     elif _HUB_ID.match(spec):  # not cached, and the hub answers
         source = spec

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ditkit.data.class_names import LABEL_FILES, check_class_names, npz_class_names, read_labels_file, readable_names
 from ditkit.runtime.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,10 @@ def draw_flip(flip: bool, generator: torch.Generator | None) -> bool:
 
 
 class BaseDataset(torch.utils.data.Dataset):
-    """Shared interface: `num_classes`, `channels`, `image_size`, `flip`, `item_shape`, `get`."""
+    """Shared interface: `num_classes`, `class_names`, `channels`, `image_size`, `flip`, `item_shape`, `get`."""
 
     num_classes: int  # distinct labels; 0 for unlabelled data (labels are then all 0)
+    class_names: tuple[str, ...] | None = None  # class i's name (ditkit.data.class_names); None: ids only
     channels: int  # channels of x as the model sees it (latent channels for a latent store)
     image_size: int  # side of the (pixel) images, in pixels
     flip: bool = False  # random horizontal flip with p = 0.5
@@ -99,10 +101,21 @@ def _load_rgb(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
+def _unreadable(what: str, err: OSError) -> InputError:
+    """The one line of a folder or file that cannot be read (never skipped: a class would go missing)."""
+    why = "permission denied; change its permissions" if isinstance(err, PermissionError) else err.strerror
+    return InputError(f"cannot read {what} {str(err.filename)!r}: {why} or remove it", setting="data")
+
+
+def _listing_failed(err: OSError) -> None:
+    """os.walk's onerror: a folder it cannot list is an error (os.walk alone skips it without a word)."""
+    raise _unreadable("folder", err) from err
+
+
 def _list_images(folder: Path) -> list[Path]:
     files = [
         Path(d) / name
-        for d, _, names in os.walk(folder, followlinks=True)
+        for d, _, names in os.walk(folder, followlinks=True, onerror=_listing_failed)
         for name in names
         if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
     ]
@@ -135,6 +148,8 @@ class ImageFolderDataset(BaseDataset):
                 setting="data",
             )
         self.num_classes = len(self.classes)
+        if self.classes:  # a labels file in the folder names the classes, else their folders do
+            self.class_names = read_labels_file(self.root, self.num_classes) or readable_names(self.classes)
         self._bad: set[int] = set()
 
     @property
@@ -149,6 +164,8 @@ class ImageFolderDataset(BaseDataset):
         path = self.samples[index][0]
         try:
             return _load_rgb(path)
+        except PermissionError as err:  # not a bad image but a setup to fix: never skipped
+            raise _unreadable("image file", err) from err
         except _BAD_IMAGE_ERRORS as err:
             self._bad.add(index)
             logger.warning("skipping unreadable image %s (%s)", path, err)
@@ -196,6 +213,8 @@ def image_file_problem(path: Path) -> str | None:
             _load_rgb(path)  # no end marker: decode to tell a truncated file from one with data appended
         elif kind == "WEBP" and riff > size:
             return f"truncated WEBP ({size} of {riff} bytes)"
+    except PermissionError as err:  # the caller's setup, not a bad image: `check_image_folder` says so
+        raise _unreadable("image file", err) from err
     except Image.UnidentifiedImageError:
         return "not an image PIL can read"
     except _BAD_IMAGE_ERRORS as err:
@@ -203,17 +222,18 @@ def image_file_problem(path: Path) -> str | None:
     return None
 
 
-def check_image_folder(dataset: ImageFolderDataset) -> None:
+def check_image_folder(dataset: ImageFolderDataset | Path) -> None:
     """Raise InputError naming the first file of the folder that is not a readable image (path and reason).
 
     Every non-hidden file must be an image with a known extension whose header PIL reads and, for PNG,
     JPEG and WebP, whose end is there: about 0.15 s per 1,000 JPEGs and 0.05 s per 1,000 PNGs, no pixel
     decoded. A folder whose listing (paths, sizes, mtimes) passed once in this process is not read again.
+    `dataset` is an image folder dataset or the folder itself (the image sets of `ditkit.data.image_files`).
     """
-    root = dataset.root
+    root = dataset if isinstance(dataset, Path) else dataset.root
     files = sorted(
         Path(d) / name
-        for d, _, names in os.walk(root, followlinks=True)
+        for d, _, names in os.walk(root, followlinks=True, onerror=_listing_failed)
         for name in names
         if not name.startswith(".") and not any(part.startswith(".") for part in Path(d).relative_to(root).parts)
     )
@@ -227,6 +247,8 @@ def check_image_folder(dataset: ImageFolderDataset) -> None:
     if len(files) > 20_000:
         logger.info("checking the %d files of %s (about %d s)", len(files), root, len(files) // 7_000 + 1)
     for path in files:
+        if path.parent == root and path.name in LABEL_FILES:
+            continue  # the class names (ditkit.data.class_names)
         if not path.name.lower().endswith(IMAGE_EXTENSIONS):
             problem = f"not an image file: ditkit reads {', '.join(IMAGE_EXTENSIONS)}"
         else:
@@ -256,6 +278,7 @@ class NpzDataset(BaseDataset):
             images = f[key]
             label_key = next((k for k in ("labels", "arr_1") if k in f), None)
             labels = f[label_key].astype(np.int64) if label_key else np.zeros(len(images), np.int64)
+            names = npz_class_names(f, path) if label_key else None
         if (
             images.dtype != np.uint8
             or images.ndim not in (3, 4)
@@ -272,6 +295,11 @@ class NpzDataset(BaseDataset):
         self.channels = 1 if self.images.ndim == 3 else 3
         self.image_size = int(image_size or min(images.shape[1:3]))
         self.num_classes = int(labels.max()) + 1 if label_key and len(labels) else 0
+        if names is not None:  # the names may count classes no image has
+            self.num_classes = max(self.num_classes, len(names))
+            self.class_names = check_class_names(names, self.num_classes, f"{str(path)!r} (class_names)")
+        elif self.num_classes:
+            self.class_names = read_labels_file(Path(path).parent, self.num_classes)
 
     def __len__(self) -> int:
         return len(self.images)

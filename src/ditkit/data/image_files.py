@@ -1,5 +1,6 @@
 """uint8 image sets in the layouts ditkit reads and writes: arrays, ADM's .npz (`arr_0`, streamed batch by
-batch so 50K x 256 x 256 x 3 never sits in memory), .npy and folders of PNG/JPEG files.
+batch so 50K x 256 x 256 x 3 never sits in memory), .npy and image folders in the layouts training reads
+(flat, or `<class>/*.png`), checked like training data.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from ditkit.data.datasets import IMAGE_EXTENSIONS, _list_images, check_image_folder
 from ditkit.runtime.errors import InputError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-ImageSource = np.ndarray | Tensor | str | os.PathLike
 
 
 @dataclass
@@ -38,7 +37,10 @@ class ImageSet:
             yield from _npz_batches(self.source, batch_size, limit)
         else:
             for i in range(0, limit, batch_size):
-                yield check_images(np.stack([_read_image(p) for p in self.files[i : min(i + batch_size, limit)]]))
+                yield check_images(_stack(self.files[i : min(i + batch_size, limit)]))
+
+
+ImageSource = np.ndarray | Tensor | str | os.PathLike | ImageSet
 
 
 def check_images(images: np.ndarray | Tensor) -> np.ndarray:
@@ -53,6 +55,36 @@ def check_images(images: np.ndarray | Tensor) -> np.ndarray:
             f"dtype {x.dtype}, shape {x.shape}: convert with ((x + 1) * 127.5).round().clip(0, 255)"
         )
     return x
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The images of `folder` as training reads them: `<class>/**/<image>` (classes in sorted order), else the
+    folder's own images, recursively (the same extensions: `ditkit.data.datasets.IMAGE_EXTENSIONS`).
+
+    Checked like training data before any image is used (`check_image_folder`): an empty folder, or the first
+    file that is not a readable image, is an InputError naming it.
+    """
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = [p for d in (classes or [folder]) for p in _list_images(d)]
+    if not files:
+        raise InputError(
+            f"image folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); pass a folder of "
+            "images or of <class>/ subfolders of images, an .npz (arr_0) or an ADM reference batch"
+        )
+    check_image_folder(folder)
+    return files
+
+
+def _stack(files: list[Path]) -> np.ndarray:
+    images = [_read_image(p) for p in files]
+    for path, image in zip(files, images):
+        if image.shape != images[0].shape:
+            raise InputError(
+                f"{str(path)!r} is {'x'.join(map(str, image.shape))} (height x width x channels) but "
+                f"{str(files[0])!r} is {'x'.join(map(str, images[0].shape))}: the images of a set must share "
+                "one size and color mode; resize or convert them, or pass an .npz"
+            )
+    return np.stack(images)
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -96,25 +128,32 @@ def _npz_batches(path: Path, batch_size: int, limit: int) -> Iterator[np.ndarray
 
 
 def open_images(source: ImageSource) -> ImageSet:
-    """Wrap an array, an .npz (`arr_0`), an .npy or a folder of images as a batch-readable source."""
+    """Wrap an array, an .npz (`arr_0`; ADM batches too), an .npy or an image folder (flat or `<class>/*.png`,
+    see `folder_images`) as a batch-readable source; an ImageSet is returned as it is (opened before the work)."""
+    if isinstance(source, ImageSet):
+        return source
     if isinstance(source, (np.ndarray, Tensor)):
         arr = check_images(source)
         return ImageSet(num_images=len(arr), source=arr, kind="array")
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+        files = folder_images(path)
         return ImageSet(num_images=len(files), source=path, kind="folder", files=files)
     if path.suffix == ".npy":
         arr = np.load(path, mmap_mode="r")
         check_images(arr[:1])
-        return ImageSet(num_images=len(arr), source=arr, kind="array")
+        return _not_empty(ImageSet(num_images=len(arr), source=arr, kind="array"), path)
     if path.suffix == ".npz" and path.is_file():
         with zipfile.ZipFile(path) as zf, zf.open(f"{_npz_image_key(path)}.npy") as f:
             shape, _ = _read_npy_header(f)
-        return ImageSet(num_images=int(shape[0]), source=path, kind="npz")
+        return _not_empty(ImageSet(num_images=int(shape[0]), source=path, kind="npz"), path)
     raise InputError(
-        f"cannot read images from {source!r}: pass a uint8 NHWC array, an .npz with arr_0, "
-        "an .npy, or a folder of PNG/JPEG files"
+        f"cannot read images from {str(source)!r}: pass a uint8 NHWC array, an .npz with arr_0, "
+        "an .npy, or a folder of images (flat or in <class>/ subfolders)"
     )
+
+
+def _not_empty(images: ImageSet, path: Path) -> ImageSet:
+    if not images.num_images:
+        raise InputError(f"{str(path)!r} holds no images (an array of 0 rows); pass a non-empty image set")
+    return images

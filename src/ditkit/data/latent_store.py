@@ -18,15 +18,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from ditkit.config import NO_VAE, VAE_LATENT_SCALE
 from ditkit.data.autoencoder import load_vae, vae_geometry
+from ditkit.data.class_names import readable_names
 from ditkit.data.datasets import STORE_META_FILE, BaseDataset, draw_flip
+from ditkit.data.image_size import pick_image_size
 from ditkit.data.provenance import VaeRecord, recorded_spec, vae_fingerprint
+from ditkit.data.workers import close_batches, worker_batches
 from ditkit.runtime import distributed
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import write_json
+from ditkit.runtime.progress import progress
+from ditkit.runtime.stopping import StopSignal, stopped
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +148,7 @@ class LatentStore(BaseDataset):
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         self.flip, self.scale, self.vae = flip, float(meta["scale"]), meta["vae"]
         self.vae_record = VaeRecord.from_config(meta)  # the autoencoder that made these latents
-        self.class_names: list[str] | None = meta.get("class_names")
+        self.class_names = readable_names(meta["class_names"]) if meta.get("class_names") else None
         c, h, w = (int(n) for n in meta["latent_shape"])
         self.latent_shape = (c, h, w)
         self.channels, self.image_size = self.latent_shape[0], int(meta["image_size"])
@@ -287,7 +291,7 @@ def extract_latents(
         "image_size": dataset.image_size,
         "image_channels": x0.shape[0],
         "num_classes": dataset.num_classes,
-        "class_names": list(getattr(dataset, "classes", None) or []) or None,  # an image folder's class folders
+        "class_names": list(getattr(dataset, "class_names", None) or []) or None,  # folders, npz key, labels file
         "mirror": mirror,
         "dtype": dtype,
         "shard_size": shard_size,
@@ -296,24 +300,47 @@ def extract_latents(
     meta = _prepare_store(root, header)
     views, plan = (2 if mirror else 1), _extraction_plan(meta, root, rank, world_size, batch_size)
     batches = [list(range(s * shard_size + row, s * shard_size + stop)) for s, row, stop in plan]
-    loader = DataLoader(_Plain(dataset), batch_sampler=batches, num_workers=usable_workers(num_workers))
+    # SIGINT/SIGTERM (to the group too: the workers ignore them) stop after the batch being written.
+    stop_signal = StopSignal("stopping after the batch being written")
+    loader = worker_batches(_Plain(dataset), batches, usable_workers(num_workers))
     current, memmaps = -1, ()  # the shard being written and its (mean, std, labels) memmaps
-    for (shard, row, stop), (x, y) in zip(plan, loader, strict=True):
-        if shard != current:
-            shape = (_shard_len(meta, shard), views, *meta["latent_shape"])
-            current, memmaps = shard, _open_shard(root, shard, shape, dtype)
-        mean_mm, std_mm, labels_mm = memmaps
-        x = x.to(device)
-        mean, std = encode(torch.cat([x, x.flip(-1)]) if mirror else x)  # (V n, C, h, w): images, then mirrors
-        mean_mm[row:stop] = mean.unflatten(0, (views, stop - row)).transpose(0, 1).cpu().numpy()
-        std_mm[row:stop] = std.unflatten(0, (views, stop - row)).transpose(0, 1).cpu().numpy()
-        labels_mm[row:stop] = y.numpy()
-        for mm in memmaps:
-            mm.flush()  # the data reaches the file before the progress count claims it
-        write_json(_shard_path(root, "done", shard), {"written": stop})
+    bar = progress(total=sum(map(len, batches)), desc="extract-latents", unit="images", disable=rank != 0)
+    try:
+        for (shard, row, stop), (x, y) in zip(plan, loader, strict=True):
+            if shard != current:
+                shape = (_shard_len(meta, shard), views, *meta["latent_shape"])
+                current, memmaps = shard, _open_shard(root, shard, shape, dtype)
+            mean_mm, std_mm, labels_mm = memmaps
+            x = x.to(device)
+            mean, std = encode(torch.cat([x, x.flip(-1)]) if mirror else x)  # (V n, C, h, w): images, then mirrors
+            mean_mm[row:stop] = mean.unflatten(0, (views, stop - row)).transpose(0, 1).cpu().numpy()
+            std_mm[row:stop] = std.unflatten(0, (views, stop - row)).transpose(0, 1).cpu().numpy()
+            labels_mm[row:stop] = y.numpy()
+            for mm in memmaps:
+                mm.flush()  # the data reaches the file before the progress count claims it
+            write_json(_shard_path(root, "done", shard), {"written": stop})
+            bar.update(stop - row)
+            if stop_signal.signum:  # this rank's own flag: ranks write different numbers of batches (no collective)
+                break
+    finally:
+        close_batches(loader)
+        stop_signal.restore()
+    bar.close()
+    if stop_signal.signum:
+        done, total = store_progress(root)
+        raise stopped(stop_signal.signum, f"with {done} of {total} latents written (every batch kept)")
     written, total = store_progress(root)
     logger.info("latent store %s: %d of %d latents written (rank %d done)", root, written, total, rank)
     return root
+
+
+def extraction_image_size(data: str, image_size: int | None, vae: str) -> int | None:
+    """The image size of `ditkit extract-latents` on `data` (logged before any work): `image_size` as asked,
+    else the images' own (at most 256 px, a multiple of twice the VAE's downsampling so that /2 models fit),
+    else the VAE's config.json `sample_size`, else the dataset's default (`pick_image_size`)."""
+    pixel = vae.strip().lower() == NO_VAE  # refused by extract_latents_job, after the data's own checks
+    multiple = 1 if pixel else 2 * vae_geometry(vae)[1]
+    return pick_image_size(data, image_size, vae=None if pixel else vae, multiple=multiple)
 
 
 def extract_latents_job(
@@ -357,6 +384,6 @@ def extract_latents_job(
         num_workers=num_workers,
     )
     distributed.barrier()
-    progress = store_progress(out_dir) if info.is_main else None
+    done = store_progress(out_dir) if info.is_main else None
     distributed.shutdown()
-    return progress
+    return done

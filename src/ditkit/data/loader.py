@@ -15,7 +15,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from ditkit.config import TrainConfig
 from ditkit.data.autoencoder import Autoencoder, load_vae, vae_geometry
@@ -29,6 +28,7 @@ from ditkit.data.datasets import (
     check_image_folder,
 )
 from ditkit.data.latent_store import LatentStore, usable_workers
+from ditkit.data.workers import worker_batches
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.seeds import Stream, mix_seed
 
@@ -108,13 +108,8 @@ def build_loader(
             setting="global_batch_size",
         )
     sampler = _StepBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
-    loader = DataLoader(
-        _SeededItems(dataset),
-        batch_sampler=sampler,  # type: ignore[arg-type]  # yields (index, seed) keys, not plain indices
-        num_workers=usable_workers(num_workers),
-        pin_memory=pin_memory,
-    )
-    return iter(loader)
+    # Workers ignore SIGINT/SIGTERM (ditkit.data.workers): the caller's StopSignal decides, then `close_batches`.
+    return worker_batches(_SeededItems(dataset), sampler, usable_workers(num_workers), pin_memory)
 
 
 # Opening by name.

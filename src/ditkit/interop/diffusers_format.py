@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ditkit.config import NO_VAE, DiffusionConfig, ModelConfig, default_diffusion
 from ditkit.data.autoencoder import _HUB_ID, load_vae, resolve_hub_id
-from ditkit.data.class_names import IMAGENET_NUM_CLASSES
+from ditkit.data.class_names import IMAGENET_NUM_CLASSES, imagenet_class_names
 from ditkit.data.provenance import VaeRecord, decoder_spec
 from ditkit.interop.diffusers_keys import (
     check_exportable,
@@ -109,11 +109,12 @@ def export_diffusers(
     """Write `source` (a run folder: its newest EMA weights; or a weights file) as a DiTPipeline folder.
 
     The folder holds the transformer, the VAE (`vae`, else the run's config.json `vae`), a DDIMScheduler
-    with the training diffusion (`scheduler_config`), `id2label` in model_index.json (ImageNet names for
-    1000 classes, else `class_names` or "class i") and `ditkit_config.json` with what diffusers cannot
-    record. Load it with `load_pipeline` (plain `DiTPipeline.from_pretrained` runs slightly different
-    timestep frequencies: see `set_dit_timestep_frequencies`). Pixel-space models have no equivalent:
-    DiTPipeline always decodes through a VAE.
+    with the training diffusion (`scheduler_config`), `id2label` in model_index.json (`class_names`, else the
+    run's own from its config.json, else ImageNet names for 1000 classes, else "class i") and
+    `ditkit_config.json` with what diffusers cannot record. Load it with `load_pipeline` (plain
+    `DiTPipeline.from_pretrained` runs slightly different timestep frequencies: see
+    `set_dit_timestep_frequencies`). Pixel-space models have no equivalent: DiTPipeline always decodes
+    through a VAE.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -123,7 +124,8 @@ def export_diffusers(
     model, diffusion = load_model(source)
     config = model.config
     check_exportable(config)
-    recorded = _run_vae(Path(source))
+    run_config = _run_config(Path(source))
+    recorded = VaeRecord.from_config(run_config) if run_config is not None else None
     spec, scale = decoder_spec(recorded, vae, what=f"the run {str(source)!r}") if recorded else (vae, None)
     if spec is None or spec.strip().lower() == NO_VAE:
         raise InputError(
@@ -136,7 +138,10 @@ def export_diffusers(
         raise InputError(
             f"VAE {spec!r} does not make the model's {config.in_channels}-channel latents; pass its VAE", setting="vae"
         )
-    names = class_names or _default_class_names(config.num_classes)
+    run_names = (run_config or {}).get("class_names")
+    if run_names == imagenet_class_names():
+        run_names = None  # an ImageNet folder's: DiTPipeline's labels carry the synonyms too
+    names = class_names or run_names or _default_class_names(config.num_classes)
     if len(names) != config.num_classes:
         raise InputError(
             f"class_names has {len(names)} names for a {config.num_classes}-class model", setting="class_names"
@@ -164,12 +169,12 @@ def export_diffusers(
     return out_dir
 
 
-def _run_vae(source: Path) -> VaeRecord | None:
-    """The autoencoder recorded in the run config.json in `source` or up to two folders above it (a checkpoint
-    folder); None for a weights file outside a run."""
+def _run_config(source: Path) -> dict[str, Any] | None:
+    """The run config.json in `source` or up to two folders above it (a checkpoint folder), with the run's
+    autoencoder and class names; None for a weights file outside a run."""
     folders = (source, *source.resolve().parents[:2]) if source.is_dir() else ()
     configs = [f / "config.json" for f in folders if (f / "config.json").is_file()]
-    return VaeRecord.from_config(json.loads(configs[0].read_text())) if configs else None
+    return json.loads(configs[0].read_text()) if configs else None
 
 
 def _default_class_names(num_classes: int) -> list[str]:

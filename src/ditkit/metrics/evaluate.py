@@ -21,6 +21,7 @@ from ditkit.metrics.precision_recall import precision_recall
 from ditkit.metrics.statistics import ActivationStats, frechet_distance, inception_score, kernel_inception_distance
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import save_npz
+from ditkit.runtime.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +90,17 @@ def _extract(
     limit: int | None = None,
     max_pool: int | None = None,
     seed: int = 0,
+    desc: str = "features",
 ) -> _Features:
-    """Run the extractor over the first `limit` images, streaming statistics and keeping what is asked."""
+    """Run the extractor over the first `limit` images, streaming statistics and keeping what is asked; a
+    progress bar (a line per interval off a terminal) shows images/s and the time left."""
     limit = images.num_images if limit is None else limit
     keep = np.ones(limit, dtype=bool)  # which images' pool features to keep: a seeded subset past max_pool
     if max_pool is not None and limit > max_pool:
         keep[:] = False
         keep[np.random.default_rng(seed).choice(limit, max_pool, replace=False)] = True
     out, pools, logits, start = _Features({k: ActivationStats() for k in stat_kinds}), [], [], 0
+    bar = progress(total=limit, desc=desc, unit="images", leave=False)
     for batch in images.batches(batch_size, limit):
         feats = {k: v.detach().float().cpu().numpy() for k, v in extractor(batch).items()}
         for kind, stats in out.stats.items():
@@ -106,7 +110,8 @@ def _extract(
         if keep_logits:
             logits.append(feats["logits"].astype(np.float32))
         start += len(batch)
-        logger.debug("features: %d / %d images", start, limit)
+        bar.update(len(batch))
+    bar.close()
     out.pool = np.concatenate(pools) if keep_pool else None
     out.logits = np.concatenate(logits) if keep_logits else None
     return out
@@ -135,7 +140,9 @@ def ref_stats(
             f"(available: {sorted(extractor.available)})",
             setting="extractor",
         )
-    feats = _extract(src, extractor, kinds, batch_size, keep_pool="pool" in kinds, max_pool=max_features, seed=seed)
+    feats = _extract(
+        src, extractor, kinds, batch_size, keep_pool="pool" in kinds, max_pool=max_features, seed=seed, desc="ref-stats"
+    )
     arrays = {"num_images": np.int64(src.num_images), "extractor": np.array(extractor_name(extractor))}
     for kind in kinds:
         mu_key, sigma_key = _STAT_KEYS[kind]
@@ -186,9 +193,13 @@ def _load_reference(
     if is_npz and stats:
         if pool is None and need_pool and has_images:
             # An ADM reference batch: mu/sigma are stored, its images give the precision/recall features.
-            pool = _extract(open_images(ref), extractor, [], batch_size, keep_pool=True, max_pool=max_features).pool
+            pool = _extract(
+                open_images(ref), extractor, [], batch_size, keep_pool=True, max_pool=max_features, desc="reference"
+            ).pool
         return stats, pool
-    feats = _extract(open_images(ref), extractor, kinds, batch_size, keep_pool=need_pool, max_pool=max_features)
+    feats = _extract(
+        open_images(ref), extractor, kinds, batch_size, keep_pool=need_pool, max_pool=max_features, desc="reference"
+    )
     return {k: (s.mean, s.cov) for k, s in feats.stats.items()}, feats.pool
 
 
@@ -261,6 +272,7 @@ def evaluate_samples(
         keep_pool=need_pool and ref_pool is not None,
         keep_logits="is" in wanted,
         limit=n,
+        desc="samples",
     )
     result: dict = {}
     for metric, kind in (("fid", "pool"), ("sfid", "spatial")):

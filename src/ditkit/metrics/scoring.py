@@ -16,6 +16,7 @@ import torch
 
 from ditkit.data.autoencoder import to_uint8
 from ditkit.data.datasets import MNIST_MIN_FRAME
+from ditkit.data.image_files import open_images
 from ditkit.metrics.digit_classifier import DigitFeatureExtractor, digits_metrics, load_digit_classifier
 from ditkit.metrics.evaluate import FeatureExtractor, evaluate_samples, extractor_name, fid, ref_stats, stats_extractor
 from ditkit.metrics.inception import load_inception
@@ -81,10 +82,13 @@ def score_samples(
             raise InputError(
                 "metric 'inception' needs ref=REF.npz (reference images or ditkit ref-stats output)", setting="ref"
             )
+        images = open_images(samples)  # missing, empty or unreadable images fail here, before the network loads
+        if Path(ref).is_dir():
+            open_images(ref)  # the same for a reference folder (its check is remembered for the real read)
         extractor = feature_extractor(
             metric, inception=inception, allow_download=allow_download, device=device, resize=resize
         )
-        result.update(evaluate_samples(samples, ref, extractor, batch_size=batch_size))
+        result.update(evaluate_samples(images, ref, extractor, batch_size=batch_size))
     return result
 
 

@@ -65,7 +65,7 @@ def costs_table(
     presets: list[str] | None = None, *, image_size: int = 256, block: str | None = None, as_json: bool = False
 ) -> str:
     """`ditkit flops`: the paper's 12 models (or `presets`) at `image_size` px through the SD VAE."""
-    names = presets or [n for n in PRESETS if n.split("-")[1][0] in "SBLX"]
+    names = presets or [n for n in PRESETS if n.split("-")[1].split("/")[0] in ("S", "B", "L", "XL")]
     overrides: dict[str, object] = {"input_size": image_size // VAE_DOWNSAMPLE}
     if block:
         overrides["block"] = block

@@ -39,12 +39,12 @@ class LineProgress:
         initial: int = 0,
         disable: bool = False,
         leave: bool = True,  # tqdm's; a log line cannot be taken back
-        interval_seconds: float = LOG_INTERVAL_SECONDS,
+        interval_seconds: float | None = None,  # None: LOG_INTERVAL_SECONDS, read when the bar starts
     ) -> None:
         self.iterable, self.desc, self.unit, self.disable = iterable, desc, unit, disable
         self.total = total if total is not None else (len(iterable) if isinstance(iterable, Sized) else None)
         self.n = self.start = initial
-        self.interval = interval_seconds
+        self.interval = LOG_INTERVAL_SECONDS if interval_seconds is None else interval_seconds
         self.t0 = self.last = time.perf_counter()
         self.postfix = ""
         self.closed = False

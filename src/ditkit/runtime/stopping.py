@@ -10,6 +10,7 @@ report it). An interrupted run has written a checkpoint: rerun the command to re
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -18,7 +19,7 @@ import pickle
 import signal
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ditkit.runtime.errors import InputError
@@ -51,10 +52,11 @@ class Interrupted(TrainingStopped):
 
 
 class StopSignal:
-    """Turns the first SIGINT/SIGTERM into a flag checked between steps; a second one acts as usual."""
+    """Turns the first SIGINT/SIGTERM into a flag checked between steps; a second one acts as usual (under
+    torchrun it is ignored: the agent forwards the signal the whole group got, then kills after its timeout)."""
 
-    def __init__(self) -> None:
-        self.signum = 0
+    def __init__(self, after: str = "checkpointing after this step") -> None:
+        self.signum, self.after = 0, after
         self.pid = os.getpid()
         self.previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
@@ -64,10 +66,17 @@ class StopSignal:
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.pid:  # a forked data-loader worker: the main process decides
             return
+        torchrun = bool(os.environ.get(TORCHRUN_ENV))
+        if self.signum and torchrun:  # torchrun's agent forwards what the group got: the checkpoint goes on
+            return
         self.signum = signum
-        self.restore()
+        if not torchrun:  # under torchrun the agent stops the ranks (SIGKILL after its shutdown timeout)
+            self.restore()
         logger.warning(
-            "got %s: checkpointing after this step (send it again to stop at once)", signal.Signals(signum).name
+            "got %s: %s%s",
+            signal.Signals(signum).name,
+            self.after,
+            "" if torchrun else " (send it again to stop at once)",
         )
 
     def requested(self) -> int:
@@ -82,6 +91,42 @@ class StopSignal:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+
+
+TORCHRUN_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun in every rank
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def quiet_worker(worker_id: int) -> None:
+    """A DataLoader `worker_init_fn`: the worker ignores SIGINT and SIGTERM (torch's own SIGTERM handler would
+    let a signal to the whole process group kill it, and the main process fail on a dead worker); the main
+    process's StopSignal decides, then shuts the workers down. Undoes `held_signals`' mask in the worker."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM wait while this thread forks data workers: a worker inherits the mask and ignores
+    both (`quiet_worker`) before it can get one; the main process gets a held one on leaving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def stopped(signum: int, what: str) -> Interrupted:
+    """The exception that ends a resumable job (extraction, sampling) stopped by `signum`; `what` says what is
+    kept, e.g. "after 96 of 200 images"."""
+    return Interrupted(
+        f"stopped by {signal.Signals(signum).name} {what}; rerun the same command to resume",
+        signum,
+    )
 
 
 def interrupted(signum: int, step: int) -> Interrupted:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ from ditkit.runtime.distributed import DistInfo
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import save_npz, write_json
 from ditkit.runtime.seeds import Stream, image_seeds, stream_rng
+from ditkit.runtime.stopping import StopSignal, stopped
 from ditkit.sampling.grid import save_labelled_grid
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class SamplingModel:
     model: DiT
     diffusion: DiffusionConfig
     vae: Autoencoder | None
+    class_names: tuple[str, ...] | None = None  # class i's name, from its run; None: ImageNet's or "class i"
 
     @property
     def pixel_space(self) -> bool:
@@ -183,23 +186,31 @@ def sample_npz(
     }
     _check_job(parts, job, rank)
     chunks = [(c, s, min(s + chunk, num)) for c, s in enumerate(range(0, num, chunk)) if c % world_size == rank]
-    for c, start, stop in chunks:
-        path = parts / f"chunk_{c:06d}.npz"
-        if path.exists():
-            continue
-        seeds = image_seeds(seed, stop - start, start)
-        images = generate(
-            model,
-            labels[start:stop].tolist(),
-            seeds,
-            config,
-            diffusion=diffusion,
-            vae=vae,
-            device=device,
-            progress=progress,
-        )
-        save_npz(path, images=images, labels=labels[start:stop], start=start)
-        log.info("rank %d: images %d..%d done", rank, start, stop - 1)
+    # SIGINT/SIGTERM stop between chunks: each chunk is saved atomically, so a rerun redoes none of them.
+    stop_signal = StopSignal("stopping after the chunk being sampled")
+    try:
+        for c, start, stop in chunks:
+            path = parts / f"chunk_{c:06d}.npz"
+            if path.exists():
+                continue
+            if stop_signal.signum:  # this rank's own flag (ranks have different chunk counts: no collective)
+                done = sum((parts / f"chunk_{i:06d}.npz").exists() for i in range(-(-num // chunk)))
+                raise stopped(stop_signal.signum, f"with {done} of {-(-num // chunk)} chunks in {str(parts)!r}")
+            seeds = image_seeds(seed, stop - start, start)
+            images = generate(
+                model,
+                labels[start:stop].tolist(),
+                seeds,
+                config,
+                diffusion=diffusion,
+                vae=vae,
+                device=device,
+                progress=progress,
+            )
+            save_npz(path, images=images, labels=labels[start:stop], start=start)
+            log.info("rank %d: images %d..%d done", rank, start, stop - 1)
+    finally:
+        stop_signal.restore()
     return out_path
 
 
@@ -263,7 +274,9 @@ def sample_grid(
         vae=opened.vae,
         progress=True,
     )
-    path = save_labelled_grid(images, labels, out_dir, nrow=per_class, num_classes=num_classes)
+    path = save_labelled_grid(
+        images, labels, out_dir, nrow=per_class, num_classes=num_classes, class_names=opened.class_names
+    )
     return path, len(images)
 
 
@@ -276,10 +289,18 @@ def sample_npz_job(
     *,
     seed: int = 0,
     class_balanced: bool = False,
+    overwrite: bool = False,
 ) -> Path | None:
     """`num` samples into an ADM-layout .npz, sharded over the ranks of a torchrun job, resumable; rank 0
-    assembles the file and returns its path (None on other ranks). `info` is the caller's
-    `distributed.init(device)`: its device (the one `opened` was loaded on) takes every tensor."""
+    assembles the file, removes its parts folder and returns its path (None on other ranks). `info` is the
+    caller's `distributed.init(device)`: its device (the one `opened` was loaded on) takes every tensor.
+
+    `overwrite` replaces a finished .npz: the parts an older ditkit left beside it are deleted first (a job
+    still unfinished has no .npz yet and resumes). The old .npz stays until the new one replaces it."""
+    parts = _parts_dir(Path(npz))
+    if overwrite and info.is_main and Path(npz).is_file() and parts.is_dir():
+        shutil.rmtree(parts)
+    distributed.barrier()
     sample_npz(
         opened.model,
         npz,
@@ -295,6 +316,9 @@ def sample_npz_job(
         progress=info.is_main,
     )
     distributed.barrier()
-    path = assemble_npz(npz) if info.is_main else None
+    path = None
+    if info.is_main:
+        path = assemble_npz(npz)
+        shutil.rmtree(parts, ignore_errors=True)  # after the .npz is written and fsynced: no leftovers
     distributed.shutdown()
     return path

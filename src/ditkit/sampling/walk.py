@@ -8,6 +8,7 @@ Output: an animated GIF, a frame-strip PNG, and an MP4 when ffmpeg is on the PAT
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +28,10 @@ from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import atomic_path
 from ditkit.runtime.seeds import image_seed
 from ditkit.sampling.generate import generate
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("gif", "strip", "mp4")
 
 
 def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
@@ -120,7 +125,9 @@ def make_walks(
     pair = (classes[0], classes[1]) if classes and len(classes) >= 2 else None
     if "class" in kinds and pair is None:
         raise InputError(f"a class walk needs two classes A,B; got classes={classes!r}", setting="classes")
+    _check_deterministic(config)  # every input checked before the first word about outputs
     made = {}
+    formats = FORMATS if _ffmpeg() else tuple(f for f in FORMATS if f != "mp4")  # one warning for all walks
     if "noise" in kinds:
         frames = noise_walk(
             model,
@@ -132,18 +139,18 @@ def make_walks(
             diffusion=diffusion,
             vae=vae,
         )
-        made["noise"] = save_walk(frames, out_dir, "noise_walk")
+        made["noise"] = save_walk(frames, out_dir, "noise_walk", formats=formats)
     if "class" in kinds and pair is not None:
         frames = class_walk(model, pair[0], pair[1], seeds[0], num_frames, config, diffusion=diffusion, vae=vae)
-        made["class"] = save_walk(frames, out_dir, "class_walk")
+        made["class"] = save_walk(frames, out_dir, "class_walk", formats=formats)
     return made
 
 
 def save_walk(
-    frames: np.ndarray, out_dir: str | Path, name: str, fps: int = 8, formats: Sequence[str] = ("gif", "strip", "mp4")
+    frames: np.ndarray, out_dir: str | Path, name: str, fps: int = 8, formats: Sequence[str] = FORMATS
 ) -> dict[str, Path]:
     """Write `name`.gif, `name`_strip.png and, when ffmpeg exists, `name`.mp4 (each atomically; those of
-    `formats`); returns {format: path}."""
+    `formats`); returns {format: path}. A format skipped for want of ffmpeg is logged in one WARNING line."""
     out_dir = Path(out_dir)
     images = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f) for f in frames]
     paths = {}
@@ -156,12 +163,20 @@ def save_walk(
         strip = np.concatenate(list(frames), axis=1)
         with atomic_path(paths["strip"], durable=False) as tmp:
             Image.fromarray(strip.squeeze(-1) if strip.shape[-1] == 1 else strip).save(tmp, format="PNG")
-    ffmpeg = shutil.which("ffmpeg") if "mp4" in formats else None
+    ffmpeg = _ffmpeg() if "mp4" in formats else None
     if ffmpeg:
         mp4 = _encode_mp4(ffmpeg, images, out_dir / f"{name}.mp4", fps)
         if mp4 is not None:
             paths["mp4"] = mp4
     return paths
+
+
+def _ffmpeg() -> str | None:
+    """The ffmpeg executable, or None after a WARNING that names the skipped format and the fix."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        log.warning("walk: skipping the MP4 (ffmpeg is not on the PATH); install ffmpeg to get it")
+    return ffmpeg
 
 
 def _encode_mp4(ffmpeg: str, images: list[Image.Image], path: Path, fps: int) -> Path | None:

@@ -3,9 +3,10 @@ DiT can run in a latent space where SD's VAE does not fit (digits, medical, sate
 
 Layout of the output folder (a diffusers VAE folder: `--vae DIR` and `AutoencoderKL.from_pretrained(DIR)` read it):
     config.json, diffusion_pytorch_model.safetensors   the newest weights; config.json's `scaling_factor` is
-                                                       1 / std of the latents (set when training ends)
+                                                       1 / std of the latents, measured when training ends
+                                                       (null before: `load_vae` refuses a stopped folder)
     vae_train_config.json   the VAETrainConfig; a rerun must match it (lengths and cadences may change)
-    training/               optimizer.pt and state.json of the newest checkpoint (resume)
+    training/               optimizer.pt and state.json (step, max_steps, finished) of the newest checkpoint
     metrics.jsonl           loss, L1, KL and PSNR per report; samples/  reconstruction grids
     report.json             scaling factor, PSNR and (for digits) classifier accuracy on held-out reconstructions
 """
@@ -25,8 +26,9 @@ import torch
 from torch import Tensor
 
 from ditkit.config import VAETrainConfig
-from ditkit.data.autoencoder import to_uint8
+from ditkit.data.autoencoder import TRAINING_STATE_FILE, to_uint8, unfinished_training
 from ditkit.data.datasets import BaseDataset
+from ditkit.data.image_size import pick_image_size
 from ditkit.data.loader import build_loader, open_dataset
 from ditkit.metrics.digit_classifier import classifier_accuracy, load_digit_classifier
 from ditkit.metrics.scoring import is_digit_images
@@ -49,6 +51,7 @@ STATE_DIR = "training"
 REPORT_FILE = "report.json"
 RESUMABLE = frozenset({"out_dir", "max_steps", "lr", "log_every_steps", "ckpt_every_steps", "device", "num_threads"})
 NUM_REPORT_IMAGES = 1000  # held-out images scored at the end (PSNR, classifier accuracy)
+NUM_GRID_IMAGES = 8  # originals (top row) over their reconstructions, one class each where the data has them
 
 
 def build_vae(cfg: VAETrainConfig, channels: int) -> AutoencoderKL:
@@ -90,6 +93,14 @@ def reconstruct(vae: AutoencoderKL, x: Tensor) -> Tensor:
     return vae.decode(vae.encode(x).latent_dist.mode()).sample
 
 
+def vae_train_config(out_dir: str | os.PathLike, **fields: Any) -> VAETrainConfig:
+    """`ditkit train-vae`'s VAETrainConfig: without image_size, the data's own (an image folder's or .npz's
+    images, at most 256 px, a multiple of twice the downsampling; `pick_image_size`), else the default 32."""
+    cfg = VAETrainConfig(out_dir=str(out_dir), **{k: v for k, v in fields.items() if k != "image_size"})
+    size = pick_image_size(cfg.data, fields.get("image_size"), multiple=2 * cfg.downsample)  # logs the choice
+    return cfg if size is None else cfg.replace(image_size=size)
+
+
 def train_vae(cfg: VAETrainConfig) -> Path:
     """Train (or resume) the autoencoder in cfg.out_dir; returns the VAE folder. ValueError on bad input."""
     out = Path(cfg.out_dir)
@@ -120,12 +131,12 @@ def train_vae(cfg: VAETrainConfig) -> Path:
                 _report(out, step, rows, bar)
                 rows = []
             if step % cfg.ckpt_every_steps == 0 or step == cfg.max_steps or signum:
-                _save(out, vae, optimizer, step, dataset)
+                _save(out, vae, optimizer, step, dataset, cfg.max_steps)
             if signum:
                 raise interrupted(signum, step)
         bar.close()
-        if step > start or not (out / REPORT_FILE).is_file():  # also after a larger --max-steps continued it
-            _finish(out, vae, dataset, cfg, device)
+        if step > start or unfinished_training(out) or not (out / REPORT_FILE).is_file():  # a larger --max-steps too
+            _finish(out, vae, dataset, cfg, device, step)
         return out
     finally:
         stop.restore()
@@ -158,7 +169,7 @@ def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
 def _load_or_build(
     out: Path, cfg: VAETrainConfig, channels: int, device: torch.device
 ) -> tuple[AutoencoderKL, torch.optim.Optimizer, int]:
-    state_file = out / STATE_DIR / "state.json"
+    state_file = out / TRAINING_STATE_FILE
     if state_file.is_file():
         from diffusers import AutoencoderKL  # the optional `vae` extra
 
@@ -191,19 +202,40 @@ def _report(out: Path, step: int, rows: list[Tensor], bar: Any) -> None:
     bar.set_postfix(l1=f"{l1:.4f}", psnr=f"{psnr:.1f}")
 
 
-def _save(out: Path, vae: AutoencoderKL, optimizer: torch.optim.Optimizer, step: int, dataset: BaseDataset) -> None:
-    """The weights (diffusers layout), the optimizer and the step in one folder swap, then a reconstruction grid."""
-    _save_pretrained(vae, out, optimizer, step)
+def _save(
+    out: Path, vae: AutoencoderKL, optimizer: torch.optim.Optimizer, step: int, dataset: BaseDataset, max_steps: int
+) -> None:
+    """The weights (diffusers layout), the optimizer and the step in one folder swap, then a reconstruction grid.
+
+    Until `_finish` measures it, config.json's scaling_factor is null and state.json says finished: false, so
+    `load_vae` refuses the folder instead of using SD's 0.18215 or an older measurement."""
+    vae.register_to_config(scaling_factor=None)
+    _save_pretrained(vae, out, optimizer, {"step": step, "max_steps": max_steps, "finished": False})
     with torch.no_grad():
-        x = torch.stack([dataset.get(i)[0] for i in range(8)]).to(vae.device)
+        x = torch.stack([dataset.get(i)[0] for i in grid_indices(dataset)]).to(vae.device)
         reconstruction = reconstruct(vae, x)
-    save_grid(to_uint8(torch.cat([x, reconstruction])), out / run.SAMPLES_DIR / f"recon_step_{step:07d}.png", nrow=8)
+    grid = out / run.SAMPLES_DIR / f"recon_step_{step:07d}.png"
+    save_grid(to_uint8(torch.cat([x, reconstruction])), grid, nrow=len(x))
+
+
+def grid_indices(dataset: BaseDataset, size: int = NUM_GRID_IMAGES) -> list[int]:
+    """Images of a reconstruction grid: the first image of each class (up to `size`), then the next images in
+    order until the grid is full (fewer classes than `size`, or unlabelled data)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None and hasattr(dataset, "samples"):  # an image folder: (path, label) pairs
+        labels = [label for _, label in dataset.samples]
+    count = min(size, len(dataset))
+    picked = [] if labels is None else np.unique(np.asarray(labels), return_index=True)[1].tolist()[:count]
+    taken = set(picked)
+    rest = (i for i in range(len(dataset)) if i not in taken)
+    return picked + [next(rest) for _ in range(count - len(picked))]
 
 
 def _save_pretrained(
-    vae: AutoencoderKL, out: Path, optimizer: torch.optim.Optimizer | None = None, step: int = 0
+    vae: AutoencoderKL, out: Path, optimizer: torch.optim.Optimizer | None = None, state: dict | None = None
 ) -> None:
-    """Replace the whole folder (`atomic_dir`): new weights, and with `optimizer` a new training/ state at `step`.
+    """Replace the whole folder (`atomic_dir`): new weights, with `optimizer` a new training/optimizer.pt, and
+    with `state` a new training/state.json (step, max_steps, finished).
 
     A kill leaves the old folder or the new one (`recover_dir` puts a folder left aside back), never new weights
     beside an old config or state. The other entries carry over as hard links (copies where links fail).
@@ -213,13 +245,15 @@ def _save_pretrained(
         if optimizer is not None:
             (tmp / STATE_DIR).mkdir()
             torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
-            write_json(tmp / STATE_DIR / "state.json", {"step": step}, durable=False)  # atomic_dir fsyncs it
         for entry in out.iterdir():
             if not (tmp / entry.name).exists() and not entry.name.startswith(TEMP_PREFIX):
                 if entry.is_dir():
                     shutil.copytree(entry, tmp / entry.name, copy_function=_link)
                 else:
                     _link(entry, tmp / entry.name)
+        if state is not None:  # replaces a carried-over link, never the old folder's file
+            (tmp / STATE_DIR).mkdir(exist_ok=True)
+            write_json(tmp / TRAINING_STATE_FILE, state, durable=False)  # atomic_dir fsyncs it
 
 
 def _link(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -230,8 +264,11 @@ def _link(source: str | os.PathLike, target: str | os.PathLike) -> None:
 
 
 @torch.no_grad()
-def _finish(out: Path, vae: AutoencoderKL, dataset: BaseDataset, cfg: VAETrainConfig, device: torch.device) -> None:
-    """Set the latent scaling factor (1 / std of posterior samples) and score held-out reconstructions."""
+def _finish(
+    out: Path, vae: AutoencoderKL, dataset: BaseDataset, cfg: VAETrainConfig, device: torch.device, step: int
+) -> None:
+    """Set the latent scaling factor (1 / std of posterior samples) and score held-out reconstructions; the
+    factor and state.json's finished: true land in one folder swap (what makes the folder loadable)."""
     vae.eval()
     generator = torch.Generator(device).manual_seed(cfg.seed)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.num_scale_images]
@@ -241,7 +278,7 @@ def _finish(out: Path, vae: AutoencoderKL, dataset: BaseDataset, cfg: VAETrainCo
         latents.append(vae.encode(x).latent_dist.sample(generator))
     std = float(torch.cat(latents).std())
     vae.register_to_config(scaling_factor=1.0 / std)
-    _save_pretrained(vae, out)
+    _save_pretrained(vae, out, state={"step": step, "max_steps": cfg.max_steps, "finished": True})
     report = {"scaling_factor": 1.0 / std, "latent_std": std, **reconstruction_report(vae, cfg, device)}
     write_json(out / REPORT_FILE, report)
     logger.info(
@@ -256,12 +293,15 @@ def reconstruction_report(vae: AutoencoderKL, cfg: VAETrainConfig, device: torch
     dataset = open_dataset(held_out, cfg.image_size, flip=False)
     count = min(len(dataset), NUM_REPORT_IMAGES)
     originals, reconstructions, labels = [], [], []
+    bar = progress(total=count, desc="autoencoder report", unit="images", leave=False)
     for start in range(0, count, 250):
         items = [dataset.get(i) for i in range(start, min(start + 250, count))]
         x = torch.stack([item[0] for item in items]).to(device)
         originals.append(x.cpu())
         reconstructions.append(reconstruct(vae, x).clamp(-1, 1).cpu())
         labels += [item[1] for item in items]
+        bar.update(len(items))
+    bar.close()
     x, r = torch.cat(originals), torch.cat(reconstructions)
     report = {"psnr": float(psnr(r, x)), "num_images": count}
     if is_digit_images(dataset.num_classes, (cfg.image_size, cfg.image_size, dataset.channels)):

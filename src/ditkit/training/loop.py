@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ditkit.config import TrainConfig, validate_for_world
 from ditkit.data import loader
+from ditkit.data.workers import close_batches
 from ditkit.diffusion.gaussian import diffusion_from_config
 from ditkit.runtime import backend, distributed
 from ditkit.runtime.seeds import Stream, mix_seed
@@ -60,6 +61,9 @@ def train(cfg: TrainConfig) -> Path:
         # Run directory: held by this process (train.lock) and checked before anything is written there (a
         # finished run is a no-op; a larger max_steps continues it).
         run_dir = teardown.enter_context(run.lock_run_dir(cfg.out_dir, info.is_main))
+        # From here a signal (to the group too) stops after the next step, with a checkpoint; the workers ignore it.
+        stop = StopSignal()
+        teardown.callback(stop.restore)
         run.prepare_run_dir(cfg, info.is_main)
         teardown.callback(distributed.setup_logging(info.rank, run_dir / run.LOG_FILE if info.is_main else None))
         if _finished(run_dir, cfg):
@@ -78,9 +82,7 @@ def train(cfg: TrainConfig) -> Path:
         net = _wrap(model, cfg, info)
 
         # Batches from `start` on, and the reports.
-        stop = StopSignal()  # before the loader: forked workers inherit it and survive Ctrl-C
-        teardown.callback(stop.restore)
-        batches = loader.build_loader(
+        batches = loader.build_loader(  # its workers ignore signals to the process group: `stop` decides
             dataset,
             batch_size=cfg.global_batch_size,
             rank=info.rank,
@@ -90,6 +92,7 @@ def train(cfg: TrainConfig) -> Path:
             num_workers=cfg.num_workers,
             pin_memory=info.device.type == "cuda",
         )
+        teardown.callback(close_batches, batches)  # the workers stop with the run, however it ends
         monitor = RunMonitor(cfg, info, run_dir, start, dataset, decoder, image_shape)
         teardown.callback(monitor.close)
         micro = cfg.micro_batch_size or cfg.global_batch_size // info.world_size

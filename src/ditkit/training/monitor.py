@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from ditkit.config import TrainConfig
@@ -90,7 +91,7 @@ def _stopped(run_dir: Path, what: str) -> NonFiniteLoss:
 
 class RunMonitor:
     """Everything a run reports. Rank 0 writes metrics.jsonl (one JSON object per report, with at least
-    "step" and "loss"), TensorBoard scalars, loss_curve.png and samples/step_XXXXXXX.png, and shows a
+    "step" and "loss"), TensorBoard scalars and sample grids, loss_curve.png and samples/step_XXXXXXX.png, and shows a
     progress bar with ETA; evaluation samples on every rank and scores on rank 0."""
 
     def __init__(
@@ -143,8 +144,15 @@ class RunMonitor:
             n = self.cfg.num_grid_images
             seeds, labels = image_seeds(self.cfg.grid_seed, n), _class_labels(self.cfg, range(n))
             images = sample_ema(ema, self.cfg, seeds, labels, self.decoder)
-            path = save_grid(images, run.grid_path(self.run_dir, step), scale=max(1, 64 // images.shape[1]))
+            names = self.cfg.class_names  # the data's names under each image; without them no captions
+            captions = [names[c] for c in labels] if names and labels else None
+            path = save_grid(
+                images, run.grid_path(self.run_dir, step), scale=max(1, 64 // images.shape[1]), captions=captions
+            )
             logger.info("samples %s", path)
+            if self.tb is not None:  # the grid as saved (captions included), uint8 (H, W, 3)
+                with Image.open(path) as picture:
+                    self.tb.add_image("samples", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
         distributed.barrier()
 
     def close(self) -> None:

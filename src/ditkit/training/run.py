@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 from ditkit.config import NO_VAE, RESUMABLE_FIELDS, TrainConfig, get_preset
-from ditkit.config.recipes import demo_train_config
+from ditkit.config.recipes import cpu_small_patch, demo_train_config, recipe_fields
 from ditkit.data.autoencoder import load_vae, resolve_hub_id, vae_geometry
+from ditkit.data.image_size import pick_image_size
 from ditkit.data.latent_store import store_vae
 from ditkit.data.loader import check_downsampling, check_training_data, open_dataset
 from ditkit.data.provenance import VaeRecord, decoder_spec, is_pixel_space, recorded_spec, vae_fingerprint
@@ -256,7 +257,9 @@ def build_train_config(
     *,
     data: str | None = None,
     preset: str | None = None,
+    recipe: str | None = None,
     model_overrides: dict[str, Any] | None = None,
+    diffusion_overrides: dict[str, Any] | None = None,
     sample_overrides: dict[str, Any] | None = None,
     **fields: Any,
 ) -> TrainConfig:
@@ -266,26 +269,33 @@ def build_train_config(
     `preset` picks the model's size and patch; the input shape and class count come from the data (a
     latent store's latent shape; in pixel space the images' channels; through a VAE its latent channels
     and downsampling), `model_overrides` (block, num_classes, learn_sigma, num_heads, ...) win over both.
-    The diffusion's learned sigma follows the model's.
+    A `recipe` (ditkit.config.recipes.RECIPES: "paper", "cpu-small") sets the model, diffusion, optimisation,
+    EMA and sampling instead; `preset`, the overrides and `fields` win over it. The diffusion's learned sigma
+    follows the model's; `diffusion_overrides` (predict_xstart, noise_schedule) set the rest.
     """
     embedded = data is None or data.strip().lower().partition(":")[0] == "mnist"
     base = demo_train_config(out_dir) if embedded else TrainConfig(out_dir=str(out_dir))
+    if recipe is not None:
+        base = base.replace(**recipe_fields(recipe))
     base = base.replace(data=data, **fields)
     model = get_preset(preset) if preset else base.model
     model_fields, image_size = _data_geometry(base, image_size_given="image_size" in fields)  # data first
     base = with_vae_record(base.replace(image_size=image_size), vae_given="vae" in fields)
-    if preset and embedded:
+    if preset and (embedded or recipe):
         model_fields["learn_sigma"] = base.model.learn_sigma  # the recipe's diffusion has no VB term
+    if recipe == "cpu-small" and not preset:  # its patch follows the data: a few dozen tokens
+        model_fields["patch_size"] = cpu_small_patch(model_fields["input_size"])
     model_fields.update(model_overrides or {})
     model = model.replace(**model_fields)
-    diffusion = dataclasses.replace(base.diffusion, learn_sigma=model.learn_sigma)
+    diffusion = dataclasses.replace(base.diffusion, **(diffusion_overrides or {}), learn_sigma=model.learn_sigma)
     sample_fields = dict(sample_overrides or {})
     if not model.has_null_class:
         sample_fields.setdefault("cfg_scale", 1.0)  # no null class, no guidance (the recipe guides digits)
     sample = base.sample.replace(**sample_fields)
     cfg = base.replace(model=model, diffusion=diffusion, sample=sample)
-    check_training_data(cfg)  # the overrides against the data (class count, channels), also for a dry run
-    return cfg
+    dataset, _ = check_training_data(cfg)  # the overrides against the data (class count, channels), also dry runs
+    names = dataset.class_names if model.num_classes else None  # the run records them for sampling and exports
+    return cfg.replace(class_names=tuple(names) if names else None)
 
 
 def with_vae_record(cfg: TrainConfig, *, vae_given: bool = False) -> TrainConfig:
@@ -318,8 +328,18 @@ def _data_geometry(cfg: TrainConfig, *, image_size_given: bool) -> tuple[dict[st
     A size that contradicts the data is an InputError here, before any VAE or model: a latent store's
     image size is its own (a given image_size that differs from it is refused), and
     through a VAE the size must be a multiple of its downsampling (read from its config, not loaded).
+    Without a given image_size, an image folder's or .npz's images give it (`pick_image_size`: their own
+    size, at most 256 px, a multiple of the patch times the downsampling), the digits their default; the
+    embedded MNIST keeps its recipe's.
     """
-    dataset = open_dataset(cfg.data, None if cfg.data and _is_store(cfg.data) else cfg.image_size, flip=False)
+    store = bool(cfg.data and _is_store(cfg.data))
+    size: int | None = cfg.image_size
+    if not store and cfg.data and cfg.data.strip().lower().partition(":")[0] != "mnist":
+        downsample = vae_geometry(cfg.vae)[1] if cfg.is_latent else 1
+        vae = cfg.vae if cfg.is_latent else None
+        requested = cfg.image_size if image_size_given else None
+        size = pick_image_size(cfg.data, requested, vae=vae, multiple=downsample * cfg.model.patch_size)
+    dataset = open_dataset(cfg.data, None if store else size, flip=False)
     if dataset.is_latent:
         if image_size_given and cfg.image_size != dataset.image_size:
             raise InputError(
@@ -330,10 +350,10 @@ def _data_geometry(cfg: TrainConfig, *, image_size_given: bool) -> tuple[dict[st
         channels, size, _ = dataset.item_shape
     elif cfg.is_latent:
         channels, downsample = vae_geometry(cfg.vae)
-        check_downsampling(cfg.image_size, downsample)
-        size = cfg.image_size // downsample
+        check_downsampling(dataset.image_size, downsample)
+        size = dataset.image_size // downsample
     else:
-        channels, size = dataset.channels, cfg.image_size
+        channels, size = dataset.channels, dataset.image_size
     return {"in_channels": channels, "input_size": size, "num_classes": dataset.num_classes}, dataset.image_size
 
 
@@ -354,14 +374,17 @@ def open_for_sampling(
     """Open weights or a run folder to sample from (EMA weights of a run's newest checkpoint).
 
     The VAE is `vae` when given, else the run's (its config.json), else none (pixel space); a latent
-    model without one is an error, since its samples could not be decoded.
+    model without one is an error, since its samples could not be decoded. A run's class names come along
+    (`class_names`; None for a weights file).
     """
     overrides = {"num_heads": num_heads} if num_heads else {}
     model, diffusion = load_model(path, device=device, **overrides)
-    spec, scale = vae or NO_VAE, None
+    spec, scale, names = vae or NO_VAE, None, None
     if (Path(path) / CONFIG_FILE).is_file():  # a run: decode with the autoencoder it recorded (checked)
-        recorded = VaeRecord.from_config(json.loads((Path(path) / CONFIG_FILE).read_text()))
-        spec, scale = decoder_spec(recorded, vae, what=f"the run {str(path)!r}")
+        stored = json.loads((Path(path) / CONFIG_FILE).read_text())
+        spec, scale = decoder_spec(VaeRecord.from_config(stored), vae, what=f"the run {str(path)!r}")
+        names = stored.get("class_names")  # the data's class names (older runs recorded none)
+        names = tuple(names) if names and len(names) == model.config.num_classes else None
     autoencoder = load_vae(spec, device, scale=scale)
     if autoencoder is None and model.config.in_channels not in (1, 3):
         raise InputError(
@@ -369,4 +392,4 @@ def open_for_sampling(
             "(e.g. a local copy of stabilityai/sd-vae-ft-mse) to decode its samples",
             setting="vae",
         )
-    return SamplingModel(model, diffusion, autoencoder)
+    return SamplingModel(model, diffusion, autoencoder, class_names=names)
