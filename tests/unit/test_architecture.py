@@ -20,6 +20,7 @@ LAYERS = (
     "config",
     "model",
     "diffusion",
+    "flow",
     "data",
     "metrics",
     "sampling",

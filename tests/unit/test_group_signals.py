@@ -182,11 +182,37 @@ def _last_line(log: Path) -> str:
 
 def _train_argv(out: Path, data: Path, steps: int) -> list[str]:
     return [
-        "train", "--out", str(out), "--data", str(data), "--image-size", "8", "--preset", "DiT-T/2", "--vae", "none",
-        "--global-batch-size", "8", "--log-every", "1", "--ckpt-every", "5", "--sample-every", "0",
-        "--eval-every", "0", "--device", "cpu", "--precision", "fp32", "--num-workers", "2", "--deterministic",
-        "--max-steps", str(steps),
-    ]  # fmt: skip
+        "train",
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        "--image-size",
+        "8",
+        "--preset",
+        "DiT-T/2",
+        "--vae",
+        "none",
+        "--global-batch-size",
+        "8",
+        "--log-every",
+        "1",
+        "--ckpt-every",
+        "5",
+        "--sample-every",
+        "0",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--num-workers",
+        "2",
+        "--deterministic",
+        "--max-steps",
+        str(steps),
+    ]
 
 
 def _lock_taken(out: Path):
@@ -224,8 +250,23 @@ def test_extract_latents_stopped_as_a_group_resumes_to_the_same_store(tmp_path):
     vae = str(Path(datasets.__file__).parents[1] / "assets" / "mnist_vae")
 
     def argv(out: Path, workers: str) -> list[str]:
-        return ["extract-latents", "--data", "digits", "--image-size", "8", "--vae", vae, "--out", str(out),
-                "--batch-size", "2", "--num-workers", workers, "--device", "cpu"]  # fmt: skip
+        return [
+            "extract-latents",
+            "--data",
+            "digits",
+            "--image-size",
+            "8",
+            "--vae",
+            vae,
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--num-workers",
+            workers,
+            "--device",
+            "cpu",
+        ]
 
     invoke(*argv(tmp_path / "reference", "0"))
     out, log = tmp_path / "store", tmp_path / "log.txt"
@@ -243,13 +284,50 @@ def test_extract_latents_stopped_as_a_group_resumes_to_the_same_store(tmp_path):
 @pytest.mark.slow
 def test_sample_num_stopped_as_a_group_resumes_to_the_same_npz(tmp_path):
     model = tmp_path / "model"
-    invoke("train", "--out", str(model), "--data", "digits", "--preset", "DiT-T/2", "--image-size", "8",
-           "--vae", "none", "--global-batch-size", "8", "--max-steps", "2", "--sample-every", "0",
-           "--eval-every", "0", "--device", "cpu", "--num-workers", "0")  # fmt: skip
+    invoke(
+        "train",
+        "--out",
+        str(model),
+        "--data",
+        "digits",
+        "--preset",
+        "DiT-T/2",
+        "--image-size",
+        "8",
+        "--vae",
+        "none",
+        "--global-batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--sample-every",
+        "0",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+    )
 
     def argv(out: Path) -> list[str]:
-        return ["sample", "--ckpt", str(model), "--out", str(out), "--num", "240", "--batch-size", "2",
-                "--num-steps", "10", "--device", "cpu", "--npz", str(out / "s.npz")]  # fmt: skip
+        return [
+            "sample",
+            "--ckpt",
+            str(model),
+            "--out",
+            str(out),
+            "--num",
+            "240",
+            "--batch-size",
+            "2",
+            "--num-steps",
+            "10",
+            "--device",
+            "cpu",
+            "--npz",
+            str(out / "s.npz"),
+        ]
 
     invoke(*argv(tmp_path / "reference"))
     out, log = tmp_path / "job", tmp_path / "log.txt"
@@ -270,8 +348,17 @@ def test_torchrun_stopped_as_a_group_leaves_rank_0_checkpoint_and_every_rank_exi
     from test_distributed import _free_port
 
     data, out, log = _image_folder(tmp_path / "images"), tmp_path / "run", tmp_path / "log.txt"
-    launcher = [str(TORCHRUN), "--nproc_per_node", "2", "--master-addr", "127.0.0.1", "--master-port",
-                str(_free_port()), "-m", "ditkit"]  # fmt: skip
+    launcher = [
+        str(TORCHRUN),
+        "--nproc_per_node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "ditkit",
+    ]
     proc = _start(_train_argv(out, data, 10_000), log, launcher)
     _signal_group(proc, lambda: len(run.read_metrics(out)) >= 2, 0.2, signal.SIGTERM, log, agent=True)
     text = log.read_text()

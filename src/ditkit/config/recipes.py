@@ -23,6 +23,20 @@ DEMO_IMAGE_SIZE = 24  # MNIST digits cropped 28 -> 24 (every digit stays whole: 
 DEMO_REPORT_IMAGE_SIZE = 32  # samples are framed back to 32 px (the classifier's and the usual MNIST-32 layout)
 
 
+SMALL_RUN_OPTIMISATION: dict[str, Any] = {
+    "global_batch_size": 64,
+    "lr": 3e-3,
+    "warmup_steps": 100,
+    "adam_betas": (0.9, 0.99),
+    "ema_decay": 0.999,
+    "ema_warmup": True,
+    "log_every_steps": 50,
+    "ckpt_every_steps": 250,
+}
+"""What the demo and the cpu-small recipe share: a small model's optimisation in a few thousand steps (a higher
+lr with warm-up, an EMA with warm-up; measured in benchmarks/demo.md)."""
+
+
 def demo_model_config() -> ModelConfig:
     """The demo's model: the DiT-Demo/4 preset (adaLN-Zero, 6 x 96, patch 4 on 24x24 digits)."""
     return PRESETS["DiT-Demo/4"]
@@ -40,14 +54,7 @@ def demo_train_config(out_dir: str | Path, **overrides: Any) -> TrainConfig:
         "flip": False,
         "num_workers": 0,
         "max_steps": 1400,
-        "global_batch_size": 64,
-        "lr": 3e-3,
-        "warmup_steps": 100,
-        "adam_betas": (0.9, 0.99),
-        "ema_decay": 0.999,
-        "ema_warmup": True,
-        "log_every_steps": 50,
-        "ckpt_every_steps": 250,
+        **SMALL_RUN_OPTIMISATION,
         "keep_last_ckpts": 1,
         "sample_every_steps": 700,
         "num_grid_images": 30,
@@ -127,14 +134,7 @@ def recipe_fields(name: str) -> dict[str, Any]:
             "model": PRESETS["DiT-XS/2"].replace(learn_sigma=False),  # its patch: cpu_small_patch
             "diffusion": DiffusionConfig(learn_sigma=False, noise_schedule="cosine", predict_xstart=True),
             "max_steps": 2000,
-            "global_batch_size": 64,
-            "lr": 3e-3,
-            "warmup_steps": 100,
-            "adam_betas": (0.9, 0.99),
-            "ema_decay": 0.999,
-            "ema_warmup": True,
-            "log_every_steps": 50,
-            "ckpt_every_steps": 250,
+            **SMALL_RUN_OPTIMISATION,
             "sample_every_steps": 500,
             "sample": DEMO_SAMPLING,
         }
