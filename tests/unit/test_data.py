@@ -403,7 +403,7 @@ def test_data_workers_are_capped_at_the_usable_cpus(npz_path: Path, tmp_path: Pa
     # One usable CPU, as torch sees it too (it warns when num_workers exceeds os.sched_getaffinity).
     monkeypatch.setattr(latent_store.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setattr(latent_store, "_CAPPED_WORKERS", set())
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, "ditkit.data.latent_store"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG, "ditkit.data.latent_store"):
         warnings.simplefilter("always")
         loader = build_loader(NpzDataset(npz_path, flip=False), batch_size=8, num_workers=3)
         assert loader._num_workers == 1  # the DataLoader's iterator
@@ -413,4 +413,4 @@ def test_data_workers_are_capped_at_the_usable_cpus(npz_path: Path, tmp_path: Pa
         extract_latents(NpzDataset(npz_path, flip=False), fake_encoder, tmp_path / "store", batch_size=8, num_workers=3)
     assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
     reductions = [r for r in caplog.records if "workers, not 3" in r.getMessage()]
-    assert len(reductions) == 1 and reductions[0].levelno == logging.INFO  # once, not a warning
+    assert len(reductions) == 1 and reductions[0].levelno == logging.DEBUG  # once, quietly: the default fits

@@ -17,11 +17,13 @@ from typing import Any
 import torch
 
 from ditkit.config import BENCH_SAMPLING, VAE_DOWNSAMPLE, ModelConfig, default_diffusion, get_preset
+from ditkit.config.constants import MAX_BATCH, MAX_IMAGE_SIZE
 from ditkit.diffusion.gaussian import diffusion_from_config
 from ditkit.model.dit import DiT
 from ditkit.model.flops import model_cost
 from ditkit.runtime import backend
 from ditkit.runtime.distributed import resolve_device
+from ditkit.runtime.errors import check_count
 from ditkit.runtime.files import write_json
 from ditkit.runtime.seeds import image_seeds
 from ditkit.sampling.generate import generate
@@ -29,6 +31,7 @@ from ditkit.training.step import adamw, train_step, update_ema
 
 PAPER_STEPS = 250  # the paper's DDPM sampling steps
 FAST_STEPS = 20  # DPM-Solver++(2M) steps of the fast recipe
+MAX_BENCH_STEPS = 10_000  # timed steps per measurement
 
 
 def matmul_peak(precision: str, device: torch.device, reps: int = 5) -> float:
@@ -97,7 +100,12 @@ def run_bench(
     out: str | None = None,
 ) -> dict[str, Any]:
     """Everything `ditkit bench` reports, as one JSON-ready dict (keys documented in the README); also written
-    to `out` when given."""
+    to `out` when given. Bounds: steps <= 10,000 (each is timed), batches <= 2**20, image_size <= 8192."""
+    check_count("steps", steps, minimum=1, maximum=MAX_BENCH_STEPS)
+    check_count("image_size", image_size, minimum=1, maximum=MAX_IMAGE_SIZE)
+    for name, value in (("batch_size", batch_size), ("sample_batch", sample_batch)):
+        if value is not None:
+            check_count(name, value, minimum=1, maximum=MAX_BATCH)
     dev = resolve_device(device)
     resolved = backend.resolve_precision(precision, dev)
     config = get_preset(preset, input_size=image_size // VAE_DOWNSAMPLE)

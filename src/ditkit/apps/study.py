@@ -28,9 +28,10 @@ from ditkit.config.recipes import (
 from ditkit.data.datasets import frame_digits
 from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifier
 from ditkit.model.flops import model_cost
-from ditkit.runtime.files import write_json, write_text
+from ditkit.runtime.errors import InputError
+from ditkit.runtime.files import check_output_dir, write_json, write_text
 from ditkit.runtime.seeds import image_seeds
-from ditkit.runtime.stopping import Interrupted, StopSignal, stopped
+from ditkit.runtime.stopping import Interrupted, StopSignal, one_line, stopped
 from ditkit.sampling.generate import generate, job_labels
 from ditkit.training.loop import train
 from ditkit.training.run import open_for_sampling, read_metrics, with_vae_record
@@ -38,17 +39,26 @@ from ditkit.training.run import open_for_sampling, read_metrics, with_vae_record
 logger = logging.getLogger(__name__)
 
 
-def run_study(spec: StudySpec, out: str | Path, *, max_steps: int | None = None, seeds: int | None = None) -> dict:
+def run_study(
+    spec: StudySpec,
+    out: str | Path,
+    *,
+    max_steps: int | None = None,
+    seeds: int | None = None,
+    source: str | None = None,
+) -> dict:
     """Train and score every (config, seed) of `spec` in `out` (resuming), then write results and plots.
 
-    `max_steps` / `seeds` override the spec (a quick smoke run: seeds=K takes the first K seeds).
+    `max_steps` / `seeds` override the spec (a quick smoke run: seeds=K takes the first K seeds). Every config is
+    checked first (`check_spec`; `source` names the spec file in its messages), and `out` must be writable.
     """
-    out = Path(out)
+    out = check_output_dir(out)
     if max_steps is not None:
         every = max(1, min(spec.eval_every_steps, max_steps // 2 or 1))
         spec = dataclasses.replace(spec, max_steps=max_steps, eval_every_steps=every)
     if seeds is not None:
         spec = dataclasses.replace(spec, seeds=tuple(range(seeds)) if seeds > len(spec.seeds) else spec.seeds[:seeds])
+    check_spec(spec, source)
     write_json(out / "spec.json", dataclasses.asdict(spec))
     # SIGINT/SIGTERM: a run being trained checkpoints and stops (its own StopSignal); elsewhere the study stops
     # before the next run. Either way the study ends with the signal's exit code, and a rerun resumes.
@@ -85,13 +95,27 @@ def _shared_inputs(spec: StudySpec, out: Path) -> dict[str, Path]:
     return {"vae": vae_dir, "latents": store}
 
 
+def check_spec(spec: StudySpec, source: str | None = None) -> None:
+    """Make every config's TrainConfig before any run: an unknown preset, block or field, or a bad value, is one
+    InputError naming the spec and the config, not a results table of failed runs. The latent route's configs
+    are checked on the pixel demo's base (its autoencoder and store are made later)."""
+    where = f"study spec {source or spec.name!r}"
+    for config in spec.configs:
+        try:
+            train_config(spec, config, spec.seeds[0], Path("check"), {})
+        except (InputError, TypeError) as err:  # TypeError: a field the config classes do not have, a wrong type
+            message = f"{where}, config {config.name!r}: {one_line(err)}; fix the spec"
+            raise InputError(message, setting="spec") from None
+
+
 def train_config(
     spec: StudySpec, config: StudyConfig, seed: int, run_dir: Path, shared: dict[str, Path]
 ) -> TrainConfig:
-    """The TrainConfig of one (config, seed) run: the recipe, then the spec's and the config's changes."""
+    """The TrainConfig of one (config, seed) run: the recipe, then the spec's and the config's changes (without
+    `shared`, the latent route's on the pixel demo's base: `check_spec`)."""
     fields = {**spec.train, **config.train, "seed": seed, "max_steps": spec.max_steps}
     fields.update(eval_every_steps=spec.eval_every_steps, num_eval_samples=spec.num_eval_samples)
-    if spec.recipe == "latent-demo":
+    if spec.recipe == "latent-demo" and shared:
         base = with_vae_record(latent_demo_train_config(run_dir, shared["latents"], shared["vae"]))
     else:
         base = demo_train_config(run_dir)

@@ -74,7 +74,7 @@ def load_spec(source: str | Path) -> StudySpec:
                 f"study spec {str(source)!r} not found; pass a .toml/.json file or one of {BUILT_IN}", setting="spec"
             )
         text, suffix = path.read_text(), path.suffix.lower()
-    return spec_from_dict(_parse(text, suffix, str(source)))
+    return spec_from_dict(_parse(text, suffix, str(source)), source=str(source))
 
 
 def _parse(text: str, suffix: str, source: str) -> dict[str, Any]:
@@ -88,20 +88,36 @@ def _parse(text: str, suffix: str, source: str) -> dict[str, Any]:
         raise InputError(f"cannot read study spec {source}: {err}", setting="spec") from None
 
 
-def spec_from_dict(values: dict[str, Any]) -> StudySpec:
+def spec_from_dict(values: Any, *, source: str = "") -> StudySpec:
+    """A StudySpec from the parsed file: a table (TOML) or object (JSON) of StudySpec's fields, with a name."""
+    where = f"study spec {source!r}" if source else "study spec"
     known = {f.name for f in dataclasses.fields(StudySpec)}
-    unknown = sorted(set(values) - known)
+    if not isinstance(values, dict) or "name" not in values:
+        got = f"a {type(values).__name__}" if not isinstance(values, dict) else "no name"
+        raise InputError(
+            f"{where} holds {got}; it must be a table of fields with at least name = '...' and [[configs]] "
+            f"entries (allowed fields: {', '.join(sorted(known))})",
+            setting="spec",
+        )
+    unknown = sorted(map(str, set(values) - known))
     if unknown:
-        raise InputError(f"unknown study spec fields {unknown}; allowed: {', '.join(sorted(known))}")
+        allowed = ", ".join(sorted(known))
+        raise InputError(f"unknown study spec fields {unknown} in {where}; allowed: {allowed}", setting="spec")
     fields = dict(values)
     try:
         fields["configs"] = tuple(StudyConfig(**c) for c in fields.get("configs", ()))
     except TypeError as err:
-        raise InputError(f"a study config has a field it cannot take ({err}); use name, preset, model, train") from None
-    for key in ("seeds", "guidance_scales", "guidance_channels"):
-        if key in fields:
-            fields[key] = tuple(fields[key])
-    return StudySpec(**fields)
+        raise InputError(
+            f"{where}: a config has a field it cannot take ({err}); use name, preset, model, train", setting="spec"
+        ) from None
+    try:
+        for key in ("seeds", "guidance_scales", "guidance_channels"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        return StudySpec(**fields)
+    except TypeError as err:  # e.g. seeds = 3, max_steps = "many"
+        message = f"{where}: a field has the wrong type ({err}); see the built-in specs (assets/studies)"
+        raise InputError(message, setting="spec") from None
 
 
 def slug(name: str) -> str:

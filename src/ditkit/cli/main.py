@@ -189,13 +189,15 @@ def _ref_stats(args: argparse.Namespace) -> None:
         device=resolve_device(args.device),
         resize=args.resize,
     )
-    print(f"wrote {ref_stats(images, extractor, args.out, batch_size=args.batch_size)}")
+    ref_stats(images, extractor, args.out, batch_size=args.batch_size)  # logs what it wrote
 
 
 def _extract_latents(args: argparse.Namespace) -> None:
     from ditkit.data.latent_store import extract_latents_job, extraction_image_size
     from ditkit.data.loader import open_dataset
+    from ditkit.runtime.files import check_output_dir
 
+    check_output_dir(args.out)  # a file, or a folder that cannot be written: before any data or VAE
     image_size = extraction_image_size(args.data, args.image_size, args.vae)  # the data's own unless given
     dataset = open_dataset(args.data, image_size, flip=False)  # the cheap checks first
     progress = extract_latents_job(
@@ -219,7 +221,8 @@ def _study(args: argparse.Namespace) -> None:
     from ditkit.apps.study import run_study
     from ditkit.apps.study_spec import load_spec
 
-    results = run_study(load_spec(args.spec), args.out, max_steps=args.max_steps, seeds=args.seeds)
+    spec = load_spec(args.spec)
+    results = run_study(spec, args.out, max_steps=args.max_steps, seeds=args.seeds, source=args.spec)
     print(f"study {results['study']}: {args.out}/results.md; ranking by FD: {', '.join(results['ranking_by_fd'])}")
 
 

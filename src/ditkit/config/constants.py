@@ -33,3 +33,9 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 NO_VAE = "none"  # TrainConfig.vae value for pixel-space training
 PAPER_VAE = "stabilityai/sd-vae-ft-ema"  # the paper's VAE (same encoder as sd-vae-ft-mse)
+
+# Bounds of counts a user gives (what a machine can hold; larger values are typos, refused in one line).
+MAX_STEPS = 10**9  # training steps and step cadences
+MAX_BATCH = 2**20  # images per batch
+MAX_IMAGE_SIZE = 8192  # pixels per side
+MAX_SEED = 2**63 - 1  # seeds are hashed with 64-bit integers

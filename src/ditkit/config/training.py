@@ -7,7 +7,19 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ditkit.config.constants import DEVICES, NO_VAE, PAPER_VAE, PRECISIONS, VAE_LATENT_CHANNELS, DeviceChoice, Precision
+from ditkit.config.constants import (
+    DEVICES,
+    MAX_BATCH,
+    MAX_IMAGE_SIZE,
+    MAX_SEED,
+    MAX_STEPS,
+    NO_VAE,
+    PAPER_VAE,
+    PRECISIONS,
+    VAE_LATENT_CHANNELS,
+    DeviceChoice,
+    Precision,
+)
 from ditkit.config.model import DiffusionConfig, ModelConfig
 from ditkit.config.sampling import TRAIN_SAMPLING, SampleConfig
 from ditkit.runtime.errors import InputError, check_count
@@ -127,9 +139,9 @@ class TrainConfig:
             )
         optional = tuple(n for n in ("micro_batch_size", "num_threads") if getattr(self, n) is not None)
         for name in _POSITIVE_COUNTS + optional:
-            check_count(name, getattr(self, name), minimum=1)
+            check_count(name, getattr(self, name), minimum=1, maximum=count_maximum(name))
         for name in _COUNTS:
-            check_count(name, getattr(self, name), minimum=0)
+            check_count(name, getattr(self, name), minimum=0, maximum=count_maximum(name))
         if self.eval_every_steps and self.num_eval_samples < 2:
             raise InputError(
                 f"num_eval_samples must be >= 2 to score samples; got {self.num_eval_samples}",
@@ -243,6 +255,18 @@ _COUNTS = (
     "eval_seed",
     "seed",
 )
+
+
+def count_maximum(name: str) -> int | None:
+    """The largest value a count setting takes: steps and cadences <= 10**9, batches <= 2**20, image sizes <= 8192
+    px, seeds < 2**63 (what a machine can hold; a larger value is a typo)."""
+    if name.endswith("seed"):
+        return MAX_SEED
+    if name.endswith("steps"):
+        return MAX_STEPS
+    return {"image_size": MAX_IMAGE_SIZE}.get(name, MAX_BATCH if "batch" in name else None)
+
+
 _LEGACY_SAMPLE_FIELDS = {
     "sampler": "sampler",
     "num_sampling_steps": "num_steps",
@@ -303,7 +327,8 @@ class VAETrainConfig:
         if not str(self.out_dir).strip():
             raise InputError("out_dir must name the VAE folder to write; got an empty string", setting="out_dir")
         for name in ("image_size", "max_steps", "batch_size", "log_every_steps", "ckpt_every_steps"):
-            check_count(name, getattr(self, name), minimum=1)
+            check_count(name, getattr(self, name), minimum=1, maximum=count_maximum(name))
+        check_count("seed", self.seed, minimum=0, maximum=MAX_SEED)
         check_count("num_scale_images", self.num_scale_images, minimum=2)
         check_count("latent_channels", self.latent_channels, minimum=1)
         if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):

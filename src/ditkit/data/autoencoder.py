@@ -109,8 +109,30 @@ def vae_geometry(spec: str) -> tuple[int, int]:
                 config = json.loads(config_file.read_text())
                 return int(config["latent_channels"]), 2 ** (len(config["block_out_channels"]) - 1)
             except (ValueError, KeyError, TypeError) as err:
-                raise InputError(f"VAE folder {spec!r}: unreadable {config_file.name} ({err})", setting="vae") from None
+                message = f"VAE folder {spec!r}: unreadable {str(config_file)!r} ({err}); recreate it or pass another"
+                raise InputError(message, setting="vae") from None
     return VAE_LATENT_CHANNELS, VAE_DOWNSAMPLE
+
+
+def check_vae_channels(spec: str, dataset: Any) -> None:
+    """Raise InputError when a local VAE folder's config.json takes images of other than the dataset's channels (a
+    1-channel autoencoder on RGB data), before the VAE loads; hub ids (SD's VAEs) take 3."""
+    channels = dataset.channels
+    root = getattr(dataset, "root", None)  # an image folder's
+    data = f" in {str(root)!r}" if root is not None else ""
+    path = Path(spec).expanduser()
+    config_file = next((f for f in (path / "config.json", path / "vae" / "config.json") if f.is_file()), None)
+    try:
+        takes = int(json.loads(config_file.read_text()).get("in_channels", 3)) if config_file else 3
+    except (ValueError, AttributeError, TypeError) as err:
+        message = f"VAE folder {spec!r}: unreadable {str(config_file)!r} ({err}); recreate it or pass another VAE"
+        raise InputError(message, setting="vae") from None
+    if takes != channels:
+        raise InputError(
+            f"VAE {spec!r} takes {takes}-channel images but the images{data} have {channels} channels; train an "
+            f"autoencoder on this data (train-vae) or pass a {channels}-channel VAE",
+            setting="vae",
+        )
 
 
 def _generator_device(generator: torch.Generator | None, like: Tensor) -> torch.device:

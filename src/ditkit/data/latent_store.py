@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ditkit.config import NO_VAE, VAE_LATENT_SCALE
-from ditkit.data.autoencoder import load_vae, vae_geometry
+from ditkit.data.autoencoder import check_vae_channels, load_vae, vae_geometry
 from ditkit.data.class_names import readable_names
 from ditkit.data.datasets import STORE_META_FILE, BaseDataset, draw_flip
 from ditkit.data.image_size import pick_image_size
@@ -49,7 +49,7 @@ def usable_workers(requested: int) -> int:
         return requested
     if (requested, cpus) not in _CAPPED_WORKERS:
         _CAPPED_WORKERS.add((requested, cpus))
-        logger.info("data loading: %d workers, not %d (this machine lets ditkit use %d CPUs)", cpus, requested, cpus)
+        logger.debug("data loading: %d workers, not %d (this machine lets ditkit use %d CPUs)", cpus, requested, cpus)
     return cpus
 
 
@@ -144,7 +144,7 @@ class LatentStore(BaseDataset):
                 f"latent store {str(root)!r} holds no mirror images; pass flip=False or re-extract", setting="flip"
             )
         self._open_memmaps()
-        labels = [np.load(_shard_path(self.root, "labels", s)) for s in range(meta["num_shards"])]
+        labels = [_load(_shard_path(self.root, "labels", s), None) for s in range(meta["num_shards"])]
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         self.flip, self.scale, self.vae = flip, float(meta["scale"]), meta["vae"]
         self.vae_record = VaeRecord.from_config(meta)  # the autoencoder that made these latents
@@ -156,8 +156,8 @@ class LatentStore(BaseDataset):
 
     def _open_memmaps(self) -> None:
         shards = range(self.meta["num_shards"])
-        self.means = [np.load(_shard_path(self.root, "mean", s), mmap_mode="r") for s in shards]
-        self.stds = [np.load(_shard_path(self.root, "std", s), mmap_mode="r") for s in shards]
+        self.means = [_load(_shard_path(self.root, "mean", s)) for s in shards]
+        self.stds = [_load(_shard_path(self.root, "std", s)) for s in shards]
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled memmaps carry their whole data: send paths to spawned workers, reopen there.
@@ -187,15 +187,24 @@ class LatentStore(BaseDataset):
         return (mean + std * eps) * self.scale, int(self.labels[index])
 
 
+def _load(path: Path, mmap_mode: Literal["r"] | None = "r", **memmap: Any) -> np.ndarray:
+    """A shard's array (np.load, or with `memmap` np.lib.format.open_memmap), or InputError naming the file."""
+    try:
+        return np.lib.format.open_memmap(path, **memmap) if memmap else np.load(path, mmap_mode=mmap_mode)
+    except (ValueError, EOFError) as err:  # numpy names no file: "mmap length is greater than file size"
+        fix = f"({err}); delete the store folder and rerun extract-latents to make it again"
+        raise InputError(f"latent-store file {str(path)!r} is damaged or truncated {fix}", setting="data") from None
+
+
 Encoder = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def _open_shard(root: Path, shard: int, shape: tuple[int, ...], dtype: str) -> tuple[np.ndarray, ...]:
     """Memmaps (mean, std, labels) of one shard: created empty when it has no progress yet."""
     mode = "r+" if _shard_written(root, shard) > 0 else "w+"
-    mean = np.lib.format.open_memmap(_shard_path(root, "mean", shard), mode, np.dtype(dtype), shape)
-    std = np.lib.format.open_memmap(_shard_path(root, "std", shard), mode, np.dtype(dtype), shape)
-    labels = np.lib.format.open_memmap(_shard_path(root, "labels", shard), mode, np.int64, shape[:1])
+    mean = _load(_shard_path(root, "mean", shard), mode=mode, dtype=np.dtype(dtype), shape=shape)
+    std = _load(_shard_path(root, "std", shard), mode=mode, dtype=np.dtype(dtype), shape=shape)
+    labels = _load(_shard_path(root, "labels", shard), mode=mode, dtype=np.int64, shape=shape[:1])
     if mean.shape != shape or std.shape != shape:
         raise InputError(f"shard {shard} of {str(root)!r} has shape {mean.shape}, expected {shape}; delete the store")
     return mean, std, labels
@@ -363,6 +372,7 @@ def extract_latents_job(
             "extract-latents needs a VAE: vae=FOLDER_OR_HUB_ID (e.g. stabilityai/sd-vae-ft-ema)", setting="vae"
         )
     _, downsample = vae_geometry(vae)
+    check_vae_channels(vae, dataset)
     if dataset.image_size % downsample:
         fit = max(downsample, dataset.image_size // downsample * downsample)
         raise InputError(

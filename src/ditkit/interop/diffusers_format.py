@@ -209,6 +209,8 @@ def read_diffusers(
     if not local.exists():  # a hub id: the local cache first (no network call), offline in one line
         spec = resolve_hub_id(spec, setting="source", what="diffusers DiT")
     subfolder = "transformer" if _read_json(spec, "transformer/config.json") is not None else None
+    if subfolder is None:
+        _read_json(spec, "config.json")  # a damaged one is named, not the folder
     model_class, low_mem = _diffusers().DiTTransformer2DModel, importlib.util.find_spec("accelerate") is not None
     try:
         transformer = model_class.from_pretrained(spec, subfolder=subfolder, low_cpu_mem_usage=low_mem)
@@ -237,7 +239,16 @@ def _read_json(spec: str, name: str, *, beside: bool = False) -> dict[str, Any] 
     if local.exists():
         for path in (local / name, *([local.parent / name] if beside else [])):
             if path.is_file():
-                return json.loads(path.read_text())
+                try:
+                    value = json.loads(path.read_text())
+                except (ValueError, UnicodeDecodeError) as err:  # name the file, not the folder
+                    value = f"{type(err).__name__}: {err}"
+                if not isinstance(value, dict):
+                    raise InputError(
+                        f"{str(path)!r} is damaged ({str(value)[:80]}); re-export or re-download the folder",
+                        setting="source",
+                    )
+                return value
         return None
     try:
         from huggingface_hub import hf_hub_download  # a dependency of diffusers

@@ -167,6 +167,43 @@ def check_outputs(paths: Iterable[str | os.PathLike], *, overwrite: bool = False
                 f"output {str(path)!r} exists; pass overwrite=True to replace it, or choose another path",
                 setting="overwrite",
             )
+        check_writable(path.parent)
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise InputError unless a file can be created in `folder` (or in its nearest existing parent, where the
+    folder is still to be made): creates and deletes a probe file there, so `/proc/x` or a read-only mount fails
+    before any work instead of after it."""
+    existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return  # nothing exists (a relative path's parents) or a file: the callers' own checks say it
+    probe = temp_path(existing / "write-probe")
+    try:
+        probe.write_bytes(b"")
+    except OSError as err:
+        where = "" if existing == Path(folder) else f" (creating a file in {str(existing)!r} failed)"
+        raise InputError(
+            f"cannot write in {str(folder)!r}{where}: {err.strerror or err}; choose a writable output path or change "
+            "the folder's permissions"
+        ) from None
+    probe.unlink(missing_ok=True)
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes free for this user on the file system of `path` (a function, so tests can fake a full disk)."""
+    return shutil.disk_usage(path).free
+
+
+def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
+    """Raise OSError(ENOSPC) naming `what` and the sizes unless `need` bytes are free where `folder` will be."""
+    existing = next((p for p in (Path(folder), *Path(folder).parents) if p.is_dir()), Path("."))
+    free = free_bytes(existing)
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"no space for {what} in {str(folder)!r}: it needs about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB "
+            "are free; free some space or choose another output path, then rerun the same command",
+        )
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -175,6 +212,7 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise InputError(f"output folder {str(path)!r}: {str(blocker)!r} is a file; choose another folder")
+    check_writable(path)
     return path
 
 

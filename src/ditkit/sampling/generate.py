@@ -27,7 +27,7 @@ from ditkit.model.dit import DiT
 from ditkit.runtime import backend, distributed
 from ditkit.runtime.distributed import DistInfo
 from ditkit.runtime.errors import InputError
-from ditkit.runtime.files import save_npz, write_json
+from ditkit.runtime.files import check_free_space, save_npz, write_json
 from ditkit.runtime.seeds import Stream, image_seeds, stream_rng
 from ditkit.runtime.stopping import StopSignal, stopped
 from ditkit.sampling.grid import save_labelled_grid
@@ -298,6 +298,11 @@ def sample_npz_job(
     `overwrite` replaces a finished .npz: the parts an older ditkit left beside it are deleted first (a job
     still unfinished has no .npz yet and resumes). The old .npz stays until the new one replaces it."""
     parts = _parts_dir(Path(npz))
+    if info.is_main:  # the parts and the assembled file (uint8), before any sampling
+        vae, config_ = opened.vae, opened.model.config
+        side = config_.input_size * (vae.downsample if vae is not None else 1)
+        channels = int(getattr(vae.vae.config, "out_channels", 3)) if vae is not None else config_.in_channels
+        check_free_space(Path(npz).parent, 2 * num * side * side * channels + (1 << 20), f"{num:,} samples")
     if overwrite and info.is_main and Path(npz).is_file() and parts.is_dir():
         shutil.rmtree(parts)
     distributed.barrier()

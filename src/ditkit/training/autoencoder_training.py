@@ -13,11 +13,15 @@ Layout of the output folder (a diffusers VAE folder: `--vae DIR` and `Autoencode
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import json
 import logging
 import math
 import os
+import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +38,10 @@ from ditkit.metrics.digit_classifier import classifier_accuracy, load_digit_clas
 from ditkit.metrics.scoring import is_digit_images
 from ditkit.runtime import backend, distributed
 from ditkit.runtime.errors import InputError
-from ditkit.runtime.files import TEMP_PREFIX, atomic_dir, check_output_dir, recover_dir, write_json
+from ditkit.runtime.files import TEMP_PREFIX, atomic_dir, check_free_space, check_output_dir, recover_dir, write_json
 from ditkit.runtime.progress import progress
 from ditkit.runtime.seeds import Stream, mix_seed
-from ditkit.runtime.stopping import NonFiniteLoss, StopSignal, interrupted
+from ditkit.runtime.stopping import NonFiniteLoss, StopSignal, interrupted, one_line
 from ditkit.sampling.grid import save_grid
 from ditkit.training import run
 
@@ -109,8 +113,21 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     stop = StopSignal()
     try:
         dataset = open_dataset(cfg.data, cfg.image_size, flip=False)
-        _check_resume(out, cfg)
+        _check_resume(out, cfg)  # reads only: a start that fails leaves the folder as it was
         vae, optimizer, start = _load_or_build(out, cfg, dataset.channels, device)
+        params = sum(p.numel() * p.element_size() for p in vae.parameters())  # weights + AdamW's two moments
+        check_free_space(out, 3 * params + (1 << 20), "the autoencoder's checkpoints")
+        write_json(out / TRAIN_CONFIG_FILE, cfg.to_dict())
+        latent = f"{cfg.latent_channels}x{cfg.image_size // cfg.downsample}x{cfg.image_size // cfg.downsample}"
+        logger.info(
+            "%s a VAE in %s at step %d: %.2fM parameters, %d px -> %s latents",
+            "resuming" if start else "training",
+            out,
+            start,
+            sum(p.numel() for p in vae.parameters()) / 1e6,
+            cfg.image_size,
+            latent,
+        )
         batches = build_loader(dataset, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start)
         bar = progress(total=cfg.max_steps, initial=start, desc="train-vae", unit="step")
         step, rows = start, []
@@ -148,7 +165,7 @@ def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
     recover_dir(out)  # a kill between the renames of a folder swap left it aside
     stored_path = out / TRAIN_CONFIG_FILE
     if stored_path.is_file():
-        stored = json.loads(stored_path.read_text())
+        stored = _read_json(stored_path, "the settings")
         new = json.loads(json.dumps(cfg.to_dict()))
         conflicts = [
             f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and stored.get(k) != v
@@ -163,7 +180,30 @@ def _check_resume(out: Path, cfg: VAETrainConfig) -> None:
         raise InputError(
             f"{str(out)!r} exists and is not a ditkit VAE folder; pass a new or empty out_dir", setting="out_dir"
         )
-    write_json(stored_path, cfg.to_dict())
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object train-vae wrote, or InputError naming the file (damaged, or not what train-vae writes)."""
+    try:
+        value: Any = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        value = f"{type(err).__name__}: {err}"
+    if not isinstance(value, dict):
+        raise InputError(
+            f"cannot resume: {str(path)!r} is damaged ({str(value)[:80]}), not {what} train-vae writes; restore "
+            "it from a backup, or pass a new out_dir",
+            setting="out_dir",
+        )
+    return value
+
+
+def _unreadable(path: Path, err: BaseException) -> InputError:
+    """A damaged checkpoint file of a VAE folder, named; never torch's advice to load untrusted pickles."""
+    return InputError(
+        f"cannot resume from {str(path)!r} ({type(err).__name__}): damaged, truncated or not written by train-vae "
+        "(ditkit never unpickles objects); restore the folder from a backup, or pass a new out_dir",
+        setting="out_dir",
+    )
 
 
 def _load_or_build(
@@ -173,22 +213,25 @@ def _load_or_build(
     if state_file.is_file():
         from diffusers import AutoencoderKL  # the optional `vae` extra
 
-        vae = AutoencoderKL.from_pretrained(str(out)).to(device).train()
-        optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-        optimizer.load_state_dict(torch.load(out / STATE_DIR / "optimizer.pt", map_location=device, weights_only=True))
-        start = int(json.loads(state_file.read_text())["step"])
-        logger.info("resumed the VAE in %s at step %d", out, start)
+        start, weights = _read_json(state_file, "the state").get("step"), out / "diffusion_pytorch_model.safetensors"
+        if not isinstance(start, int) or start < 0:
+            raise _unreadable(state_file, ValueError(f"step {start!r}"))
+        _read_json(out / "config.json", "the autoencoder config")
+        low_mem = importlib.util.find_spec("accelerate") is not None  # without it diffusers prints a notice
+        optimizer_file = out / STATE_DIR / "optimizer.pt"
+        with warnings.catch_warnings():  # torch's pickle-protocol warnings: the file is refused in one line
+            warnings.simplefilter("ignore")
+            try:
+                vae = AutoencoderKL.from_pretrained(str(out), low_cpu_mem_usage=low_mem).to(device).train()
+            except (OSError, ValueError, RuntimeError) as err:
+                raise _unreadable(weights, err) from None
+            optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+            try:
+                optimizer.load_state_dict(torch.load(optimizer_file, map_location=device, weights_only=True))
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError, EOFError, pickle.UnpicklingError) as err:
+                raise _unreadable(optimizer_file, err) from None
         return vae, optimizer, start
     vae = build_vae(cfg, channels).to(device).train()
-    logger.info(
-        "training a VAE in %s: %.2fM parameters, %d px -> %dx%dx%d latents",
-        out,
-        sum(p.numel() for p in vae.parameters()) / 1e6,
-        cfg.image_size,
-        cfg.latent_channels,
-        cfg.image_size // cfg.downsample,
-        cfg.image_size // cfg.downsample,
-    )
     return vae, torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0), 0
 
 
@@ -241,7 +284,16 @@ def _save_pretrained(
     beside an old config or state. The other entries carry over as hard links (copies where links fail).
     """
     with atomic_dir(out) as tmp:
-        vae.save_pretrained(str(tmp))
+        try:
+            vae.save_pretrained(str(tmp))
+        except Exception as err:  # safetensors' writer reports a full disk as SafetensorError, not OSError
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise OSError(
+                errno.EIO,
+                f"cannot write the autoencoder's weights in {str(out)!r} ({one_line(err)}); free some space, then "
+                "rerun the same command to resume",
+            ) from None
         if optimizer is not None:
             (tmp / STATE_DIR).mkdir()
             torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
@@ -281,9 +333,8 @@ def _finish(
     _save_pretrained(vae, out, state={"step": step, "max_steps": cfg.max_steps, "finished": True})
     report = {"scaling_factor": 1.0 / std, "latent_std": std, **reconstruction_report(vae, cfg, device)}
     write_json(out / REPORT_FILE, report)
-    logger.info(
-        "VAE %s: scaling factor %.4f, %s", out, 1.0 / std, {k: v for k, v in report.items() if k != "latent_std"}
-    )
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in report.items() if k not in ("latent_std", "scaling_factor"))
+    logger.info("VAE %s: scaling factor %.4f; %s", out, 1.0 / std, scores)
 
 
 @torch.no_grad()
