@@ -14,6 +14,7 @@ _EXPORTS = {
     "DiT": "ditkit.model.dit",
     "ModelConfig": "ditkit.config",
     "DiffusionConfig": "ditkit.config",
+    "FlowConfig": "ditkit.config",
     "SampleConfig": "ditkit.config",
     "TrainConfig": "ditkit.config",
     "PRESETS": "ditkit.config",

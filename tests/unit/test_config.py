@@ -114,7 +114,7 @@ def test_preset_overrides_and_derived_fields():
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"sampler": "euler"}, "sampler must be one of ddpm, ddim, dpm\\+\\+2m; got 'euler'"),
+        ({"sampler": "lms"}, "sampler must be one of ddpm, ddim, dpm\\+\\+2m, euler, heun, .*; got 'lms'"),
         ({"num_steps": 1}, "num_steps must be an integer >= 2; got 1"),
         ({"cfg_scale": -0.5}, "cfg_scale must be a finite number >= 0"),
         ({"cfg_scale": float("nan")}, "cfg_scale must be a finite number >= 0"),

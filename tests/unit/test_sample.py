@@ -117,8 +117,10 @@ def test_seed_noise_rows_follow_their_seed():
 
 def test_sample_loop_input_errors(tiny_model):
     noise = torch.randn(2, 4, 8, 8)
-    with pytest.raises(ValueError, match="sampler must be one of ddpm, ddim, dpm\\+\\+2m; got 'euler'"):
-        LOOP.replace(sampler="euler")
+    with pytest.raises(ValueError, match="sampler must be one of ddpm, ddim, dpm\\+\\+2m, .*; got 'lms'"):
+        LOOP.replace(sampler="lms")
+    with pytest.raises(ValueError, match="sampler 'euler' is a flow-matching sampler .* trained with diffusion"):
+        sample_loop(tiny_model, noise, torch.tensor([0, 1]), LOOP.replace(sampler="euler"), seeds=[1, 2])
     with pytest.raises(ValueError, match="need one seed per image: got 3 seeds for 2 images"):
         sample_loop(tiny_model, noise, torch.tensor([0, 1]), LOOP, seeds=[1, 2, 3])
     with pytest.raises(ValueError, match="need clip_denoised set"):  # only generate knows pixels from latents

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ditkit.config import WALK_SAMPLING, SampleConfig
+from ditkit.config import DIFFUSION_SAMPLERS, FLOW_SAMPLERS, WALK_SAMPLING, SampleConfig, for_process
 from ditkit.data.class_names import caption, class_names, imagenet_class_names, parse_classes
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.seeds import image_seeds
@@ -37,6 +37,7 @@ WALK_PIXELS = 192  # ... and walk frames to about this size
 GUIDANCE = {"all channels": "all", "first 3 channels (official DiT)": 3}
 WALK_KINDS = {"noise: seed A to seed B": "noise", "class: A to B": "class"}
 WALK_SAMPLERS = ("ddim", "dpm++2m")  # deterministic: a frame is a smooth function of its inputs
+FLOW_WALK_SAMPLERS = ("euler", "heun", "dopri5")  # a flow model's: its probability-flow ODE
 FIRST_IMAGENET_CLASSES = (207, 360, 387, 974)  # golden retriever, otter, lesser panda, geyser (official sample.py)
 # The page's field for a setting named in an InputError (the CLI names its flag instead).
 PAGE_FIELDS = {
@@ -113,6 +114,10 @@ class PageSampler:
         self.class_names = class_names(self.num_classes, opened.class_names)  # its run's, ImageNet's or None
         self.work_dir = Path(work_dir)
         self.max_steps = min(MAX_STEPS, opened.diffusion.num_train_steps)
+        flow = opened.diffusion.is_flow  # the page offers the samplers of the model's own process
+        self.start = for_process(PAGE_SAMPLING, opened.diffusion)  # the fields' starting values
+        self.samplers = FLOW_SAMPLERS if flow else DIFFUSION_SAMPLERS
+        self.walk_samplers = FLOW_WALK_SAMPLERS if flow else WALK_SAMPLERS
         self._jobs = itertools.count()
 
     # What the page shows.
@@ -174,7 +179,7 @@ class PageSampler:
             raise InputError(
                 f"guidance scale must be a number >= 0 (1 = no guidance); got {cfg_scale!r}", setting="cfg_scale"
             ) from None
-        return PAGE_SAMPLING.replace(sampler=sampler, num_steps=num_steps, cfg_scale=scale, cfg_channels=channels)
+        return self.start.replace(sampler=sampler, num_steps=num_steps, cfg_scale=scale, cfg_channels=channels)
 
     # Jobs.
 
@@ -228,9 +233,9 @@ class PageSampler:
         """A latent walk as an animated GIF: noise from seed A to seed B, or class A to class B; returns its path."""
         if kind not in WALK_KINDS:
             raise InputError(f"walk must be one of {', '.join(map(repr, WALK_KINDS))}; got {kind!r}", setting="kind")
-        if sampler not in WALK_SAMPLERS:
+        if sampler not in self.walk_samplers:
             raise InputError(
-                f"a walk needs a deterministic sampler ({' or '.join(WALK_SAMPLERS)}); got {sampler!r}",
+                f"a walk needs a deterministic sampler ({' or '.join(self.walk_samplers)}); got {sampler!r}",
                 setting="sampler",
             )
         config = self.sample_config(sampler, steps, cfg_scale)

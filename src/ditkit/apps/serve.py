@@ -25,14 +25,11 @@ from ditkit.apps.page_sampler import (
     MAX_FRAMES,
     MAX_IMAGES,
     MAX_PER_CLASS,
-    PAGE_SAMPLING,
     WALK_KINDS,
-    WALK_SAMPLERS,
     OnStep,
     PageSampler,
     page_message,
 )
-from ditkit.config import SAMPLERS
 from ditkit.runtime.distributed import resolve_device
 from ditkit.runtime.errors import InputError
 from ditkit.training.run import open_for_sampling
@@ -105,7 +102,7 @@ def _class_box(gr: Any, sampler: PageSampler, label: str, value: Any, elem_id: s
 
 
 def _sample_tab(gr: Any, sampler: PageSampler) -> None:
-    start, conditional = PAGE_SAMPLING, sampler.num_classes > 0
+    start, conditional = sampler.start, sampler.num_classes > 0
     with gr.Row():
         with gr.Column(scale=1):
             classes = _class_box(gr, sampler, "Classes", sampler.default_classes(), "classes", multiselect=True)
@@ -126,7 +123,7 @@ def _sample_tab(gr: Any, sampler: PageSampler) -> None:
             )
             guidance = gr.Radio(list(GUIDANCE), value="all channels", label="Guide", elem_id="guidance")
             with gr.Row():
-                algo = gr.Dropdown(list(SAMPLERS), value=start.sampler, label="Sampler", elem_id="sampler")
+                algo = gr.Dropdown(list(sampler.samplers), value=start.sampler, label="Sampler", elem_id="sampler")
                 steps = gr.Number(start.num_steps, label=f"Steps (2-{sampler.max_steps})", elem_id="steps")
             seed = gr.Number(0, label="Seed", info="image i has seed image_seed(seed, i)", elem_id="seed")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -160,7 +157,7 @@ def _sample_tab(gr: Any, sampler: PageSampler) -> None:
 
 
 def _walk_tab(gr: Any, sampler: PageSampler) -> None:
-    start, defaults = PAGE_SAMPLING, sampler.default_classes()
+    start, defaults = sampler.start, sampler.default_classes()
     with gr.Row():
         with gr.Column(scale=1):
             kinds = list(WALK_KINDS) if sampler.num_classes else list(WALK_KINDS)[:1]
@@ -174,7 +171,8 @@ def _walk_tab(gr: Any, sampler: PageSampler) -> None:
             frames = gr.Slider(2, MAX_FRAMES, value=16, step=1, label="Frames", elem_id="frames")
             cfg = gr.Number(start.cfg_scale, label="Guidance scale", step=0.5, elem_id="walk_cfg")
             with gr.Row():
-                algo = gr.Dropdown(list(WALK_SAMPLERS), value=start.sampler, label="Sampler", elem_id="walk_sampler")
+                walk_samplers = list(sampler.walk_samplers)
+                algo = gr.Dropdown(walk_samplers, value=start.sampler, label="Sampler", elem_id="walk_sampler")
                 steps = gr.Number(start.num_steps, label=f"Steps (2-{sampler.max_steps})", elem_id="walk_steps")
             button = gr.Button("Walk", variant="primary", elem_id="walk_button")
         with gr.Column(scale=2):

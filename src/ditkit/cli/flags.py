@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ditkit.config import IMAGE_SAMPLING, SAMPLE_BATCH_CPU, SAMPLE_BATCH_CUDA, WALK_SAMPLING, VAETrainConfig  # no torch
+from ditkit.config.constants import FLOW_PATHS, FLOW_PREDICTIONS, OBJECTIVES, SDE_DIFFUSION_FORMS, SDE_LAST_STEPS
 from ditkit.config.recipes import RECIPES
 
 Handler = Callable[[argparse.Namespace], None]
@@ -222,6 +223,9 @@ def _sampling_flags(p: argparse.ArgumentParser, samplers: Sequence[str], precisi
     p.add_argument("--cfg-scale", type=float, help=f"guidance scale (default {image.cfg_scale:g}; 1 = none)")
     p.add_argument("--cfg-channels", choices=["all", "3"], help="guided channels; 3 = the official DiT variant")
     p.add_argument("--eta", type=float, help=f"DDIM noise in [0, 1] (default {image.eta:g})")
+    forms, last_steps = SDE_DIFFUSION_FORMS, [str(step).lower() for step in SDE_LAST_STEPS]
+    p.add_argument("--sde-diffusion-form", choices=forms, help=f"flow SDE: w_t (default {image.sde_diffusion_form})")
+    p.add_argument("--sde-last-step", choices=last_steps, help=f"flow SDE: last step (default {image.sde_last_step})")
     p.add_argument(
         "--batch-size",
         type=count(1),
@@ -257,6 +261,10 @@ def _train_flags(
     p.add_argument("--patch-size", type=count(1), help="p: p x p patches make the tokens (1, 2, 4 or 8)")
     p.add_argument("--predict", choices=["eps", "x0"], help="what the model predicts (paper: eps)")
     p.add_argument("--noise-schedule", choices=["linear", "cosine"], help="diffusion betas (paper: linear)")
+    p.add_argument("--objective", choices=OBJECTIVES, help="diffusion (ADM's, the paper) or flow (SiT's flow matching)")
+    p.add_argument("--path", choices=FLOW_PATHS, help="flow: the interpolant (default linear)")
+    p.add_argument("--prediction", choices=FLOW_PREDICTIONS, help="flow: what the model predicts (default velocity)")
+    p.add_argument("--loss-weight", choices=["velocity", "likelihood"], help="flow: score / noise loss weight")
     p.add_argument(
         "--ema-warmup", action=argparse.BooleanOptionalAction, default=None, help="EMA decay warm-up (short runs)"
     )

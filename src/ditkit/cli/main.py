@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ditkit.config import BLOCK_DESIGNS, PRECISIONS, PRESETS, SAMPLERS, SampleConfig  # config imports no torch
+from ditkit.config import BLOCK_DESIGNS, PRECISIONS, PRESETS, SAMPLERS, SampleConfig, for_process  # no torch
 from ditkit.runtime.errors import InputError  # no torch either
 
 if TYPE_CHECKING:  # annotations only: the CLI imports torch inside its handlers
@@ -45,9 +45,12 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 def _sample_config(args: argparse.Namespace, base: SampleConfig) -> SampleConfig:
     fields = _given(args, "sampler", "num_steps", "cfg_scale", "eta", "batch_size", "precision", "compile")
+    fields |= _given(args, "sde_diffusion_form") | ({"clip_denoised": args.clip} if args.clip is not None else {})
     if args.cfg_channels is not None:
         fields["cfg_channels"] = "all" if args.cfg_channels == "all" else int(args.cfg_channels)
-    return base.replace(**fields, **({"clip_denoised": args.clip} if args.clip is not None else {}))
+    if args.sde_last_step is not None:
+        fields["sde_last_step"] = None if args.sde_last_step == "none" else args.sde_last_step
+    return base.replace(**fields)
 
 
 def _open(args: argparse.Namespace, device: torch.device | str) -> SamplingModel:
@@ -70,6 +73,7 @@ def _sample(args: argparse.Namespace) -> None:
         raise InputError(f"output {images!r} exists; pass overwrite=True to replace it", setting="overwrite")
     info = distributed.init(args.device)
     opened = _open(args, info.device)
+    config = for_process(config, opened.diffusion, given=_given(args, "sampler", "num_steps"))  # a flow run's own
     if npz is not None:
         job = {"seed": args.seed, "class_balanced": args.class_balanced, "overwrite": args.overwrite}
         written = sample_npz_job(opened, npz, args.num, config, info, **job)
@@ -93,7 +97,9 @@ def _walk(args: argparse.Namespace) -> None:
     opened = _open(args, resolve_device(args.device))
     num_classes = opened.model.config.num_classes
     classes = parse_classes(args.classes, num_classes, opened.class_names) if num_classes else None
-    config = _sample_config(args, WALK_SAMPLING)
+    config = for_process(
+        _sample_config(args, WALK_SAMPLING), opened.diffusion, given=_given(args, "sampler", "num_steps")
+    )
     made = make_walks(
         opened.model,
         args.out,
@@ -141,7 +147,8 @@ def _train(args: argparse.Namespace) -> None:
     fields = _given(args, *_TRAIN_FIELDS)
     fields.update({f: True for f in ("deterministic", "compile", "grad_checkpointing") if getattr(args, f)})
     model = _given(args, "block", "num_classes", "learn_sigma", "num_heads", "depth", "hidden_size", "patch_size")
-    diffusion = _given(args, "noise_schedule") | ({"predict_xstart": args.predict == "x0"} if args.predict else {})
+    diffusion = _given(args, "noise_schedule", "objective", "path", "prediction", "loss_weight")
+    diffusion |= {"predict_xstart": args.predict == "x0"} if args.predict else {}
     cfg = build_train_config(
         args.out,
         data=args.data,

@@ -9,6 +9,8 @@ recipes besides the paper run live in `ditkit.config.recipes`.
 from ditkit.config.constants import (
     BLOCK_DESIGNS,
     DEVICES,
+    DIFFUSION_SAMPLERS,
+    FLOW_SAMPLERS,
     NO_VAE,
     NUM_DIFFUSION_STEPS,
     PAPER_VAE,
@@ -25,10 +27,11 @@ from ditkit.config.constants import (
     Precision,
     SamplerName,
 )
-from ditkit.config.model import PRESETS, DiffusionConfig, ModelConfig, default_diffusion, get_preset
+from ditkit.config.model import PRESETS, DiffusionConfig, FlowConfig, ModelConfig, default_diffusion, get_preset
 from ditkit.config.sampling import (
     BENCH_SAMPLING,
     DEMO_SAMPLING,
+    FLOW_SAMPLING,
     IMAGE_SAMPLING,
     PAPER_EVAL_SAMPLING,
     SAMPLE_BATCH_CPU,
@@ -36,6 +39,8 @@ from ditkit.config.sampling import (
     TRAIN_SAMPLING,
     WALK_SAMPLING,
     SampleConfig,
+    check_sampler,
+    for_process,
 )
 from ditkit.config.training import RESUMABLE_FIELDS, TrainConfig, VAETrainConfig, validate_for_world
 
@@ -44,6 +49,9 @@ __all__ = [
     "BLOCK_DESIGNS",
     "DEMO_SAMPLING",
     "DEVICES",
+    "DIFFUSION_SAMPLERS",
+    "FLOW_SAMPLERS",
+    "FLOW_SAMPLING",
     "IMAGE_SAMPLING",
     "NO_VAE",
     "NUM_DIFFUSION_STEPS",
@@ -66,13 +74,16 @@ __all__ = [
     "BlockDesign",
     "DeviceChoice",
     "DiffusionConfig",
+    "FlowConfig",
     "ModelConfig",
     "Precision",
     "SampleConfig",
     "SamplerName",
     "TrainConfig",
     "VAETrainConfig",
+    "check_sampler",
     "default_diffusion",
+    "for_process",
     "get_preset",
     "validate_for_world",
 ]

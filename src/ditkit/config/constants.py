@@ -18,11 +18,25 @@ TIMESTEP_MAX_PERIOD: float = 10000.0
 """Longest period of the timestep embedding (GLIDE formula)."""
 PATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 BLOCK_DESIGNS: tuple[str, ...] = ("adaln_zero", "adaln", "cross_attn", "in_context")
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m")
+DIFFUSION_SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++2m")
+FLOW_SAMPLERS: tuple[str, ...] = ("euler", "heun", "dopri5", "sde-euler", "sde-heun")  # ODE, then SDE (SiT)
+SAMPLERS: tuple[str, ...] = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
+OBJECTIVES: tuple[str, ...] = ("diffusion", "flow")
+FLOW_PATHS: tuple[str, ...] = ("linear", "gvp", "vp")
+FLOW_PREDICTIONS: tuple[str, ...] = ("velocity", "score", "noise")
+FLOW_LOSS_WEIGHTS: tuple[str | None, ...] = (None, "velocity", "likelihood")
+SDE_DIFFUSION_FORMS: tuple[str, ...] = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
+SDE_LAST_STEPS: tuple[str | None, ...] = (None, "mean", "tweedie", "euler")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16")
 
 BlockDesign = Literal["adaln_zero", "adaln", "cross_attn", "in_context"]
-SamplerName = Literal["ddpm", "ddim", "dpm++2m"]
+SamplerName = Literal["ddpm", "ddim", "dpm++2m", "euler", "heun", "dopri5", "sde-euler", "sde-heun"]
+Objective = Literal["diffusion", "flow"]
+FlowPath = Literal["linear", "gvp", "vp"]
+FlowPrediction = Literal["velocity", "score", "noise"]
+FlowLossWeight = Literal["velocity", "likelihood"] | None
+SdeDiffusionForm = Literal["constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing"]
+SdeLastStep = Literal["mean", "tweedie", "euler"] | None
 Precision = Literal["auto", "fp32", "tf32", "bf16"]
 """The network's arithmetic. "auto": bf16 autocast (+ TF32) on CUDA; on a CPU bf16 only where a short probe
 shows it faster than fp32 (CPUs with bf16 units), else fp32. "tf32": fp32 with TF32 matmuls on CUDA (what the

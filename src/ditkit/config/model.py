@@ -8,10 +8,18 @@ from typing import Any, Literal
 
 from ditkit.config.constants import (
     BLOCK_DESIGNS,
+    FLOW_LOSS_WEIGHTS,
+    FLOW_PATHS,
+    FLOW_PREDICTIONS,
     NUM_DIFFUSION_STEPS,
+    OBJECTIVES,
     PATCH_SIZES,
     VAE_LATENT_CHANNELS,
     BlockDesign,
+    FlowLossWeight,
+    FlowPath,
+    FlowPrediction,
+    Objective,
 )
 from ditkit.runtime.errors import InputError, check_count
 
@@ -145,13 +153,40 @@ def get_preset(name: str, **overrides: object) -> ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    """SiT's flow matching (Ma et al. 2024): its defaults are SiT's (linear path, velocity, no loss weight)."""
+
+    path: FlowPath = "linear"  # x_t = alpha_t x_1 + sigma_t x_0: "linear", "gvp" (variance preserving), "vp" (VP SDE)
+    prediction: FlowPrediction = "velocity"  # what the model predicts
+    loss_weight: FlowLossWeight = None  # weighting of the score / noise losses: None, "velocity", "likelihood"
+    train_eps: float | None = None  # training times keep this far from singular ends; None: SiT's per path
+    sample_eps: float | None = None  # the same for sampling; None: SiT's per path and prediction
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("path", self.path, FLOW_PATHS),
+            ("prediction", self.prediction, FLOW_PREDICTIONS),
+            ("loss_weight", self.loss_weight, FLOW_LOSS_WEIGHTS),
+        ):
+            if value not in choices:
+                raise InputError(f"{name} must be one of {choices}; got {value!r}", setting=name)
+        for name, eps in (("train_eps", self.train_eps), ("sample_eps", self.sample_eps)):
+            if eps is not None and not (isinstance(eps, (int, float)) and 0.0 <= eps < 0.5):
+                raise InputError(f"{name} must be in [0, 0.5) or None (SiT's default); got {eps!r}", setting=name)
+
+
+@dataclass(frozen=True, kw_only=True)
 class DiffusionConfig:
-    """ADM's Gaussian diffusion as DiT trains it (1000 linear steps, eps prediction, learned range)."""
+    """The process a model is trained and sampled with: ADM's Gaussian diffusion as DiT trains it (1000 linear
+    steps, eps prediction, learned range), or with objective "flow" SiT's flow matching (`flow`; no learned sigma).
+    """
 
     num_train_steps: int = NUM_DIFFUSION_STEPS  # length of the training chain (sampling respaces it)
     noise_schedule: Literal["linear", "cosine"] = "linear"  # betas 1e-4..0.02 (scaled by 1000/num_train_steps)
     learn_sigma: bool = True  # learned-range variance (else fixed large variance, MSE only)
     predict_xstart: bool = False  # eps prediction (the paper) unless True
+    objective: Objective = "diffusion"  # "flow": SiT's flow matching with `flow` (None there: FlowConfig())
+    flow: FlowConfig | None = None  # only with objective "flow"
 
     def __post_init__(self) -> None:
         check_count("num_train_steps", self.num_train_steps, minimum=2)
@@ -159,14 +194,51 @@ class DiffusionConfig:
             raise InputError(
                 f"noise_schedule must be 'linear' or 'cosine'; got {self.noise_schedule!r}", setting="noise_schedule"
             )
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}", setting="objective")
+        if self.objective == "diffusion":
+            if self.flow is not None:
+                raise InputError("flow settings (path, prediction) need objective 'flow'", setting="objective")
+            return
+        if self.flow is None:
+            object.__setattr__(self, "flow", FlowConfig())
+        if self.learn_sigma:
+            raise InputError("a flow model learns no variance: learn_sigma must be off", setting="learn_sigma")
+        if self.predict_xstart or self.noise_schedule != "linear":
+            raise InputError(
+                "predict_xstart and noise_schedule are diffusion settings; a flow model sets prediction and path",
+                setting="predict_xstart" if self.predict_xstart else "noise_schedule",
+            )
+
+    @property
+    def is_flow(self) -> bool:
+        return self.objective == "flow"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DiffusionConfig:
-        """From `dataclasses.asdict` output; files written before 0.2 call the chain length `num_steps`."""
+        """From `dataclasses.asdict` output; files written before 0.2 call the chain length `num_steps`, and
+        files without `objective` are diffusion."""
         fields = dict(values)
         if "num_steps" in fields:
             fields["num_train_steps"] = fields.pop("num_steps")
+        if isinstance(fields.get("flow"), dict):
+            fields["flow"] = FlowConfig(**fields["flow"])
         return cls(**fields)
+
+
+FLOW_FIELDS = ("path", "prediction", "loss_weight", "train_eps", "sample_eps")  # FlowConfig's, as a user gives them
+
+
+def process_from_choices(base: DiffusionConfig, choices: dict[str, Any], *, learn_sigma: bool) -> DiffusionConfig:
+    """The process of a user's choices (`build_train_config`'s diffusion_overrides) with the model's learn_sigma:
+    objective "flow" and FLOW_FIELDS make a flow process; otherwise the diffusion fields replace `base`'s."""
+    fields = dict(choices)
+    flow = {k: fields.pop(k) for k in FLOW_FIELDS if k in fields}
+    if fields.get("objective") == "flow":
+        return DiffusionConfig(**fields, flow=FlowConfig(**flow), learn_sigma=learn_sigma)
+    if flow:
+        raise InputError(f"{', '.join(flow)}: flow-matching settings; add objective 'flow'", setting="objective")
+    return dataclasses.replace(base, **fields, learn_sigma=learn_sigma)
 
 
 def default_diffusion(model: ModelConfig) -> DiffusionConfig:

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ditkit.config.constants import PRECISIONS, SAMPLERS, Precision, SamplerName
+from ditkit.config.constants import (
+    DIFFUSION_SAMPLERS,
+    FLOW_SAMPLERS,
+    PRECISIONS,
+    SAMPLERS,
+    SDE_DIFFUSION_FORMS,
+    SDE_LAST_STEPS,
+    Precision,
+    SamplerName,
+    SdeDiffusionForm,
+    SdeLastStep,
+)
+from ditkit.config.model import DiffusionConfig
 from ditkit.runtime.errors import InputError, check_count
 
 SAMPLE_BATCH_CPU = 32  # images per forward when SampleConfig.batch_size is None
@@ -22,8 +35,9 @@ class SampleConfig:
     `cfg_channels=3` reproduces it. The named configs below are the defaults of each use.
     """
 
-    sampler: SamplerName = "ddpm"  # "ddpm" (ancestral, learned variance), "ddim", "dpm++2m" (DPM-Solver++(2M))
-    num_steps: int = 250  # sampling steps (>= 2): the training chain respaced to this many
+    sampler: SamplerName = "ddpm"  # "ddpm" (ancestral, learned variance), "ddim", "dpm++2m" (DPM-Solver++(2M));
+    # a flow model's (FLOW_SAMPLERS): ODE "euler", "heun", "dopri5" (torchdiffeq); SDE "sde-euler", "sde-heun"
+    num_steps: int = 250  # sampling steps (>= 2): the training chain respaced to this many; flow: grid points (SiT)
     respacing: str | None = None  # ADM spacing of the num_steps steps ("ddim25": the official DDIM stride,
     # "10,15,20": steps per section); None: evenly spaced (str(num_steps)). Must yield num_steps steps.
     cfg_scale: float = 1.5  # classifier-free guidance scale; 1 = none (no doubled batch), 0 = unconditional
@@ -33,6 +47,13 @@ class SampleConfig:
     batch_size: int | None = None  # images per forward (guidance doubles the rows); None: SAMPLE_BATCH_CPU / _CUDA
     precision: Precision = "auto"  # the network's arithmetic (see Precision); the diffusion stays fp32
     compile: bool = False  # torch.compile the network for the fixed-shape loop (CUDA: ~2x, after ~20 s)
+    # Flow samplers only (SiT's defaults): the SDE's diffusion coefficient w_t and last step; dopri5's tolerances.
+    sde_diffusion_form: SdeDiffusionForm = "sigma"  # w_t = norm x sigma_t (see ditkit.flow.paths)
+    sde_diffusion_norm: float = 1.0
+    sde_last_step: SdeLastStep = "mean"  # the noiseless step into t = 1: "mean", "tweedie", "euler", None (none)
+    sde_last_step_size: float = 0.04
+    ode_atol: float = 1e-6
+    ode_rtol: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -63,6 +84,27 @@ class SampleConfig:
             raise InputError(
                 f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}", setting="precision"
             )
+
+        self._check_flow_fields()
+
+    def _check_flow_fields(self) -> None:
+        if self.sde_diffusion_form not in SDE_DIFFUSION_FORMS:
+            raise InputError(
+                f"sde_diffusion_form must be one of {', '.join(SDE_DIFFUSION_FORMS)}; got {self.sde_diffusion_form!r}",
+                setting="sde_diffusion_form",
+            )
+        if self.sde_last_step not in SDE_LAST_STEPS:
+            raise InputError(
+                f"sde_last_step must be one of {SDE_LAST_STEPS}; got {self.sde_last_step!r}", setting="sde_last_step"
+            )
+        for name, low, high in (("sde_diffusion_norm", 0.0, math.inf), ("sde_last_step_size", 0.0, 0.5)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and low <= value < high):
+                raise InputError(f"{name} must be in [{low}, {high}); got {value!r}", setting=name)
+        for name in ("ode_atol", "ode_rtol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < 1):
+                raise InputError(f"{name} must be in (0, 1); got {value!r}", setting=name)
 
     def replace(self, **changes: Any) -> SampleConfig:
         return dataclasses.replace(self, **changes)
@@ -103,3 +145,32 @@ DEMO_SAMPLING = SampleConfig(sampler="dpm++2m", num_steps=10, cfg_scale=3.0, bat
 20 steps gave the same accuracy, 0.996 / 0.78 guided / unguided on 500 samples of a 900-step model)."""
 BENCH_SAMPLING = SampleConfig(cfg_scale=4.0, precision="auto")
 """`ditkit bench`: guided DDPM (doubled rows), the paper's sampling loop; steps and batch are set per run."""
+FLOW_SAMPLING = SampleConfig(sampler="heun", num_steps=50, cfg_scale=4.0)
+"""`ditkit sample` of a flow model, and the sampler and steps any use takes for one when none is given: SiT's
+probability-flow ODE with Heun's method on 50 grid points (98 model evaluations), guidance 4 (SiT's sample.py)."""
+
+
+def check_sampler(sampler: str, process: DiffusionConfig) -> None:
+    """A sampler of the process's own kind, else one line naming both and the fix."""
+    if process.is_flow and sampler not in FLOW_SAMPLERS:
+        raise InputError(
+            f"sampler {sampler!r} is a diffusion sampler but this model was trained with flow matching: use one "
+            f"of {', '.join(FLOW_SAMPLERS)} (or give none: {FLOW_SAMPLING.sampler})",
+            setting="sampler",
+        )
+    if not process.is_flow and sampler not in DIFFUSION_SAMPLERS:
+        raise InputError(
+            f"sampler {sampler!r} is a flow-matching sampler but this model was trained with diffusion: use one "
+            f"of {', '.join(DIFFUSION_SAMPLERS)}",
+            setting="sampler",
+        )
+
+
+def for_process(config: SampleConfig, process: DiffusionConfig, *, given: Collection[str] = ()) -> SampleConfig:
+    """`config` for a model of `process`: a use's named default (a diffusion sampler) becomes FLOW_SAMPLING's
+    sampler and steps for a flow model, unless the user `given` them (then a mismatch is an InputError)."""
+    if process.is_flow and config.sampler not in FLOW_SAMPLERS and "sampler" not in given:
+        steps = {} if "num_steps" in given else {"num_steps": FLOW_SAMPLING.num_steps}
+        config = config.replace(sampler=FLOW_SAMPLING.sampler, **steps)
+    check_sampler(config.sampler, process)
+    return config

@@ -21,7 +21,7 @@ from ditkit.config.constants import (
     Precision,
 )
 from ditkit.config.model import DiffusionConfig, ModelConfig
-from ditkit.config.sampling import TRAIN_SAMPLING, SampleConfig
+from ditkit.config.sampling import TRAIN_SAMPLING, SampleConfig, check_sampler
 from ditkit.runtime.errors import InputError, check_count
 
 # Fields that may change when a run resumes (config.json records the new values): cadence, length and speed, and
@@ -181,6 +181,7 @@ class TrainConfig:
                 "(a null class); use cfg_scale 1 (no guidance)",
                 setting="sample.cfg_scale",
             )
+        check_sampler(self.sample.sampler, self.diffusion)  # grids and evaluation sample with the run's process
         if self.class_names is not None and len(self.class_names) != self.model.num_classes:
             raise InputError(
                 f"class_names has {len(self.class_names)} names for a {self.model.num_classes}-class model; "

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ditkit.config import SAMPLERS, DiffusionConfig, SampleConfig, SamplerName, default_diffusion
+from ditkit.config import SAMPLERS, DiffusionConfig, SampleConfig, SamplerName, check_sampler, default_diffusion
 from ditkit.diffusion.gaussian import GaussianDiffusion, diffusion_from_config
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.progress import progress as progress_bar
@@ -44,6 +44,18 @@ class SeedNoise:
             [torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype) for g in self.generators]
         )
 
+    def randn_like(self, x: Tensor) -> Tensor:
+        """Noise shaped like x (N, ...), row i from generator i, on x's device."""
+        return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
+
+    @classmethod
+    def after_initial(cls, seeds: Sequence[int], shape: Sequence[int], device: torch.device | str) -> SeedNoise:
+        """The step noise of a sampler: each seed's stream past its first draw, x_T (`initial_noise`; starting
+        afresh would make the first step's noise equal to x_T itself)."""
+        source = cls(seeds, device)
+        source.randn(shape)
+        return source
+
 
 class GlobalNoise:
     """Noise from one generator (or torch's global RNG): depends on batch composition."""
@@ -56,8 +68,6 @@ class GlobalNoise:
 
 
 def _step_noise(source: SeedNoise | GlobalNoise, x: Tensor) -> Tensor:
-    if isinstance(source, SeedNoise):
-        return source.randn(x.shape[1:], dtype=x.dtype).to(x.device)
     return source.randn_like(x)
 
 
@@ -315,14 +325,12 @@ def sample_loop(
     if diffusion is None:
         model_config = getattr(model, "config", None)
         diffusion = default_diffusion(model_config) if model_config is not None else DiffusionConfig()
+    check_sampler(config.sampler, diffusion)  # a flow model or a flow sampler: not this loop's
     process = diffusion_from_config(diffusion, config.timestep_respacing)
     denoise = make_denoiser(model, labels, config, forward=forward)
     source: SeedNoise | GlobalNoise
     if seeds is not None:
-        source = SeedNoise(seeds, noise.device)
-        # The first draw of each seed is x_T (initial_noise): step noise continues the stream after it.
-        # Starting afresh would make the first step's noise equal to x_T itself.
-        source.randn(noise.shape[1:])
+        source = SeedNoise.after_initial(seeds, noise.shape[1:], noise.device)
     else:
         source = GlobalNoise(generator)
     with torch.no_grad():

@@ -7,18 +7,20 @@ predicts (velocity, score or noise), the loss weight, and the time interval each
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ditkit.config import FlowConfig
+from ditkit.config.constants import FLOW_LOSS_WEIGHTS, FLOW_PREDICTIONS, FlowLossWeight, FlowPrediction
 from ditkit.flow.paths import DIFFUSION_FORMS, PATHS, DiffusionForm, InterpolantPath, PathName, expand_t, make_path
 from ditkit.runtime.errors import InputError
 
-Prediction = Literal["velocity", "score", "noise"]
-PREDICTIONS: tuple[Prediction, ...] = ("velocity", "score", "noise")
-LossWeight = Literal["velocity", "likelihood"] | None
-LOSS_WEIGHTS: tuple[LossWeight, ...] = (None, "velocity", "likelihood")
+Prediction = FlowPrediction
+PREDICTIONS = FLOW_PREDICTIONS
+LossWeight = FlowLossWeight
+LOSS_WEIGHTS = FLOW_LOSS_WEIGHTS
 
 ModelFn = Callable[..., Tensor]  # model(x_t (N, C, H, W), t (N,) in [0, 1], **model_kwargs) -> (N, C', H, W)
 FlowModelFn = Callable[[Tensor, Tensor], Tensor]  # labels already bound: (x_t, t) -> model output
@@ -198,3 +200,8 @@ class FlowMatching:
             f"FlowMatching(path={self.path_name!r}, prediction={self.prediction!r}, loss_weight={self.loss_weight!r}, "
             f"train_eps={self.train_eps}, sample_eps={self.sample_eps})"
         )
+
+
+def flow_from_config(config: FlowConfig) -> FlowMatching:
+    """The FlowMatching of a run's recorded FlowConfig (what `diffusion_from_config` is to a diffusion)."""
+    return FlowMatching(config.path, config.prediction, config.loss_weight, config.train_eps, config.sample_eps)

@@ -7,24 +7,17 @@ x_0 ~ N(0, I)) to 1 (data x_1); the model's velocity is d x_t / dt = alpha'_t x_
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from ditkit.config.constants import FLOW_PATHS as PATHS  # the string choices' one home
+from ditkit.config.constants import SDE_DIFFUSION_FORMS as DIFFUSION_FORMS
+from ditkit.config.constants import FlowPath as PathName
+from ditkit.config.constants import SdeDiffusionForm as DiffusionForm
 from ditkit.runtime.errors import InputError
 
-PathName = Literal["linear", "gvp", "vp"]
-PATHS: tuple[PathName, ...] = ("linear", "gvp", "vp")
-DiffusionForm = Literal["constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing"]
-DIFFUSION_FORMS: tuple[DiffusionForm, ...] = (
-    "constant",
-    "SBDM",
-    "sigma",
-    "linear",
-    "decreasing",
-    "increasing-decreasing",
-)
+__all__ = ["DIFFUSION_FORMS", "PATHS", "DiffusionForm", "PathName", "make_path"]
 
 
 def expand_t(t: Tensor, x: Tensor) -> Tensor:

@@ -16,13 +16,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ditkit.config import SampleConfig
 from ditkit.flow.objective import FlowMatching, FlowModelFn
 from ditkit.flow.paths import DiffusionForm, expand_t
 from ditkit.runtime.errors import InputError
 
-OdeMethod = Literal["euler", "heun", "dopri5"]
+OdeMethod = Literal["euler", "heun", "dopri5"]  # SampleConfig.sampler "euler" / "heun" / "dopri5"
 ODE_METHODS: tuple[OdeMethod, ...] = ("euler", "heun", "dopri5")
-SdeMethod = Literal["euler", "heun"]
+SdeMethod = Literal["euler", "heun"]  # SampleConfig.sampler "sde-euler" / "sde-heun"
 SDE_METHODS: tuple[SdeMethod, ...] = ("euler", "heun")
 LastStep = Literal["mean", "tweedie", "euler"] | None
 LAST_STEPS: tuple[LastStep, ...] = (None, "mean", "tweedie", "euler")
@@ -225,3 +226,37 @@ def _last_step(
     alpha_t = flow.path.alpha(expand_t(t, x))[0]
     sigma_t = flow.path.sigma(expand_t(t, x))[0]
     return x / alpha_t + sigma_t**2 / alpha_t * score
+
+
+def sample_flow(
+    flow: FlowMatching, model: FlowModelFn, noise: Tensor, config: SampleConfig, step_noise: StepNoise
+) -> FlowSample:
+    """Sample with the flow sampler config.sampler ("euler", "heun", "dopri5": the ODE; "sde-euler", "sde-heun":
+    the SDE, drawing step_noise) on config.num_steps grid points, with config's SDE and ODE settings."""
+    sampler = config.sampler
+    if sampler in ODE_METHODS:
+        return sample_ode(
+            flow,
+            model,
+            noise,
+            num_steps=config.num_steps,
+            method=sampler,  # type: ignore[arg-type]  # checked just above
+            atol=config.ode_atol,
+            rtol=config.ode_rtol,
+            reverse=False,
+        )
+    method = sampler.removeprefix("sde-")
+    if not sampler.startswith("sde-") or method not in SDE_METHODS:
+        raise InputError(f"{sampler!r} is not a flow sampler", setting="sampler")
+    return sample_sde(
+        flow,
+        model,
+        noise,
+        num_steps=config.num_steps,
+        method=method,  # type: ignore[arg-type]
+        diffusion_form=config.sde_diffusion_form,
+        diffusion_norm=config.sde_diffusion_norm,
+        last_step=config.sde_last_step,
+        last_step_size=config.sde_last_step_size,
+        step_noise=step_noise,
+    )

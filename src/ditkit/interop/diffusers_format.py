@@ -113,8 +113,8 @@ def export_diffusers(
     run's own from its config.json, else ImageNet names for 1000 classes, else "class i") and
     `ditkit_config.json` with what diffusers cannot record. Load it with `load_pipeline` (plain
     `DiTPipeline.from_pretrained` runs slightly different timestep frequencies: see
-    `set_dit_timestep_frequencies`). Pixel-space models have no equivalent: DiTPipeline always decodes
-    through a VAE.
+    `set_dit_timestep_frequencies`). Pixel-space and flow-matching models have no equivalent: DiTPipeline
+    always decodes through a VAE, and samples ADM's eps-prediction diffusion.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -122,6 +122,12 @@ def export_diffusers(
             f"{str(out_dir)!r} exists and is not an empty folder; pass a new output folder", setting="out_dir"
         )
     model, diffusion = load_model(source)
+    if diffusion.is_flow:
+        raise InputError(
+            "a flow-matching model has no diffusers equivalent (DiTPipeline samples ADM's eps-prediction diffusion "
+            "only); export its safetensors weights and sample them with ditkit",
+            setting="objective",
+        )
     config = model.config
     check_exportable(config)
     run_config = _run_config(Path(source))

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ditkit.config import DiffusionConfig, SampleConfig, default_diffusion
+from ditkit.config import DiffusionConfig, SampleConfig, check_sampler, default_diffusion
 from ditkit.data.autoencoder import Autoencoder, to_uint8
-from ditkit.diffusion.samplers import initial_noise, sample_loop
+from ditkit.diffusion.samplers import SeedNoise, initial_noise, make_denoiser, sample_loop
+from ditkit.flow.objective import flow_from_config
+from ditkit.flow.samplers import sample_flow
 from ditkit.model.dit import DiT
 from ditkit.runtime import backend, distributed
 from ditkit.runtime.distributed import DistInfo
@@ -39,7 +41,8 @@ Labels = Sequence[int] | Tensor | None  # class ids (N,), soft labels (N, rows),
 
 @dataclass(frozen=True)
 class SamplingModel:
-    """A DiT with what sampling it needs: the diffusion it was trained with and its VAE (None: pixels).
+    """A DiT with what sampling it needs: the process it was trained with (diffusion or flow) and its VAE (None:
+    pixels).
 
     What `ditkit.training.run.open_for_sampling` returns and the sampling jobs below take.
     """
@@ -105,12 +108,15 @@ def generate(
     The one sampling routine of ditkit (the CLI, training grids and evaluation, walks, the demo, the web
     page and the studies call it). Image i depends only on (seeds[i], labels[i], config, diffusion), not
     on the batch size. `noise` (N, C, H, W) replaces the seeds' x_T (walks interpolate it); `diffusion`
-    is the process the model was trained with (default: the paper's). x_0 predictions are clamped in
-    pixel space unless `config.clip_denoised` says otherwise.
+    is the process the model was trained with (default: the paper's): a flow model (objective "flow") samples
+    with the flow samplers (`ditkit.flow.samplers`), a diffusion model with `sample_loop`; config.sampler must
+    be of its kind (`ditkit.config.for_process` picks one). x_0 predictions are clamped in pixel space unless
+    `config.clip_denoised` says otherwise (diffusion only).
     """
     model_config = model.config
     device = torch.device(device) if device is not None else next(model.parameters()).device
     diffusion = diffusion or default_diffusion(model_config)
+    check_sampler(config.sampler, diffusion)
     if config.clip_denoised is None:  # "on in pixel space only"
         config = config.replace(clip_denoised=vae is None)
     shape = (model_config.in_channels, model_config.input_size, model_config.input_size)
@@ -128,21 +134,44 @@ def generate(
             rows = slice(start, start + len(batch_seeds))
             x_T = noise[rows].to(device) if noise is not None else initial_noise(batch_seeds, shape, device)
             batch_labels = label_tensor[rows] if label_tensor is not None else None
-            x = sample_loop(
-                model,
-                x_T,
-                batch_labels,
-                config,
-                seeds=batch_seeds,
-                diffusion=diffusion,
-                progress=progress,
-                forward=forward,
-            )
+            if diffusion.is_flow:
+                x = _flow_batch(model, x_T, batch_labels, config, batch_seeds, diffusion, forward)
+            else:
+                x = sample_loop(
+                    model,
+                    x_T,
+                    batch_labels,
+                    config,
+                    seeds=batch_seeds,
+                    diffusion=diffusion,
+                    progress=progress,
+                    forward=forward,
+                )
             if vae is not None:
                 x = vae.decode(x)  # fp32 (TF32 under "tf32"/"bf16" on CUDA): decoding is ~2% of a 250-step image
             out.append(to_uint8(x).cpu().numpy())
     channels = 3 if vae is not None else shape[0]
     return np.concatenate(out) if out else np.zeros((0, *shape[1:], channels), np.uint8)
+
+
+@torch.no_grad()
+def _flow_batch(
+    model: DiT,
+    x_0: Tensor,
+    labels: Tensor | None,
+    config: SampleConfig,
+    seeds: list[int],
+    process: DiffusionConfig,
+    forward: Callable[..., Tensor],
+) -> Tensor:
+    """One batch of a flow model from its noise x_0 (N, C, H, W) to data: guidance as for diffusion
+    (`make_denoiser`), SDE step noise continuing each seed's stream after x_0; logs the model evaluations."""
+    assert process.flow is not None  # DiffusionConfig fills it for objective "flow"
+    denoise = make_denoiser(model, labels, config, forward=forward)
+    step_noise = SeedNoise.after_initial(seeds, x_0.shape[1:], x_0.device).randn_like
+    result = sample_flow(flow_from_config(process.flow), denoise, x_0, config, step_noise)
+    log.debug("%s: %d model evaluations for %d images", config.sampler, result.nfe, len(seeds))
+    return result.x
 
 
 def sample_npz(

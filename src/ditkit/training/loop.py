@@ -20,7 +20,6 @@ from torch.nn.parallel import DistributedDataParallel
 from ditkit.config import TrainConfig, validate_for_world
 from ditkit.data import loader
 from ditkit.data.workers import close_batches
-from ditkit.diffusion.gaussian import diffusion_from_config
 from ditkit.runtime import backend, distributed
 from ditkit.runtime.seeds import Stream, mix_seed
 from ditkit.runtime.stopping import StopSignal, interrupted
@@ -28,9 +27,11 @@ from ditkit.training import checkpoint, run
 from ditkit.training.monitor import IntervalStats, RunMonitor
 from ditkit.training.step import (
     build_model_and_optimizer,
+    build_process,
     draw_step,
     ema_decay_at,
     lr_at,
+    process_times,
     train_step,
     update_ema,
 )
@@ -76,7 +77,7 @@ def train(cfg: TrainConfig) -> Path:
 
         # Model, EMA, optimizer; resume from the newest good checkpoint.
         model, ema, optimizer = build_model_and_optimizer(cfg, info.device)
-        diffusion = diffusion_from_config(cfg.diffusion)
+        process = build_process(cfg.diffusion)  # ADM's diffusion or SiT's flow matching
         start = _resume(run_dir, model, ema, optimizer, info)
         run.write_run_config(cfg, info.is_main)  # only now: a resume that fails leaves config.json as it was
         net = _wrap(model, cfg, info)
@@ -102,7 +103,7 @@ def train(cfg: TrainConfig) -> Path:
         step, interval = start, IntervalStats()
         while step < cfg.max_steps:
             x, y = _to_device(next(batches), info.device)
-            draws = _rank_draws(cfg, step, shape, diffusion.num_timesteps, encoder is not None, info)
+            draws = _rank_draws(cfg, step, shape, process_times(process), encoder is not None, info)
             if encoder is not None:
                 x = loader.encode_batch(encoder, x, draws.pop("latent_noise"), micro)
             _seed_global_rng(mix_seed(cfg.seed, Stream.TRAIN_GLOBAL, info.rank, step), info.device)
@@ -110,7 +111,7 @@ def train(cfg: TrainConfig) -> Path:
                 group["lr"] = lr_at(cfg, step)
             stats = train_step(
                 net,
-                diffusion,
+                process,
                 optimizer,
                 x,
                 y if cfg.model.num_classes else None,
@@ -232,7 +233,7 @@ def _rank_draws(
     cfg: TrainConfig,
     step: int,
     shape: tuple[int, int, int],
-    num_timesteps: int,
+    times: int | tuple[float, float],
     latent_noise: bool,
     info: distributed.DistInfo,
 ) -> dict[str, Tensor]:
@@ -243,7 +244,7 @@ def _rank_draws(
         generator,
         cfg.global_batch_size,
         shape,
-        num_timesteps,
+        times,
         label_dropout=label_dropout,
         latent_noise=latent_noise,
     )

@@ -17,7 +17,6 @@ Layout of `out_dir`:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ from typing import Any
 
 import torch
 
-from ditkit.config import NO_VAE, RESUMABLE_FIELDS, TrainConfig, get_preset
+from ditkit.config import NO_VAE, RESUMABLE_FIELDS, TrainConfig, for_process, get_preset
+from ditkit.config.model import process_from_choices
 from ditkit.config.recipes import cpu_small_patch, demo_train_config, recipe_fields
 from ditkit.data.autoencoder import load_vae, resolve_hub_id, vae_geometry
 from ditkit.data.image_size import pick_image_size
@@ -271,7 +271,8 @@ def build_train_config(
     and downsampling), `model_overrides` (block, num_classes, learn_sigma, num_heads, ...) win over both.
     A `recipe` (ditkit.config.recipes.RECIPES: "paper", "cpu-small") sets the model, diffusion, optimisation,
     EMA and sampling instead; `preset`, the overrides and `fields` win over it. The diffusion's learned sigma
-    follows the model's; `diffusion_overrides` (predict_xstart, noise_schedule) set the rest.
+    follows the model's; `diffusion_overrides` set the rest (predict_xstart, noise_schedule; or objective "flow"
+    with FLOW_FIELDS: path, prediction, loss_weight, ...: no learned sigma, a flow sampler for the grids).
     """
     embedded = data is None or data.strip().lower().partition(":")[0] == "mnist"
     base = demo_train_config(out_dir) if embedded else TrainConfig(out_dir=str(out_dir))
@@ -285,13 +286,15 @@ def build_train_config(
         model_fields["learn_sigma"] = base.model.learn_sigma  # the recipe's diffusion has no VB term
     if recipe == "cpu-small" and not preset:  # its patch follows the data: a few dozen tokens
         model_fields["patch_size"] = cpu_small_patch(model_fields["input_size"])
+    if (diffusion_overrides or {}).get("objective") == "flow":
+        model_fields["learn_sigma"] = False  # a flow model learns no variance (a given learn_sigma=True is refused)
     model_fields.update(model_overrides or {})
     model = model.replace(**model_fields)
-    diffusion = dataclasses.replace(base.diffusion, **(diffusion_overrides or {}), learn_sigma=model.learn_sigma)
+    diffusion = process_from_choices(base.diffusion, diffusion_overrides or {}, learn_sigma=model.learn_sigma)
     sample_fields = dict(sample_overrides or {})
     if not model.has_null_class:
         sample_fields.setdefault("cfg_scale", 1.0)  # no null class, no guidance (the recipe guides digits)
-    sample = base.sample.replace(**sample_fields)
+    sample = for_process(base.sample.replace(**sample_fields), diffusion, given=sample_overrides or {})
     cfg = base.replace(model=model, diffusion=diffusion, sample=sample)
     dataset, _ = check_training_data(cfg)  # the overrides against the data (class count, channels), also dry runs
     names = dataset.class_names if model.num_classes else None  # the run records them for sampling and exports

@@ -12,9 +12,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ditkit.config import TrainConfig
-from ditkit.diffusion.gaussian import GaussianDiffusion
+from ditkit.config import DiffusionConfig, TrainConfig
+from ditkit.diffusion.gaussian import GaussianDiffusion, diffusion_from_config
+from ditkit.flow.objective import FlowMatching, flow_from_config
 from ditkit.model.dit import DiT
+
+Process = GaussianDiffusion | FlowMatching  # what a run trains with: ADM's diffusion or SiT's flow matching
+
+
+def build_process(config: DiffusionConfig) -> Process:
+    """The training process of a run's recorded config: its objective's."""
+    if config.is_flow:
+        assert config.flow is not None  # DiffusionConfig fills it for objective "flow"
+        return flow_from_config(config.flow)
+    return diffusion_from_config(config)
+
+
+def process_times(process: Process) -> int | tuple[float, float]:
+    """What `draw_step` draws t from: a diffusion's chain length, or a flow's training interval (t0, t1)."""
+    return process.check_interval() if isinstance(process, FlowMatching) else process.num_timesteps
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -60,7 +76,7 @@ def draw_step(
     generator: torch.Generator | None,
     batch_size: int,
     shape: tuple[int, ...],
-    num_timesteps: int,
+    times: int | tuple[float, float],
     *,
     label_dropout: float = 0.0,
     latent_noise: bool = False,
@@ -68,14 +84,18 @@ def draw_step(
 ) -> dict[str, Tensor]:
     """All random draws of one optimizer step for `batch_size` rows, in a fixed order.
 
-    "t" (N,) timesteps, "noise" (N, *shape), "drop" (N,) bool label-dropout mask when label_dropout > 0,
-    "latent_noise" (N, *shape) VAE posterior noise when asked. generator None: torch's global RNG.
+    "t" (N,) timesteps: integers in [0, times) for a diffusion chain of `times` steps, or for a flow's
+    interval times = (t0, t1) floats uniform on it (`process_times`); "noise" (N, *shape), "drop" (N,) bool
+    label-dropout mask when label_dropout > 0, "latent_noise" (N, *shape) VAE posterior noise when asked.
+    generator None: torch's global RNG.
     """
     device = generator.device if generator is not None else torch.device(device)
-    draws = {
-        "t": torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device),
-        "noise": torch.randn((batch_size, *shape), generator=generator, device=device),
-    }
+    if isinstance(times, tuple):
+        t0, t1 = times
+        t = torch.rand((batch_size,), generator=generator, device=device) * (t1 - t0) + t0
+    else:
+        t = torch.randint(0, times, (batch_size,), generator=generator, device=device)
+    draws = {"t": t, "noise": torch.randn((batch_size, *shape), generator=generator, device=device)}
     if label_dropout > 0:
         draws["drop"] = torch.rand((batch_size,), generator=generator, device=device) < label_dropout
     if latent_noise:
@@ -85,7 +105,7 @@ def draw_step(
 
 def train_step(
     model: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     optimizer: torch.optim.Optimizer,
     x: Tensor,
     y: Tensor | None = None,
@@ -97,6 +117,9 @@ def train_step(
     autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
     """One optimizer step on x (N, C, H, W), labels y (N,): forward, MSE + VLB, backward, clip, AdamW.
+
+    `diffusion` is the run's process (`build_process`): with a FlowMatching the loss is its flow-matching
+    loss (reported as "mse"; "vb" is 0) and the model sees t in [0, 1].
 
     Randomness: `draws` from `draw_step` ("t", "noise", and "drop": labels replaced by the null class for
     classifier-free guidance), or else drawn here from `generator` with the model's class_dropout_prob.
@@ -111,7 +134,7 @@ def train_step(
     if draws is None:
         dropout = config.class_dropout_prob if y is not None and config.has_null_class else 0.0
         draws = draw_step(
-            generator, n, tuple(x.shape[1:]), diffusion.num_timesteps, label_dropout=dropout, device=x.device
+            generator, n, tuple(x.shape[1:]), process_times(diffusion), label_dropout=dropout, device=x.device
         )
     if y is not None and "drop" in draws:
         y = torch.where(draws["drop"], torch.full_like(y, config.null_class), y)
@@ -135,8 +158,10 @@ def train_step(
                     forward, x[rows], draws["t"][rows], kwargs, noise=draws["noise"][rows]
                 )
             (terms["loss"].mean() * (terms["loss"].shape[0] / n)).backward()
+        terms.setdefault("mse", terms["loss"])  # a flow's one term
         for k in sums:
-            sums[k] += terms[k].detach().sum()
+            if k in terms:
+                sums[k] += terms[k].detach().sum()
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if max_grad_norm is not None:
