@@ -21,6 +21,7 @@ _EXPORTS = {
     "get_preset": "ditkit.config",
     "load_dit": "ditkit.model.weights",
     "load_model": "ditkit.model.weights",
+    "load_sit": "ditkit.model.weights",
     "open_for_sampling": "ditkit.training.run",
     "build_train_config": "ditkit.training.run",
     "create_diffusion": "ditkit.diffusion.gaussian",

@@ -208,9 +208,7 @@ def test_old_files_without_the_keys_load_as_diffusion(tmp_path: Path) -> None:
 
 def test_process_configs_are_checked() -> None:
     assert DiffusionConfig(objective="flow", learn_sigma=False).flow == FlowConfig()
-    with pytest.raises(InputError, match="learns no variance") as err:
-        DiffusionConfig(objective="flow")
-    assert err.value.setting == "learn_sigma"
+    assert DiffusionConfig(objective="flow").learn_sigma  # SiT's checkpoints: the extra channels are ignored
     with pytest.raises(InputError, match="need objective 'flow'"):
         DiffusionConfig(flow=FlowConfig())
     with pytest.raises(InputError, match="path must be one of"):
@@ -275,3 +273,14 @@ def test_the_page_offers_the_flow_samplers(flow_run: Path, tmp_path: Path) -> No
     assert page.grid(["1"], 1, 1.0, "all channels", "euler", 3, 0)[0].is_file()
     with pytest.raises(InputError, match="'ddim' is a diffusion sampler"):
         page.grid(["1"], 1, 1.0, "all channels", "ddim", 3, 0)
+
+
+def test_the_flow_demo_recipe(tmp_path: Path) -> None:
+    from ditkit.config.recipes import demo_train_config, objective_fields
+
+    cfg = demo_train_config(tmp_path, **objective_fields("flow"))
+    assert cfg.diffusion.is_flow and cfg.diffusion.flow == FlowConfig() and not cfg.model.learn_sigma
+    assert (cfg.sample.sampler, cfg.sample.num_steps) == ("heun", 10)
+    assert objective_fields("diffusion") == {}
+    with pytest.raises(InputError, match="objective must be"):
+        objective_fields("score")

@@ -20,6 +20,7 @@ from ditkit.config.recipes import (
     demo_train_config,
     latent_demo_train_config,
     latent_demo_vae_config,
+    objective_fields,
     shipped_mnist_vae,
 )
 from ditkit.data.autoencoder import load_vae
@@ -41,16 +42,22 @@ DEMO_NUM_SAMPLES = 1000  # per setting (with and without guidance), class balanc
 
 
 def run_demo(
-    out_dir: str | Path, *, num_samples: int = DEMO_NUM_SAMPLES, seed: int = 0, **train_overrides: Any
+    out_dir: str | Path,
+    *,
+    num_samples: int = DEMO_NUM_SAMPLES,
+    seed: int = 0,
+    objective: str = "diffusion",
+    **train_overrides: Any,
 ) -> dict[str, Any]:
     """Train (or resume), then sample with and without guidance, score with the digit classifier, report.
 
+    `objective` "flow" trains with SiT's flow matching and samples with its Heun ODE (`objective_fields`);
     `train_overrides` replace fields of the recipe (e.g. max_steps); a `precision` override applies to
     sampling too.
     """
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    cfg = demo_train_config(out_dir, **{"eval_every_steps": 0, **train_overrides})
+    cfg = demo_train_config(out_dir, **{"eval_every_steps": 0, **objective_fields(objective), **train_overrides})
     train(cfg)
     report: dict[str, Any] = {"route": "pixel", "train_seconds": round(time.perf_counter() - start, 1)}
     return _sample_and_score(cfg, out_dir, report, start, num_samples, seed)
@@ -62,18 +69,21 @@ def run_latent_demo(
     num_samples: int = DEMO_NUM_SAMPLES,
     seed: int = 0,
     train_autoencoder: bool = False,
+    objective: str = "diffusion",
     **train_overrides: Any,
 ) -> dict[str, Any]:
     """The paper's route on the embedded MNIST: a small KL autoencoder (32 px -> 8x8x4; the one ditkit ships,
     or trained here with `train_autoencoder`), the digits encoded once into a latent store, a DiT on 2x2
-    latent patches, then sampling, decoding and scoring as `run_demo`. Every stage resumes on a rerun;
-    `train_overrides` replace fields of the DiT's recipe."""
+    latent patches, then sampling, decoding and scoring as `run_demo` (`objective` as there). Every stage
+    resumes on a rerun; `train_overrides` replace fields of the DiT's recipe."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
     vae_dir, store = latent_digits(out_dir, train_autoencoder=train_autoencoder)
     vae_seconds = time.perf_counter() - start
     cfg = with_vae_record(
-        latent_demo_train_config(out_dir / "dit", store, vae_dir, **{"eval_every_steps": 0, **train_overrides})
+        latent_demo_train_config(
+            out_dir / "dit", store, vae_dir, **{"eval_every_steps": 0, **objective_fields(objective), **train_overrides}
+        )
     )
     train(cfg)
     report: dict[str, Any] = {
@@ -137,6 +147,7 @@ def _sample_and_score(
             write_images=False,
         )
     report.update(
+        objective=cfg.diffusion.objective,
         num_samples=num_samples,
         cfg_scale=sampling.cfg_scale,
         sampler=sampling.sampler,

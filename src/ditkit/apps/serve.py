@@ -30,6 +30,7 @@ from ditkit.apps.page_sampler import (
     PageSampler,
     page_message,
 )
+from ditkit.config.constants import Objective
 from ditkit.runtime.distributed import resolve_device
 from ditkit.runtime.errors import InputError
 from ditkit.training.run import open_for_sampling
@@ -252,11 +253,13 @@ def serve(
     port: int = DEFAULT_PORT,
     device: str = "auto",
     num_heads: int | None = None,
+    objective: Objective | None = None,
 ) -> None:
-    """Open `ckpt` (weights or a run folder) once and serve the page at http://host:port until Ctrl+C."""
+    """Open `ckpt` (weights or a run folder) once and serve the page at http://host:port until Ctrl+C;
+    `objective` "flow" for SiT's checkpoints (weights that record no process)."""
     require_gradio()  # before the model: a missing extra or a bad port is one line, not a load and then an error
     _check_port(port)
-    opened = open_for_sampling(ckpt, vae=vae, device=resolve_device(device), num_heads=num_heads)
+    opened = open_for_sampling(ckpt, vae=vae, device=resolve_device(device), num_heads=num_heads, objective=objective)
     with tempfile.TemporaryDirectory(prefix="ditkit-serve-") as work_dir, _terminate_as_ctrl_c():
         app = build_app(PageSampler(opened, work_dir), title=f"ditkit: {Path(ckpt).name}")
         try:

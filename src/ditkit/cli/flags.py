@@ -113,6 +113,7 @@ def _recipe_flags(add: Callable[[str], argparse.ArgumentParser], precisions: Seq
     )
     route.add_argument("--pixel", dest="route", action="store_const", const="pixel", help="DiT on the pixels")
     p.add_argument("--train-vae", action="store_true", help="latent route: train the autoencoder (~25 min)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="diffusion", help="flow: SiT's flow matching")
 
     p = add("train-vae")
     p.add_argument("--out", required=True, help="the VAE folder (diffusers layout; `--vae OUT` elsewhere)")
@@ -135,6 +136,12 @@ def _recipe_flags(add: Callable[[str], argparse.ArgumentParser], precisions: Seq
     p.add_argument("--out", required=True, help="study folder (results.json, results.md, plots, runs/)")
     p.add_argument("--max-steps", type=count(1), help="override the spec's training steps (a quick smoke run)")
     p.add_argument("--seeds", type=count(1), help="override the spec's seed count")
+
+
+WEIGHTS_OBJECTIVE_HELP = (
+    "what a weights file without a recorded process was trained with: flow for SiT's checkpoints "
+    "(e.g. SiT-XL-2-256x256.pt), diffusion (the default) for DiT's; a recorded process wins"
+)
 
 
 def _tool_flags(
@@ -161,6 +168,7 @@ def _tool_flags(
     p.add_argument("--port", type=int, default=7860, help="default 7860")
     p.add_argument("--device", type=device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--num-heads", type=int, help="head count, for weights that do not record it")
+    p.add_argument("--objective", choices=OBJECTIVES, help=WEIGHTS_OBJECTIVE_HELP)
 
 
 def _sample_and_walk_flags(
@@ -175,6 +183,7 @@ def _sample_and_walk_flags(
         )
         _sampling_flags(p, samplers, precisions)
         p.add_argument("--num-heads", type=count(1), help="head count, for weights that do not record it")
+        p.add_argument("--objective", choices=OBJECTIVES, help=WEIGHTS_OBJECTIVE_HELP)
         p.add_argument("--device", type=device, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     sample.add_argument("--seed", type=count(0), default=0, help="image i has seed image_seed(seed, i)")

@@ -56,7 +56,7 @@ def _sample_config(args: argparse.Namespace, base: SampleConfig) -> SampleConfig
 def _open(args: argparse.Namespace, device: torch.device | str) -> SamplingModel:
     from ditkit.training.run import open_for_sampling
 
-    return open_for_sampling(args.ckpt, vae=args.vae, device=device, num_heads=args.num_heads)
+    return open_for_sampling(args.ckpt, vae=args.vae, device=device, num_heads=args.num_heads, objective=args.objective)
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -217,7 +217,9 @@ def _extract_latents(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from ditkit.apps.demo import run_demo, run_latent_demo, summary
 
-    options = _given(args, "max_steps", "precision") | ({"train_autoencoder": True} if args.train_vae else {})
+    options = _given(args, "max_steps", "precision", "objective") | (
+        {"train_autoencoder": True} if args.train_vae else {}
+    )
     report = (run_latent_demo if args.route == "latent" else run_demo)(
         args.out, num_samples=args.num_samples, **options
     )
@@ -286,7 +288,8 @@ def _bench(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from ditkit.apps.serve import serve
 
-    serve(args.ckpt, vae=args.vae, host=args.host, port=args.port, device=args.device, num_heads=args.num_heads)
+    options = _given(args, "num_heads", "objective")
+    serve(args.ckpt, vae=args.vae, host=args.host, port=args.port, device=args.device, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:

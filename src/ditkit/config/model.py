@@ -178,7 +178,9 @@ class FlowConfig:
 @dataclass(frozen=True, kw_only=True)
 class DiffusionConfig:
     """The process a model is trained and sampled with: ADM's Gaussian diffusion as DiT trains it (1000 linear
-    steps, eps prediction, learned range), or with objective "flow" SiT's flow matching (`flow`; no learned sigma).
+    steps, eps prediction, learned range), or with objective "flow" SiT's flow matching (`flow`). A flow process
+    learns no variance: with learn_sigma True it only records a model with SiT's doubled output (its released
+    checkpoints), whose extra channels the flow ignores as SiT's forward does. A new flow run has learn_sigma off.
     """
 
     num_train_steps: int = NUM_DIFFUSION_STEPS  # length of the training chain (sampling respaces it)
@@ -202,8 +204,6 @@ class DiffusionConfig:
             return
         if self.flow is None:
             object.__setattr__(self, "flow", FlowConfig())
-        if self.learn_sigma:
-            raise InputError("a flow model learns no variance: learn_sigma must be off", setting="learn_sigma")
         if self.predict_xstart or self.noise_schedule != "linear":
             raise InputError(
                 "predict_xstart and noise_schedule are diffusion settings; a flow model sets prediction and path",
@@ -235,12 +235,20 @@ def process_from_choices(base: DiffusionConfig, choices: dict[str, Any], *, lear
     fields = dict(choices)
     flow = {k: fields.pop(k) for k in FLOW_FIELDS if k in fields}
     if fields.get("objective") == "flow":
+        if learn_sigma:  # SiT's checkpoints carry unused channels; a new run trains none
+            raise InputError("a flow model learns no variance: learn_sigma must be off", setting="learn_sigma")
         return DiffusionConfig(**fields, flow=FlowConfig(**flow), learn_sigma=learn_sigma)
     if flow:
         raise InputError(f"{', '.join(flow)}: flow-matching settings; add objective 'flow'", setting="objective")
     return dataclasses.replace(base, **fields, learn_sigma=learn_sigma)
 
 
-def default_diffusion(model: ModelConfig) -> DiffusionConfig:
-    """The paper's process for a model whose training diffusion is not recorded (official checkpoints)."""
+def default_diffusion(model: ModelConfig, objective: Objective = "diffusion") -> DiffusionConfig:
+    """The process of a model whose training process is not recorded (official checkpoints): the paper's
+    diffusion (DiT's), or with objective "flow" SiT's defaults (linear path, velocity; SiT-XL/2's learned-sigma
+    channels are ignored)."""
+    if objective not in OBJECTIVES:
+        raise InputError(f"objective must be one of {OBJECTIVES}; got {objective!r}", setting="objective")
+    if objective == "flow":
+        return DiffusionConfig(objective="flow", flow=FlowConfig(), learn_sigma=model.learn_sigma)
     return DiffusionConfig(learn_sigma=model.learn_sigma)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ditkit.config import DiffusionConfig, ModelConfig, default_diffusion
+from ditkit.config.constants import Objective
 from ditkit.model.dit import DiT
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import atomic_path
@@ -51,9 +52,28 @@ def save_weights(
     return Path(path)
 
 
-def read_diffusion_config(path: str | Path, model_config: ModelConfig) -> DiffusionConfig:
-    """The diffusion a model was trained with: from a ditkit file's metadata, else the paper's process
-    (DiT's official checkpoints: 1000 linear steps, eps prediction) with the model's learned sigma."""
+def read_diffusion_config(
+    path: str | Path, model_config: ModelConfig, objective: Objective | None = None
+) -> DiffusionConfig:
+    """The process a model was trained with: from a ditkit file's metadata or run folder, else (a weights file
+    that records none) `default_diffusion(model_config, objective)`: the paper's process for DiT's official
+    checkpoints (1000 linear steps, eps prediction), SiT's flow with objective "flow" (SiT's checkpoints, whose
+    key layout is DiT's: only the caller can tell them apart). A recorded process wins; an `objective` that
+    contradicts it is an error."""
+    recorded = recorded_diffusion_config(path)
+    if recorded is None:
+        return default_diffusion(model_config, objective or "diffusion")
+    if objective is not None and objective != recorded.objective:
+        raise InputError(
+            f"{str(path)!r} records objective {recorded.objective!r}; objective {objective!r} applies only to "
+            "weights files that record no process: drop it",
+            setting="objective",
+        )
+    return recorded
+
+
+def recorded_diffusion_config(path: str | Path) -> DiffusionConfig | None:
+    """The process a ditkit weights file or run folder records, or None (official checkpoints)."""
     run_config = Path(path) / "config.json"  # a run folder records its whole TrainConfig
     weights = resolve_weights_path(path)
     if weights.suffix == ".safetensors":
@@ -64,7 +84,7 @@ def read_diffusion_config(path: str | Path, model_config: ModelConfig) -> Diffus
         stored = _parse(run_config, "config", run_config.read_text(), lambda d: d)
         if isinstance(stored, dict) and isinstance(stored.get("diffusion"), dict):
             return _parse(run_config, "diffusion", stored["diffusion"], DiffusionConfig.from_dict)
-    return default_diffusion(model_config)
+    return None
 
 
 def describe_load_error(err: BaseException) -> str:
@@ -220,11 +240,24 @@ def load_dit(path: str | Path, *, device: str | torch.device = "cpu", **override
 
 
 def load_model(
-    path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any
+    path: str | Path, *, device: str | torch.device = "cpu", objective: Objective | None = None, **overrides: Any
 ) -> tuple[DiT, DiffusionConfig]:
-    """`load_dit` and the diffusion the model was trained with (`read_diffusion_config`): what sampling needs."""
+    """`load_dit` and the process the model was trained with (`read_diffusion_config`): what sampling needs.
+
+    `objective` ("diffusion" or "flow") says what a weights file without a recorded process was trained with:
+    SiT's checkpoints have DiT's keys, so objective="flow" loads them (see `load_sit`)."""
+    if objective is not None:  # a contradicting objective fails before the (possibly large) weights are read
+        read_diffusion_config(path, ModelConfig(), objective)
     model = load_dit(path, device=device, **overrides)
-    return model, read_diffusion_config(path, model.config)
+    return model, read_diffusion_config(path, model.config, objective)
+
+
+def load_sit(path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any) -> tuple[DiT, DiffusionConfig]:
+    """SiT's released checkpoint (SiT-XL-2-256x256.pt: a plain state dict with DiT's keys and shapes, learned
+    sigma on) or a SiT train.py checkpoint: the network, its config inferred, and SiT's flow process (linear
+    path, velocity; the learned-sigma channels are ignored, as SiT's forward does). `load_model(path,
+    objective="flow")`."""
+    return load_model(path, device=device, objective="flow", **overrides)
 
 
 def load_strict(model: DiT, state_dict: dict[str, Tensor], source: str = "weights") -> None:

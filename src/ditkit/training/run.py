@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ditkit.config import NO_VAE, RESUMABLE_FIELDS, TrainConfig, for_process, get_preset
+from ditkit.config.constants import Objective
 from ditkit.config.model import process_from_choices
 from ditkit.config.recipes import cpu_small_patch, demo_train_config, recipe_fields
 from ditkit.data.autoencoder import load_vae, resolve_hub_id, vae_geometry
@@ -373,15 +374,16 @@ def open_for_sampling(
     vae: str | None = None,
     device: str | torch.device = "cpu",
     num_heads: int | None = None,
+    objective: Objective | None = None,
 ) -> SamplingModel:
-    """Open weights or a run folder to sample from (EMA weights of a run's newest checkpoint).
-
-    The VAE is `vae` when given, else the run's (its config.json), else none (pixel space); a latent
-    model without one is an error, since its samples could not be decoded. A run's class names come along
-    (`class_names`; None for a weights file).
+    """Open weights or a run folder to sample from (EMA weights of a run's newest checkpoint); `objective`
+    ("flow" for SiT's checkpoints) only for weights files that record no process (`load_model`). The VAE
+    is `vae` when given, else the run's (its config.json), else none (pixel space); a latent model without
+    one is an error, since its samples could not be decoded. A run's class names come along (`class_names`;
+    None for a weights file).
     """
     overrides = {"num_heads": num_heads} if num_heads else {}
-    model, diffusion = load_model(path, device=device, **overrides)
+    model, diffusion = load_model(path, device=device, objective=objective, **overrides)
     spec, scale, names = vae or NO_VAE, None, None
     if (Path(path) / CONFIG_FILE).is_file():  # a run: decode with the autoencoder it recorded (checked)
         stored = json.loads((Path(path) / CONFIG_FILE).read_text())
