@@ -20,32 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from stubs import TINY_DIGITS_RUN
+
 FAULT_FLAGS = [
-    "--data",
-    "digits",
-    "--preset",
-    "DiT-T/2",
-    "--image-size",
-    "8",
-    "--vae",
-    "none",
-    "--global-batch-size",
-    "8",
-    "--log-every",
-    "1",
-    "--ckpt-every",
-    "2",
-    "--sample-every",
-    "0",
-    "--eval-every",
-    "0",
-    "--device",
-    "cpu",
-    "--precision",
-    "fp32",
-    "--num-workers",
-    "0",
-    "--deterministic",
+    *TINY_DIGITS_RUN,
+    *("--log-every", "1", "--ckpt-every", "2", "--sample-every", "0", "--num-workers", "0", "--deterministic"),
 ]
 FAULT_STEPS = 4
 KILLED = -signal.SIGKILL  # what `wait` returns for a child that SIGKILL ended

@@ -1,4 +1,4 @@
-"""Test stand-ins for the heavy feature networks (not part of the package)."""
+"""Test stand-ins for the heavy feature networks (not part of the package), and the flags of the tiny run."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ from torch import Tensor
 
 from ditkit.data.image_files import check_images
 from ditkit.metrics.evaluate import FEATURE_KINDS
+
+# `ditkit train` flags of the tests' tiny run: DiT-T/2 on 8 px digits in pixel space, batch 8, CPU, fp32, no
+# evaluation. Tests add their own cadence, workers and steps (argparse keeps the last value of a repeated flag).
+TINY_DIGITS_RUN = (
+    *("--data", "digits", "--preset", "DiT-T/2", "--image-size", "8", "--vae", "none", "--global-batch-size", "8"),
+    *("--eval-every", "0", "--device", "cpu", "--precision", "fp32"),
+)
 
 
 class RandomFeatureExtractor(torch.nn.Module):

@@ -23,6 +23,7 @@ from ditkit.config import get_preset
 from ditkit.model.dit import DiT
 from ditkit.model.weights import save_weights
 from ditkit.runtime.errors import InputError
+from stubs import TINY_DIGITS_RUN
 
 from .test_cli import invoke
 
@@ -60,28 +61,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "train",
         "--out",
         str(run),
-        "--data",
-        "digits",
-        "--preset",
-        "DiT-T/2",
-        "--image-size",
-        "8",
-        "--vae",
-        "none",
-        "--max-steps",
-        "1",
-        "--global-batch-size",
-        "8",
-        "--sample-every",
-        "0",
-        "--eval-every",
-        "0",
-        "--device",
-        "cpu",
-        "--precision",
-        "fp32",
-        "--num-workers",
-        "0",
+        *TINY_DIGITS_RUN,
+        *("--max-steps", "1", "--sample-every", "0", "--num-workers", "0"),
     )
     samples = root / "samples.npz"
     np.savez(samples, arr_0=np.zeros((10, 8, 8, 1), np.uint8), labels=np.arange(10))

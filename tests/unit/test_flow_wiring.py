@@ -33,32 +33,11 @@ from ditkit.sampling.generate import generate
 from ditkit.training.run import open_for_sampling
 from ditkit.training.step import build_process, draw_step, process_times
 from smoke.test_cli import invoke
+from stubs import TINY_DIGITS_RUN
 
 pytestmark = pytest.mark.xdist_group("flow_wiring")  # one worker trains the module's run once
 
-FAST = [
-    "--data",
-    "digits",
-    "--preset",
-    "DiT-T/2",
-    "--image-size",
-    "8",
-    "--vae",
-    "none",
-    "--global-batch-size",
-    "8",
-    "--log-every",
-    "1",
-    "--eval-every",
-    "0",
-    "--device",
-    "cpu",
-    "--precision",
-    "fp32",
-    "--num-workers",
-    "0",
-    "--deterministic",
-]
+FAST = [*TINY_DIGITS_RUN, "--log-every", "1", "--num-workers", "0", "--deterministic"]
 SAMPLE = ["--num-steps", "4", "--per-class", "1", "--classes", "0,1", "--device", "cpu", "--precision", "fp32"]
 FLOW_SAMPLERS = ["euler", "heun", "sde-euler", "sde-heun"]
 if importlib.util.find_spec("torchdiffeq") is not None:

@@ -30,6 +30,7 @@ from ditkit.runtime.stopping import StopSignal
 from ditkit.training import checkpoint, run
 from fault_harness import assert_intact, fork, metrics_lines, wait, wait_for
 from smoke.test_cli import invoke
+from stubs import TINY_DIGITS_RUN
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -288,26 +289,8 @@ def test_sample_num_stopped_as_a_group_resumes_to_the_same_npz(tmp_path):
         "train",
         "--out",
         str(model),
-        "--data",
-        "digits",
-        "--preset",
-        "DiT-T/2",
-        "--image-size",
-        "8",
-        "--vae",
-        "none",
-        "--global-batch-size",
-        "8",
-        "--max-steps",
-        "2",
-        "--sample-every",
-        "0",
-        "--eval-every",
-        "0",
-        "--device",
-        "cpu",
-        "--num-workers",
-        "0",
+        *TINY_DIGITS_RUN,
+        *("--max-steps", "2", "--sample-every", "0", "--num-workers", "0"),
     )
 
     def argv(out: Path) -> list[str]:
