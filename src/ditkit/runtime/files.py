@@ -130,6 +130,17 @@ def recover_dirs(folder: str | os.PathLike) -> None:
         recover_dir(kept.with_name(kept.name[len(KEPT_PREFIX) :]))
 
 
+def clean_temp_entries(folder: str | os.PathLike) -> None:
+    """After a crash, in `folder`: folders `atomic_dir` kept aside are put back (`recover_dirs`), then every
+    temp file and folder a killed write left (TEMP_PREFIX) is deleted. Call it only while nobody writes there."""
+    recover_dirs(folder)
+    for stale in Path(folder).glob(f"{TEMP_PREFIX}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = True) -> Path:
     with atomic_path(path, durable=durable) as tmp:
         tmp.write_text(text)
@@ -207,7 +218,7 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
-    """Raise ValueError when `path` (an output folder) is a file or lies under one; returns it as a Path."""
+    """Raise InputError when `path` (an output folder) is a file or lies under one; returns it as a Path."""
     path = Path(path)
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:

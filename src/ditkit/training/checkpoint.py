@@ -46,7 +46,7 @@ from ditkit.model.weights import (
     save_weights,
 )
 from ditkit.runtime.errors import InputError
-from ditkit.runtime.files import TEMP_PREFIX, atomic_dir, recover_dirs, write_text
+from ditkit.runtime.files import atomic_dir, clean_temp_entries, free_bytes, recover_dirs, write_text
 from ditkit.training.non_finite import nested_tensors, non_finite_groups
 
 logger = logging.getLogger(__name__)
@@ -130,9 +130,7 @@ def save(
     """
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
-    recover_dirs(root)  # before the cleanup below, which would delete a kept old folder
-    for stale in root.glob(f"{TEMP_PREFIX}*"):  # left by a crash mid-write
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    clean_temp_entries(root)  # left by a crash mid-write
     # Room first: what the new checkpoint makes redundant goes before it is written (never the newest of the
     # earlier ones: the one this run resumed from survives a failed write).
     prune(run_dir, keep_last=max(keep_last - 1, 1), milestone_every=milestone_every, before=step)
@@ -191,11 +189,6 @@ def _check_free_space(root: Path, step: int, tensors: list[Tensor]) -> None:
         f"no space for checkpoint {checkpoint_name(step)} in {str(root)!r}: it needs {need / 2**20:.1f} MiB, "
         f"{free / 2**20:.1f} MiB are free; free some space (or lower keep_last_ckpts), then {resume}",
     )
-
-
-def free_bytes(path: str | os.PathLike) -> int:
-    """Bytes free for this user on the file system of `path` (a function, so tests can fake a full disk)."""
-    return shutil.disk_usage(path).free
 
 
 def point_latest(run_dir: str | os.PathLike, step: int) -> None:

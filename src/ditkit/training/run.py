@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,8 @@ from ditkit.runtime.files import (
     TEMP_PREFIX,
     FileLocked,
     check_output_dir,
+    clean_temp_entries,
     exclusive_lock,
-    recover_dirs,
     write_json,
     write_text,
 )
@@ -155,15 +154,9 @@ def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
                 setting="out_dir",
             )
     if is_main:
-        # Left by a process killed mid-write (we hold the lock: nobody writes them now). Folders an atomic_dir
-        # kept aside are put back first; half-written temp files and folders (checkpoints) are deleted.
+        # Left by a process killed mid-write (we hold the lock: nobody writes them now).
         for folder in (run_dir, *(p for p in run_dir.iterdir() if p.is_dir())) if run_dir.is_dir() else ():
-            recover_dirs(folder)
-        for stale in (*run_dir.glob(f"{TEMP_PREFIX}*"), *run_dir.glob(f"*/{TEMP_PREFIX}*")):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
+            clean_temp_entries(folder)
         if stored is None:
             write_json(run_dir / CONFIG_FILE, cfg.to_dict())
     distributed.barrier()
