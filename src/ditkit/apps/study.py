@@ -13,28 +13,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from ditkit.apps.demo import latent_digits
-from ditkit.apps.study_report import results_markdown, summarize, write_plots
-from ditkit.apps.study_spec import StudyConfig, StudySpec, slug
-from ditkit.config import SampleConfig, TrainConfig, get_preset
-from ditkit.config.recipes import (
-    DEMO_REPORT_IMAGE_SIZE,
-    demo_train_config,
-    latent_demo_train_config,
-)
-from ditkit.data.datasets import frame_digits
-from ditkit.metrics.digit_classifier import digits_metrics, load_digit_classifier
+from ditkit.apps.study_eval import run_settings, score_run
+from ditkit.apps.study_plots import write_plots
+from ditkit.apps.study_report import summarize
+from ditkit.apps.study_spec import EVAL_SEED, STUDY_OWNED_FIELDS, StudyConfig, StudySpec, slug
+from ditkit.apps.study_tables import results_markdown
+from ditkit.config import TrainConfig, check_sampler, get_preset
+from ditkit.config.model import process_from_choices
+from ditkit.config.recipes import demo_train_config, latent_demo_train_config
 from ditkit.model.flops import model_cost
 from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import check_output_dir, write_json, write_text
-from ditkit.runtime.seeds import image_seeds
 from ditkit.runtime.stopping import Interrupted, StopSignal, one_line, stopped
-from ditkit.sampling.generate import generate, job_labels
 from ditkit.training.loop import train
-from ditkit.training.run import open_for_sampling, read_metrics, with_vae_record
+from ditkit.training.run import read_metrics, with_vae_record
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +56,16 @@ def run_study(
     if seeds is not None:
         spec = dataclasses.replace(spec, seeds=tuple(range(seeds)) if seeds > len(spec.seeds) else spec.seeds[:seeds])
     check_spec(spec, source)
+    _check_existing_runs(spec, out)
     write_json(out / "spec.json", dataclasses.asdict(spec))
     # SIGINT/SIGTERM: a run being trained checkpoints and stops (its own StopSignal); elsewhere the study stops
     # before the next run. Either way the study ends with the signal's exit code, and a rerun resumes.
     stop = StopSignal("stopping before the next run")
     try:
         shared = _shared_inputs(spec, out)
-        runs: dict[str, dict[int, dict[str, Any]]] = {}
-        for config in spec.configs:
-            runs[config.name] = {}
-            for seed in spec.seeds:
+        runs: dict[str, dict[int, dict[str, Any]]] = {config.name: {} for config in spec.configs}
+        for seed in spec.seeds:  # seed-major: a study stopped early holds every config for its first seeds
+            for config in spec.configs:
                 if stop.signum:
                     raise stopped(stop.signum, f"before {config.name} seed {seed}")
                 try:
@@ -102,7 +99,16 @@ def check_spec(spec: StudySpec, source: str | None = None) -> None:
     where = f"study spec {source or spec.name!r}"
     for config in spec.configs:
         try:
-            train_config(spec, config, spec.seeds[0], Path("check"), {})
+            cfg = train_config(spec, config, spec.seeds[0], Path("check"), {})
+            for _, change in run_settings(spec, config).values():  # the sweep's and the guidance grid's samplers
+                setting = cfg.sample.replace(**change)
+                check_sampler(setting.sampler, cfg.diffusion)
+                if setting.cfg_scale != 1.0 and not cfg.model.has_null_class:
+                    raise InputError(
+                        f"guidance scale {setting.cfg_scale:g} needs a model trained with label dropout "
+                        "(class_dropout_prob > 0)",
+                        setting="cfg_scale",
+                    )
         except (InputError, TypeError) as err:  # TypeError: a field the config classes do not have, a wrong type
             message = f"{where}, config {config.name!r}: {one_line(err)}; fix the spec"
             raise InputError(message, setting="spec") from None
@@ -113,8 +119,16 @@ def train_config(
 ) -> TrainConfig:
     """The TrainConfig of one (config, seed) run: the recipe, then the spec's and the config's changes (without
     `shared`, the latent route's on the pixel demo's base: `check_spec`)."""
+    owned = sorted((set(spec.train) | set(config.train)) & STUDY_OWNED_FIELDS)
+    if owned:
+        raise InputError(
+            f"train fields {owned} are the study's own (run folders under the study folder, seeds from `seeds`, "
+            "steps and evaluations from max_steps / eval_every_steps / num_eval_samples); set those instead",
+            setting="train",
+        )
     fields = {**spec.train, **config.train, "seed": seed, "max_steps": spec.max_steps}
     fields.update(eval_every_steps=spec.eval_every_steps, num_eval_samples=spec.num_eval_samples)
+    fields.update(eval_seed=EVAL_SEED + seed)  # configs share a seed's noise (paired), seeds do not
     if spec.recipe == "latent-demo" and shared:
         base = with_vae_record(latent_demo_train_config(run_dir, shared["latents"], shared["vae"]))
     else:
@@ -126,43 +140,65 @@ def train_config(
             depth=size.depth, hidden_size=size.hidden_size, num_heads=size.num_heads, patch_size=size.patch_size
         )
     model = model.replace(**config.model)
-    sample = base.sample.replace(**spec.sample)
-    return base.replace(model=model, sample=sample, **fields)
+    diffusion = base.diffusion
+    if config.process:
+        diffusion = process_from_choices(base.diffusion, config.process, learn_sigma=model.learn_sigma)
+    sample = base.sample.replace(**{**spec.sample, **config.sample})
+    return base.replace(model=model, diffusion=diffusion, sample=sample, **fields)
 
 
 def _run_one(spec: StudySpec, config: StudyConfig, seed: int, out: Path, shared: dict[str, Path]) -> dict[str, Any]:
+    """Train (or resume) one run and score it: {"evals", "scores", "gflops", "params", "wall_s", ...}."""
     run_dir = out / "runs" / f"{slug(config.name)}-s{seed}"
     cfg = train_config(spec, config, seed, run_dir, shared)
+    start = time.perf_counter()
     train(cfg)
+    result: dict[str, Any] = {}
+    try:
+        scores = score_run(spec, config, run_dir, seed, cfg)
+    except Interrupted:
+        raise
+    except Exception as err:  # the trained run's evaluations still count; its scores are reported missing
+        logger.error("study %s: scoring %s seed %d failed: %s", spec.name, config.name, seed, err)
+        scores, result["error"] = {}, f"scoring: {type(err).__name__}: {err}"
+    wall = _add_wall_time(run_dir, time.perf_counter() - start)
     evals = [(r["step"], r["eval_accuracy"], r["eval_fd"]) for r in read_metrics(run_dir) if "eval_fd" in r]
-    gflops = model_cost(cfg.model).gflops
+    cost = model_cost(cfg.model)
     # The paper's training compute: forward Gflops x 3 (forward and backward) x batch size, per step.
-    result: dict[str, Any] = {
+    return {
+        **result,
         "evals": evals,
-        "gflops": gflops,
-        "train_gflops_per_step": 3 * gflops * cfg.global_batch_size,
+        "scores": scores,
+        "gflops": cost.gflops,
+        "params": cost.params,
+        "train_gflops_per_step": 3 * cost.gflops * cfg.global_batch_size,
+        "wall_s": wall,
     }
-    if spec.guidance_scales:
-        result["guidance"] = _guidance(spec, run_dir, cfg.sample)
-    return result
 
 
-def _guidance(spec: StudySpec, run_dir: Path, sample: SampleConfig) -> dict[str, list[float]]:
-    """{"<channels>@<scale>": [accuracy, fd]} of `guidance_samples` class-balanced samples drawn with the run's
-    `sample` config at each scale; cached in the run (the model is only opened when a setting is missing)."""
-    cache = run_dir / "guidance.json"
-    done = json.loads(cache.read_text()) if cache.is_file() else {}
-    todo = [(c, s) for c in spec.guidance_channels for s in spec.guidance_scales if f"{c}@{s:g}" not in done]
-    if not todo:
-        return done
-    opened, classifier = open_for_sampling(run_dir), load_digit_classifier()
-    labels = job_labels(spec.guidance_samples, 10, 0, class_balanced=True)
-    seeds = image_seeds(0, spec.guidance_samples)
-    for channels, scale in todo:
-        key = f"{channels}@{scale:g}"
-        config = sample.replace(cfg_scale=float(scale), cfg_channels=channels)
-        images = generate(opened.model, labels.tolist(), seeds, config, diffusion=opened.diffusion, vae=opened.vae)
-        metrics = digits_metrics(frame_digits(images, DEMO_REPORT_IMAGE_SIZE), labels, classifier)
-        done[key] = [metrics["accuracy"], metrics["fd"]]
-        write_json(cache, done)
-    return done
+def _check_existing_runs(spec: StudySpec, out: Path) -> None:
+    """Refuse run folders of `out` that were trained to other steps or evaluated at other intervals (a smoke
+    run's folder reused for the full study): extending them would restart the learning-rate schedule and mix
+    evaluation grids, so they would not be runs of this spec."""
+    for config in spec.configs:
+        for seed in spec.seeds:
+            stored = out / "runs" / f"{slug(config.name)}-s{seed}" / "config.json"
+            if not stored.is_file():
+                continue
+            old = json.loads(stored.read_text())
+            if (old.get("max_steps"), old.get("eval_every_steps")) != (spec.max_steps, spec.eval_every_steps):
+                raise InputError(
+                    f"{stored.parent} was trained with max_steps {old.get('max_steps')} and eval_every_steps "
+                    f"{old.get('eval_every_steps')}, this study asks for {spec.max_steps} and "
+                    f"{spec.eval_every_steps}: give the study a fresh output folder (or delete that run folder)",
+                    setting="out",
+                )
+
+
+def _add_wall_time(run_dir: Path, seconds: float) -> float:
+    """The seconds this study has spent on a run (training and scoring) over all its sessions; a session that
+    found the run done adds ~nothing."""
+    path = run_dir / "study_wall.json"
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    write_json(path, {"seconds": total})
+    return total

@@ -1,179 +1,227 @@
-"""A `ditkit study`'s report: per-config summaries (mean and seed spread, ranking, correlations with Gflops),
-the results.md tables and the plots.
+"""A study's statistics (results.json): per-seed values, means with 95% intervals, comparisons paired by seed,
+FD's own sampling noise, correlations with bootstrap intervals, equal-compute comparisons, the guidance grid
+and the sampler sweep. The tables are ditkit.apps.study_tables, the plots ditkit.apps.study_plots.
+
+A ranking is only claimed where a comparison's interval excludes zero (`ditkit.metrics.intervals.compare`:
+paired t over the shared seeds, else Welch); everything else is reported as a tie.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import statistics
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ditkit.apps.study_spec import StudySpec, slug
-from ditkit.sampling.grid import plot_curves, plot_scatter
+from ditkit.apps.study_spec import StudySpec
+from ditkit.metrics.intervals import CONFIDENCE, compare, correlation_interval, mean_interval
+
+FINAL_METRICS = ("accuracy", "fd", "fd_second", "precision", "recall", "fd_pixels", "fd_inception")
+SETTING_METRICS = ("accuracy", "fd", "precision", "recall", "fd_pixels", "fd_inception")
 
 
 def summarize(spec: StudySpec, runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
-    """Per config: final accuracy and FD (mean, seed std), curves over steps; the ranking by FD with the pairs
-    whose gap exceeds the seed spread; the correlation of FD (and accuracy) with forward Gflops."""
-    configs: dict[str, Any] = {}
-    for name, by_seed in runs.items():
-        good = [r for r in by_seed.values() if r.get("evals")]
-        entry: dict[str, Any] = {"errors": {str(s): r["error"] for s, r in by_seed.items() if "error" in r}}
-        if good:
-            finals = [r["evals"][-1] for r in good]
-            entry.update(
-                gflops=good[0]["gflops"],
-                final_step=finals[0][0],
-                accuracy=_mean_sd([f[1] for f in finals]),
-                fd=_mean_sd([f[2] for f in finals]),
-                curve=_curve(good),
-                seeds=len(good),
-            )
-            if "train_gflops_per_step" in good[0]:
-                entry["train_gflops_per_step"] = good[0]["train_gflops_per_step"]
-            if spec.guidance_scales:
-                keys = sorted({k for r in good for k in r.get("guidance", {})}, key=_guidance_order)
-                entry["guidance"] = {
-                    k: {
-                        "accuracy": _mean_sd([r["guidance"][k][0] for r in good if k in r.get("guidance", {})]),
-                        "fd": _mean_sd([r["guidance"][k][1] for r in good if k in r.get("guidance", {})]),
-                    }
-                    for k in keys
-                }
-        configs[name] = entry
-    scored = {n: c for n, c in configs.items() if "fd" in c}
-    ranking = sorted(scored, key=lambda n: scored[n]["fd"][0])
-    pairs = [
-        {
-            "better": a,
-            "worse": b,
-            "gap": scored[b]["fd"][0] - scored[a]["fd"][0],
-            "exceeds_seed_spread": scored[b]["fd"][0] - scored[a]["fd"][0] > scored[a]["fd"][1] + scored[b]["fd"][1],
-        }
-        for a, b in itertools.pairwise(ranking)
-    ]
-    results: dict[str, Any] = {"study": spec.name, "description": spec.description, "configs": configs}
-    results.update(ranking_by_fd=ranking, adjacent_pairs=pairs)
-    if len(scored) >= 3:
-        gflops = np.asarray([scored[n]["gflops"] for n in ranking])
-        if np.ptp(gflops) > 0:
-            fd = np.asarray([scored[n]["fd"][0] for n in ranking])
-            acc = np.asarray([scored[n]["accuracy"][0] for n in ranking])
-            results["corr_log_gflops_fd"] = float(np.corrcoef(np.log10(gflops), fd)[0, 1])
-            results["corr_gflops_fd"] = float(np.corrcoef(gflops, fd)[0, 1])
-            results["corr_log_gflops_accuracy"] = float(np.corrcoef(np.log10(gflops), acc)[0, 1])
+    """results.json of a study from its runs {config: {seed: run result or {"error"}}} (see the module doc)."""
+    configs = {name: _config_summary(by_seed) for name, by_seed in runs.items()}
+    scored = {n: c for n, c in configs.items() if "fd" in c.get("final", {})}
+    fd_by_seed = {n: _final_by_seed(c, "fd") for n, c in scored.items()}
+    ranking = sorted(scored, key=lambda n: scored[n]["final"]["fd"]["mean"])
+    results: dict[str, Any] = {
+        "study": spec.name,
+        "description": spec.description,
+        "statistics": {
+            "confidence": CONFIDENCE,
+            "seed_interval": "t interval of the mean over training seeds",
+            "comparison": "difference worse - better in final FD: paired t over shared seeds, else Welch t",
+            "ranked_only_if": "the comparison's interval excludes zero",
+            "run_fd_interval": f"normal bootstrap over the samples ({spec.bootstrap} resamples)",
+            "final_samples": spec.final_samples,
+            "num_eval_samples": spec.num_eval_samples,
+            "evaluation_sampling": spec.sample,
+        },
+        "configs": configs,
+        "ranking_by_fd": ranking,
+        "adjacent_pairs": [_pair(a, b, fd_by_seed) for a, b in itertools.pairwise(ranking)],
+        "pairs": [_pair(a, b, fd_by_seed) for a, b in itertools.combinations(ranking, 2)],
+        "pairs_over_steps": _pairs_over_steps(scored),
+        "fd_sampling_noise": _sampling_noise(scored),
+        "wall_s": sum(c.get("wall_s", 0.0) for c in configs.values()),
+    }
+    for view in ("fd_pixels", "fd_inception"):
+        if all(view in c["final"] for c in scored.values()) and scored:
+            results["second_view"] = _second_view(view, scored, ranking, results["adjacent_pairs"])
+    results.update(_correlations(scored, spec.bootstrap))
+    results["equal_compute"] = _equal_compute(scored)
+    guidance = {n: _vs_best(c["settings"], "guidance") for n, c in scored.items() if _has(c, "guidance")}
+    if guidance:
+        results["guidance"] = guidance
     return results
 
 
-def _curve(good: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """FD (mean, sd over seeds) at each evaluated step."""
-    return {
-        str(step): _mean_sd([r["evals"][i][2] for r in good if len(r["evals"]) > i])
-        for i, (step, _, _) in enumerate(good[0]["evals"])
-    }
+def _config_summary(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    good = {s: r for s, r in by_seed.items() if r.get("evals") or r.get("scores")}
+    entry: dict[str, Any] = {"errors": {str(s): r["error"] for s, r in by_seed.items() if "error" in r}}
+    if not good:
+        return entry
+    first = next(iter(good.values()))
+    entry.update({k: first[k] for k in ("gflops", "params", "train_gflops_per_step") if k in first})
+    entry["seeds"] = sorted(good)
+    entry["per_seed"] = {str(s): {k: r.get(k) for k in ("evals", "scores", "wall_s")} for s, r in good.items()}
+    entry["wall_s"] = sum(r.get("wall_s") or 0.0 for r in good.values())
+    finals = {s: (r.get("scores") or {}).get("final", {}) for s, r in good.items()}
+    entry["final"] = {m: mean_interval([f[m] for f in finals.values() if m in f]) for m in FINAL_METRICS}
+    entry["final"] = {m: v for m, v in entry["final"].items() if v["n"]}
+    steps = sorted({int(e[0]) for r in good.values() for e in r.get("evals") or []})  # seeds aligned by step
+    entry["final_step"] = steps[-1] if steps else None
+    entry["curve"] = {str(step): _at_step(good, step, 2) for step in steps}
+    entry["curve_accuracy"] = {str(step): _at_step(good, step, 1) for step in steps}
+    labels = dict.fromkeys(k for r in good.values() for k in (r.get("scores") or {}) if k != "final")
+    entry["settings"] = {label: _setting(good, label) for label in labels}
+    return entry
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return (float("nan"), float("nan"))
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+def _at_step(good: dict[int, dict[str, Any]], step: int, column: int) -> dict[str, Any]:
+    """Mean and interval over the seeds evaluated at `step` (the last record of a step wins)."""
+    per_seed = {}
+    for seed, run in good.items():
+        rows = {int(e[0]): e for e in run.get("evals") or []}
+        if step in rows:
+            per_seed[str(seed)] = rows[step][column]
+    return {**mean_interval(list(per_seed.values())), "per_seed": per_seed}
 
 
-def _guidance_order(key: str) -> tuple[str, float]:
-    channels, _, scale = key.partition("@")
-    return channels, float(scale)
+def _setting(good: dict[int, dict[str, Any]], label: str) -> dict[str, Any]:
+    rows = {str(s): r["scores"][label] for s, r in good.items() if label in (r.get("scores") or {})}
+    some = next(iter(rows.values()))
+    entry: dict[str, Any] = {k: some.get(k) for k in ("sampler", "num_steps", "cfg_scale", "nfe")}
+    for metric in SETTING_METRICS:
+        values = {s: row[metric] for s, row in rows.items() if metric in row}
+        if values:
+            entry[metric] = {**mean_interval(list(values.values())), "per_seed": values}
+    entry["kind"] = some.get("kind") or ("guidance" if "@" in label else "sweep")  # caches before "kind"
+    return entry
 
 
-def results_markdown(results: dict[str, Any]) -> str:
-    """Tables of a study's results (mean +- seed std): final quality per config, the ranking, guidance."""
-    lines = [f"# Study: {results['study']}", "", results.get("description", ""), ""]
-    lines += ["| config | Gflops | steps | seeds | accuracy | FD |", "|---|---|---|---|---|---|"]
-    for name, c in results["configs"].items():
-        if "fd" not in c:
-            lines.append(f"| {name} | - | - | 0 | failed: {'; '.join(c['errors'].values())} | - |")
-            continue
-        lines.append(
-            f"| {name} | {c['gflops']:.3f} | {c['final_step']} | {c['seeds']} | "
-            f"{_pm(c['accuracy'], 3)} | {_pm(c['fd'], 2)} |"
-        )
-    if results.get("adjacent_pairs"):
-        lines += ["", "Ranking by FD (lower is better); a gap counts where it exceeds the sum of the seed stds:", ""]
-        for p in results["adjacent_pairs"]:
-            verdict = "exceeds the seed spread" if p["exceeds_seed_spread"] else "within the seed spread"
-            lines.append(f"- {p['better']} < {p['worse']}: gap {p['gap']:.2f} ({verdict})")
-    corr = {k: v for k, v in results.items() if k.startswith("corr")}
-    if corr:
-        lines += ["", "Correlations over configs: " + ", ".join(f"{k} = {v:.3f}" for k, v in corr.items())]
-    for name, c in results["configs"].items():
-        if c.get("guidance"):
-            lines += ["", f"Guidance ({name}):", "", "| guided channels @ scale | accuracy | FD |", "|---|---|---|"]
-            lines += [f"| {k} | {_pm(v['accuracy'], 3)} | {_pm(v['fd'], 2)} |" for k, v in c["guidance"].items()]
-    return "\n".join(lines) + "\n"
+def _has(config: dict[str, Any], kind: str) -> bool:
+    return any(v["kind"] == kind for v in config.get("settings", {}).values())
 
 
-def _pm(value: tuple[float, float], digits: int) -> str:
-    return f"{value[0]:.{digits}f} +- {value[1]:.{digits}f}"
+def _final_by_seed(config: dict[str, Any], metric: str) -> dict[str, float]:
+    finals = {s: (r.get("scores") or {}).get("final", {}) for s, r in config["per_seed"].items()}
+    return {s: f[metric] for s, f in finals.items() if metric in f}
 
 
-def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
-    """FD over steps per config; FD against Gflops with the fitted line (3+ configs); FD against the scale."""
-    scored = {n: c for n, c in results["configs"].items() if "fd" in c}
-    written = []
-    if scored:
-        steps = sorted({int(s) for c in scored.values() for s in c["curve"]})
-        series = {n: [c["curve"].get(str(s), (math.nan, 0))[0] for s in steps] for n, c in scored.items()}
-        written.append(
-            plot_curves(
-                steps,
-                series,
-                out / "fd_over_steps.png",
-                title="Frechet distance (digit features) over training, mean of seeds",
-                smoothed=False,
-            )
-        )
-    if "corr_log_gflops_fd" in results:
-        points = {n: (c["gflops"], c["fd"][0], c["fd"][1]) for n, c in scored.items()}
-        title = f"FD against forward Gflops (r = {results['corr_log_gflops_fd']:.2f} with log Gflops)"
-        written.append(
-            plot_scatter(points, out / "fd_vs_gflops.png", title=title, x_label="Gflops per image", y_label="FD")
-        )
-    per_step = {n: c["train_gflops_per_step"] for n, c in scored.items() if "train_gflops_per_step" in c}
-    if len(per_step) >= 2 and len(set(per_step.values())) > 1:  # configs of different cost: FD per unit of compute
-        compute = {n: {int(s) * per_step[n]: fd[0] for s, fd in scored[n]["curve"].items()} for n in per_step}
-        xs = sorted({x for d in compute.values() for x in d})
-        series = {n: [d.get(x, math.nan) for x in xs] for n, d in compute.items()}
-        written.append(
-            plot_curves(
-                xs,
-                series,
-                out / "fd_vs_training_compute.png",
-                title="FD against training compute (Gflops = 3 x forward Gflops x batch x steps)",
-                smoothed=False,
-                x_label="training Gflops",
-                log_x=True,
-            )
-        )
+def _pair(better: str, worse: str, by_seed: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {"better": better, "worse": worse, **compare(by_seed[better], by_seed[worse])}
+
+
+def _pairs_over_steps(scored: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every pair of configs at every evaluated step: {"A vs B": {step: compare(A, B)}} (B - A in FD)."""
+    out: dict[str, dict[str, Any]] = {}
+    for a, b in itertools.combinations(scored, 2):
+        steps = [s for s in scored[a]["curve"] if s in scored[b]["curve"]]
+        out[f"{a} vs {b}"] = {
+            s: compare(scored[a]["curve"][s]["per_seed"], scored[b]["curve"][s]["per_seed"]) for s in steps
+        }
+    return out
+
+
+def _sampling_noise(scored: dict[str, Any]) -> dict[str, Any]:
+    """FD's own sampling noise beside the seed spread, per config: the std of one run's FD from two disjoint
+    sample sets (sqrt(mean((fd - fd_second)^2) / 2)) and the std of the final FD over seeds."""
+    out = {}
     for name, c in scored.items():
-        if c.get("guidance"):
-            by_channels: dict[str, dict[float, float]] = {}
-            for key, v in c["guidance"].items():
-                channels, _, scale = key.partition("@")
-                by_channels.setdefault(f"{channels} channels", {})[float(scale)] = v["fd"][0]
-            scales = sorted({s for d in by_channels.values() for s in d})
-            series = {k: [d.get(s, math.nan) for s in scales] for k, d in by_channels.items()}
-            written.append(
-                plot_curves(
-                    scales,
-                    series,
-                    out / f"guidance_{slug(name)}.png",
-                    title=f"FD against the guidance scale ({name})",
-                    smoothed=False,
-                    x_label="cfg scale",
-                )
-            )
-    return written
+        finals = [(r.get("scores") or {}).get("final", {}) for r in c["per_seed"].values()]
+        pairs = [(f["fd"], f["fd_second"]) for f in finals if "fd" in f and "fd_second" in f]
+        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+        # Two sets of one model are iid draws: E[(fd - fd2)^2] = 2 var(fd), pooled over the config's runs.
+        within = math.sqrt(sum((a - b) ** 2 for a, b in pairs) / (2 * len(pairs))) if pairs else math.nan
+        fd = c["final"]["fd"]
+        out[name] = {"sampling_sd": within, "seed_sd": fd["sd"] if fd["n"] > 1 else math.nan, "runs": len(pairs)}
+    return out
+
+
+def _second_view(view: str, scored: dict[str, Any], ranking: list[str], pairs: list[dict]) -> dict[str, Any]:
+    """The FD ranking checked in the second feature space: its own ranking, the same adjacent comparisons, and
+    the pairs whose verdict differs (ranked in one space, tied or reversed in the other)."""
+    by_seed = {n: _final_by_seed(c, view) for n, c in scored.items()}
+    order = sorted(scored, key=lambda n: scored[n]["final"][view]["mean"])
+    checks = []
+    for p in pairs:
+        other = _pair(p["better"], p["worse"], by_seed)
+        verdict = _verdict(p), _verdict(other)
+        checks.append(
+            {**other, "fd_verdict": verdict[0], "view_verdict": verdict[1], "agree": verdict[0] == verdict[1]}
+        )
+    return {"metric": view, "ranking": order, "same_order": order == ranking, "adjacent_pairs": checks}
+
+
+def _verdict(pair: dict[str, Any]) -> str:
+    if not pair["excludes_zero"]:
+        return "tie"
+    return "better" if pair["diff"] > 0 else "reversed"
+
+
+def _correlations(scored: dict[str, Any], resamples: int) -> dict[str, Any]:
+    """r of final FD (and accuracy) with log10 Gflops and with log10 parameters over configs, with hierarchical
+    bootstrap intervals (only when there are >= 3 configs and the x values differ)."""
+    names = list(scored)
+    if len(names) < 3:
+        return {}
+    out: dict[str, Any] = {}
+    for x_name in ("gflops", "params"):
+        xs = [scored[n].get(x_name) for n in names]
+        if None in xs or np.ptp(np.log10(np.asarray(xs, dtype=np.float64))) == 0:
+            continue
+        logs = np.log10(np.asarray(xs, dtype=np.float64)).tolist()
+        for metric in ("fd", "accuracy"):
+            values = [list(_final_by_seed(scored[n], metric).values()) for n in names]
+            out[f"corr_log_{x_name}_{metric}"] = correlation_interval(logs, values, resamples)
+    return out
+
+
+def _equal_compute(scored: dict[str, Any]) -> list[dict[str, Any]]:
+    """For configs of different training cost: at each evaluation of the costlier one that the cheaper one's
+    curve spans, the cheaper one's FD interpolated in log compute, compared paired by seed (larger - smaller:
+    negative where the costlier model is better at equal compute)."""
+    costs = {n: c["train_gflops_per_step"] for n, c in scored.items() if c.get("train_gflops_per_step")}
+    out = []
+    for small, large in itertools.combinations(sorted(costs, key=costs.get), 2):
+        if costs[large] <= costs[small]:
+            continue
+        for step in scored[large]["curve"]:
+            compute = int(step) * costs[large]
+            small_fd = _interpolated(scored[small], costs[small], compute)
+            if small_fd:
+                result = compare(small_fd, scored[large]["curve"][step]["per_seed"])
+                out.append({"smaller": small, "larger": large, "train_gflops": compute, **result})
+    return out
+
+
+def _interpolated(config: dict[str, Any], per_step: float, compute: float) -> dict[str, float]:
+    """Per seed FD of `config` at training compute `compute`, linear in log compute between its evaluations
+    ({} outside its evaluated range)."""
+    steps = sorted(int(s) for s in config["curve"])
+    xs = np.log10(np.asarray(steps, dtype=np.float64) * per_step)
+    x = math.log10(compute)
+    if not len(xs) or x < xs[0] or x > xs[-1]:
+        return {}
+    out = {}
+    for seed in config["curve"][str(steps[0])]["per_seed"]:
+        ys = [config["curve"][str(s)]["per_seed"].get(seed, math.nan) for s in steps]
+        out[seed] = float(np.interp(x, xs, ys))
+    return out
+
+
+def _vs_best(settings: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The setting of lowest mean FD among `kind`, and every other one compared with it paired by seed (the best
+    is picked after looking at the data, so with many settings its lead is biased up: read ties as ties)."""
+    rows = {k: v for k, v in settings.items() if v["kind"] == kind and "fd" in v}
+    best = min(rows, key=lambda k: (not math.isfinite(rows[k]["fd"]["mean"]), rows[k]["fd"]["mean"]))
+    return {
+        "best": best,
+        "vs_best": {
+            k: compare(rows[best]["fd"]["per_seed"], v["fd"]["per_seed"]) for k, v in rows.items() if k != best
+        },
+    }

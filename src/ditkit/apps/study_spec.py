@@ -12,10 +12,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ditkit.metrics.digit_views import SECOND_VIEWS
 from ditkit.runtime.errors import InputError
 
-BUILT_IN = ("blocks", "scaling", "guidance")
+BUILT_IN = ("blocks", "scaling", "guidance", "dit-vs-sit", "guidance-grid")
 RECIPES = ("demo", "latent-demo")
+SPEC_FORMAT_DOC = "docs/studies/spec-format.md"  # every field, its default and an example
+STUDY_OWNED_FIELDS = frozenset({"out_dir", "seed", "max_steps", "eval_every_steps", "num_eval_samples", "eval_seed"})
+EVAL_SEED = 1_000_000  # evaluations during training of seed s draw the noise of job seed EVAL_SEED + s ...
+FINAL_SEED = 2_000_000  # ... and the scoring after training that of FINAL_SEED + s (ditkit.apps.study_eval)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,28 @@ class StudyConfig:
     preset: str | None = None  # a ditkit preset for the model's size (else the recipe's model)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    process: dict[str, Any] = field(default_factory=dict)  # objective = "flow" and FlowConfig fields, or
+    # DiffusionConfig fields (what `ditkit train --objective/--path/--prediction/...` set)
+    sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields of this config's scoring (a flow
+    # config needs a flow sampler: the spec's sample changes come first, these after)
+    sweep: tuple[dict[str, Any], ...] = ()  # after training: score again with each of these SampleConfig changes
+    # (e.g. {sampler = "heun", num_steps = 10}): FD against model evaluations per sampler
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(c, dict) for c in self.sweep):
+            raise InputError(
+                f"config {self.name!r}: sweep must be a list of tables of SampleConfig fields "
+                f"(e.g. {{sampler = 'heun', num_steps = 10}}); got {list(self.sweep)!r}",
+                setting="sweep",
+            )
+        labels = [setting_label(c) for c in self.sweep]
+        if not all(self.sweep) or len(set(labels)) != len(labels) or any("@" in label for label in labels):
+            raise InputError(
+                f"config {self.name!r}: every sweep entry must change something, differ from the others and hold "
+                f"no '@'; got {list(self.sweep)!r}",
+                setting="sweep",
+            )
+        object.__setattr__(self, "sweep", tuple(dict(c) for c in self.sweep))
 
 
 @dataclass(frozen=True)
@@ -33,17 +60,19 @@ class StudySpec:
     name: str
     description: str = ""
     recipe: str = "demo"  # the base TrainConfig: "demo" (pixel digits) or "latent-demo" (the latent route)
-    seeds: tuple[int, ...] = (0, 1)  # training seeds per config (>= 2: a ranking needs the seed spread)
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds per config (>= 2 for an interval; paired across configs)
     max_steps: int = 600
     eval_every_steps: int = 200
-    num_eval_samples: int = 500
+    num_eval_samples: int = 1000  # class-balanced samples per evaluation during training (FD over training)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields for every config
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every config
     sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields of the evaluation
     configs: tuple[StudyConfig, ...] = ()
-    guidance_scales: tuple[float, ...] = ()  # after training: sample each run at these scales ...
+    final_samples: int = 1000  # after training: two disjoint sets of this many samples per run (see study_eval)
+    bootstrap: int = 200  # resamples for a run's FD interval and for correlations over configs (0: none)
+    second_view: str = "pixels"  # a second feature space for FD: "pixels", "inception" (slow on CPU) or "none"
+    guidance_scales: tuple[float, ...] = ()  # after training: score each run at these scales ...
     guidance_channels: tuple[str | int, ...] = ("all",)  # ... guiding these channels ("all" or 3)
-    guidance_samples: int = 500
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -55,12 +84,31 @@ class StudySpec:
         names = [c.name for c in self.configs]
         if len(set(names)) != len(names):
             raise InputError(f"study config names must be unique; got {names}", setting="configs")
-        if not self.seeds or self.max_steps < 1 or self.eval_every_steps < 1 or self.num_eval_samples < 2:
+        folders = [slug(n) for n in names]
+        if len(set(folders)) != len(folders):  # "a b" and "a_b" would share runs/a_b-s0
             raise InputError(
-                "a study needs seeds, max_steps >= 1, eval_every_steps >= 1 and num_eval_samples >= 2; got "
-                f"seeds={list(self.seeds)}, max_steps={self.max_steps}, eval_every_steps={self.eval_every_steps}, "
-                f"num_eval_samples={self.num_eval_samples}"
+                f"study config names {names} give the same run folder names {folders}; make them differ in "
+                "letters or digits, not only in spaces or punctuation",
+                setting="configs",
             )
+        if (
+            not self.seeds
+            or self.max_steps < 1
+            or self.eval_every_steps < 1
+            or min(self.num_eval_samples, self.final_samples) < 2
+        ):
+            raise InputError(
+                "a study needs seeds, max_steps >= 1, eval_every_steps >= 1, num_eval_samples >= 2 and "
+                f"final_samples >= 2; got seeds={list(self.seeds)}, max_steps={self.max_steps}, "
+                f"eval_every_steps={self.eval_every_steps}, num_eval_samples={self.num_eval_samples}, "
+                f"final_samples={self.final_samples}"
+            )
+        if self.second_view not in SECOND_VIEWS:
+            raise InputError(
+                f"second_view must be one of {', '.join(SECOND_VIEWS)}; got {self.second_view!r}", setting="second_view"
+            )
+        if self.bootstrap < 0 or (self.bootstrap == 1):
+            raise InputError(f"bootstrap must be 0 (none) or >= 2 resamples; got {self.bootstrap}", setting="bootstrap")
 
 
 def load_spec(source: str | Path) -> StudySpec:
@@ -102,13 +150,18 @@ def spec_from_dict(values: Any, *, source: str = "") -> StudySpec:
     unknown = sorted(map(str, set(values) - known))
     if unknown:
         allowed = ", ".join(sorted(known))
-        raise InputError(f"unknown study spec fields {unknown} in {where}; allowed: {allowed}", setting="spec")
+        raise InputError(
+            f"unknown study spec fields {unknown} in {where}; allowed: {allowed} (see {SPEC_FORMAT_DOC})",
+            setting="spec",
+        )
     fields = dict(values)
     try:
         fields["configs"] = tuple(StudyConfig(**c) for c in fields.get("configs", ()))
     except TypeError as err:
         raise InputError(
-            f"{where}: a config has a field it cannot take ({err}); use name, preset, model, train", setting="spec"
+            f"{where}: a config has a field it cannot take ({err}); use name, preset, model, train, process, "
+            f"sample, sweep (see {SPEC_FORMAT_DOC})",
+            setting="spec",
         ) from None
     try:
         for key in ("seeds", "guidance_scales", "guidance_channels"):
@@ -116,8 +169,14 @@ def spec_from_dict(values: Any, *, source: str = "") -> StudySpec:
                 fields[key] = tuple(fields[key])
         return StudySpec(**fields)
     except TypeError as err:  # e.g. seeds = 3, max_steps = "many"
-        message = f"{where}: a field has the wrong type ({err}); see the built-in specs (assets/studies)"
+        message = f"{where}: a field has the wrong type ({err}); see {SPEC_FORMAT_DOC}"
         raise InputError(message, setting="spec") from None
+
+
+def setting_label(change: dict[str, Any]) -> str:
+    """A sweep setting's key: its SampleConfig changes, e.g. "num_steps=10,sampler=heun" (guidance settings are
+    "<channels>@<scale>", the final scoring "final")."""
+    return ",".join(f"{k}={v}" for k, v in sorted(change.items())) or "final"
 
 
 def slug(name: str) -> str:

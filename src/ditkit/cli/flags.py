@@ -15,6 +15,9 @@ from ditkit.config import IMAGE_SAMPLING, SAMPLE_BATCH_CPU, SAMPLE_BATCH_CUDA, W
 from ditkit.config.constants import FLOW_PATHS, FLOW_PREDICTIONS, OBJECTIVES, SDE_DIFFUSION_FORMS, SDE_LAST_STEPS
 from ditkit.config.recipes import RECIPES
 
+# = ditkit.apps.study_spec.SPEC_FORMAT_DOC, restated: importing that module imports torch (`ditkit --help` must not).
+STUDY_SPEC_DOC = "docs/studies/spec-format.md"
+
 Handler = Callable[[argparse.Namespace], None]
 
 HELP = {
@@ -31,7 +34,7 @@ HELP = {
     "ref-stats": "reference statistics for FID from an image folder or .npz",
     "demo": "the CPU demo: a DiT on the embedded MNIST (the latent route by default), sampled and scored",
     "train-vae": "train a small KL autoencoder (diffusers AutoencoderKL) for latent DiTs; rerun to resume",
-    "study": "train and score a set of configs with seeds (blocks, scaling, guidance or a spec file); rerun resumes",
+    "study": "train and score configs over seeds (blocks, scaling, guidance, dit-vs-sit or a spec file); rerun resumes",
     "bench": "matmul peaks, training and sampling throughput, peak memory and compile time of a DiT here",
     "serve": "a local web page to sample from a model: class grids and latent walks (pip install 'ditkit[web]')",
 }
@@ -132,7 +135,8 @@ def _recipe_flags(add: Callable[[str], argparse.ArgumentParser], precisions: Seq
     )
 
     p = add("study")
-    p.add_argument("spec", help="a .toml/.json study spec, or blocks, scaling, guidance (built in)")
+    p.description = f"{HELP['study']}. Spec format: {STUDY_SPEC_DOC} (every field, its default, an example)."
+    p.add_argument("spec", help="a .toml/.json study spec, or blocks, scaling, guidance, dit-vs-sit (built in)")
     p.add_argument("--out", required=True, help="study folder (results.json, results.md, plots, runs/)")
     p.add_argument("--max-steps", type=count(1), help="override the spec's training steps (a quick smoke run)")
     p.add_argument("--seeds", type=count(1), help="override the spec's seed count")

@@ -229,10 +229,11 @@ def _demo(args: argparse.Namespace) -> None:
 def _study(args: argparse.Namespace) -> None:
     from ditkit.apps.study import run_study
     from ditkit.apps.study_spec import load_spec
+    from ditkit.apps.study_tables import ranking_line
 
     spec = load_spec(args.spec)
     results = run_study(spec, args.out, max_steps=args.max_steps, seeds=args.seeds, source=args.spec)
-    print(f"study {results['study']}: {args.out}/results.md; ranking by FD: {', '.join(results['ranking_by_fd'])}")
+    print(f"study {results['study']}: {args.out}/results.md; {ranking_line(results)}")
 
 
 def _train_vae(args: argparse.Namespace) -> None:
