@@ -10,7 +10,14 @@ import pytest
 from ditkit.apps import study, study_plots, study_tables
 from ditkit.apps.study import run_study
 from ditkit.apps.study_report import summarize
-from ditkit.apps.study_spec import StudyConfig, StudySpec, load_spec, spec_from_dict
+from ditkit.apps.study_spec import BUILT_IN, StudyConfig, StudySpec, load_spec, spec_from_dict
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_built_in_spec_builds_every_run(name):
+    spec = load_spec(name)
+    study.check_spec(spec, name)  # every config, sweep and guidance setting, before any training
+    assert len(spec.seeds) >= 2 and spec.configs
 
 
 def test_built_in_specs_parse():
@@ -19,6 +26,18 @@ def test_built_in_specs_parse():
     assert len(scaling.configs) >= 6 and {c.model["patch_size"] for c in scaling.configs} == {4, 8}
     assert guidance.recipe == "latent-demo" and guidance.guidance_channels == ("all", 3)
     assert all(len(s.seeds) >= 2 for s in (blocks, scaling, guidance))
+    assert blocks.model["depth"] >= 12 and len(blocks.seeds) >= 4 and blocks.num_eval_samples >= 1000
+    dvs, grid = load_spec("dit-vs-sit"), load_spec("guidance-grid")
+    assert len(dvs.seeds) >= 3 and {c.process.get("objective", "diffusion") for c in dvs.configs} == {
+        "diffusion",
+        "flow",
+    }
+    assert grid.guidance_scales == (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5)
+    shared = {c.name: c for c in dvs.configs}  # the grid's runs are the dit-vs-sit study's: the same configs
+    same = ("preset", "model", "train", "process", "sample")  # all but the sweep, which only dit-vs-sit runs
+    assert all(all(getattr(shared[c.name], f) == getattr(c, f) for f in same) for c in grid.configs)
+    assert grid.sample == dvs.sample and grid.num_eval_samples == dvs.num_eval_samples
+    assert (grid.max_steps, grid.seeds) == (dvs.max_steps, dvs.seeds)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +275,7 @@ def test_a_two_config_study_end_to_end(tmp_path):
     assert sweep["nfe"] == 3 and sweep["kind"] == "sweep"
     assert results["configs"]["flow"]["per_seed"]["0"]["scores"]["final"]["nfe"] == 3  # Euler on 4 grid points
     assert "all@1.5" in results["guidance"]["flow"]["best"] + "".join(results["guidance"]["flow"]["vs_best"])
+    assert results["sweep_vs_final"]["adaLN-Zero"]["num_steps=3,sampler=ddim"]["test"] == "paired t"
     assert (out / "fd_vs_nfe.png").is_file() and (out / "runs" / "flow-s1" / "metrics.jsonl").is_file()
     invoke("study", str(tmp_path / "tiny.json"), "--out", str(out))  # resumes: every run is complete
     again = json.loads((out / "results.json").read_text())

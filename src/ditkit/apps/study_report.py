@@ -56,6 +56,9 @@ def summarize(spec: StudySpec, runs: dict[str, dict[int, dict[str, Any]]]) -> di
     guidance = {n: _vs_best(c["settings"], "guidance") for n, c in scored.items() if _has(c, "guidance")}
     if guidance:
         results["guidance"] = guidance
+    sweep = {n: _vs_final(c) for n, c in scored.items() if _has(c, "sweep")}
+    if sweep:
+        results["sweep_vs_final"] = sweep
     return results
 
 
@@ -212,6 +215,13 @@ def _interpolated(config: dict[str, Any], per_step: float, compute: float) -> di
         ys = [config["curve"][str(s)]["per_seed"].get(seed, math.nan) for s in steps]
         out[seed] = float(np.interp(x, xs, ys))
     return out
+
+
+def _vs_final(config: dict[str, Any]) -> dict[str, Any]:
+    """Every sweep setting compared with the config's final scoring (its own sampler), paired by seed (the same
+    models on the same noise seeds): setting - final, negative where the sweep setting has the lower FD."""
+    final = _final_by_seed(config, "fd")
+    return {k: compare(final, v["fd"]["per_seed"]) for k, v in config["settings"].items() if v["kind"] == "sweep"}
 
 
 def _vs_best(settings: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -139,13 +139,20 @@ def _settings_tables(results: dict[str, Any]) -> list[str]:
         if not settings:
             continue
         lines += ["", f"Settings scored after training ({name}):", ""]
-        lines += ["| setting | NFE | accuracy | FD | precision | recall |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| setting | NFE | accuracy | FD | precision | recall | 2nd-view FD |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for label, s in settings.items():
             nfe = f"{s['nfe']:.0f}" if s.get("nfe") is not None else "-"
             lines.append(
                 f"| {label} | {nfe} | {_ci(s.get('accuracy'), 3)} | {_ci(s.get('fd'))} | "
-                f"{_ci(s.get('precision'), 3)} | {_ci(s.get('recall'), 3)} |"
+                f"{_ci(s.get('precision'), 3)} | {_ci(s.get('recall'), 3)} | "
+                f"{_ci(s.get('fd_pixels') or s.get('fd_inception'))} |"
             )
+        if name in results.get("sweep_vs_final", {}):
+            lines += ["", f"Sweep settings against the final scoring's sampler ({name}), setting - final, paired:", ""]
+            lines += [f"- {k}: {_comparison(p)}" for k, p in results["sweep_vs_final"][name].items()]
         if name in results.get("guidance", {}):
             g = results["guidance"][name]
             lines += ["", f"Against the best scale ({g['best']}), FD of the other - the best, paired by seed:", ""]
