@@ -76,6 +76,15 @@ def test_check_spec_refuses_what_would_fail_after_training(config, match):
     assert "x.toml" in str(err.value) and "config 'a'" in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["blocks/depth4", "scaling", "guidance"])
+def test_the_first_studies_specs_as_run_still_load(name):
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).parents[2] / "docs" / "studies" / name / "spec.json")
+    assert spec.final_samples == 500 and len(spec.seeds) == 2  # guidance_samples became final_samples
+    study.check_spec(spec, name)
+
+
 def test_spec_files_toml_and_json(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps({"name": "j", "seeds": [3, 4], "configs": [{"name": "a"}]}))
     assert load_spec(tmp_path / "s.json").seeds == (3, 4)

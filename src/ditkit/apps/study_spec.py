@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any
 from ditkit.metrics.digit_views import SECOND_VIEWS
 from ditkit.runtime.errors import InputError
 
-BUILT_IN = ("blocks", "scaling", "guidance", "dit-vs-sit", "guidance-grid")
+logger = logging.getLogger(__name__)
+
+BUILT_IN = ("blocks", "scaling", "guidance", "dit-vs-sit", "guidance-grid", "compute")
 RECIPES = ("demo", "latent-demo")
 SPEC_FORMAT_DOC = "docs/studies/spec-format.md"  # every field, its default and an example
 STUDY_OWNED_FIELDS = frozenset({"out_dir", "seed", "max_steps", "eval_every_steps", "num_eval_samples", "eval_seed"})
@@ -147,6 +150,11 @@ def spec_from_dict(values: Any, *, source: str = "") -> StudySpec:
             f"entries (allowed fields: {', '.join(sorted(known))})",
             setting="spec",
         )
+    if "guidance_samples" in values:  # specs written before final_samples (the committed first studies' spec.json)
+        values = dict(values)
+        samples = values.pop("guidance_samples")
+        values.setdefault("final_samples", samples)
+        logger.warning("%s: guidance_samples is now final_samples (%s samples per setting)", where, samples)
     unknown = sorted(map(str, set(values) - known))
     if unknown:
         allowed = ", ".join(sorted(known))
