@@ -18,7 +18,7 @@ from ditkit.runtime.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-BUILT_IN = ("blocks", "scaling", "guidance", "dit-vs-sit", "guidance-grid", "compute")
+BUILT_IN = ("blocks", "scaling", "guidance", "dit-vs-sit", "guidance-grid", "compute", "patches")
 RECIPES = ("demo", "latent-demo")
 SPEC_FORMAT_DOC = "docs/studies/spec-format.md"  # every field, its default and an example
 STUDY_OWNED_FIELDS = frozenset({"out_dir", "seed", "max_steps", "eval_every_steps", "num_eval_samples", "eval_seed"})
