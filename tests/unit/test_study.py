@@ -3,6 +3,7 @@ correlations, writers, resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -323,8 +324,12 @@ def test_a_run_folder_of_other_steps_is_refused(tmp_path):
     spec = StudySpec(name="s", max_steps=50, eval_every_steps=10, seeds=(0,), configs=(StudyConfig(name="a"),))
     run = tmp_path / "runs" / "a-s0"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"max_steps": 2, "eval_every_steps": 1}))
+    smoke = study.train_config(dataclasses.replace(spec, max_steps=2, eval_every_steps=1), spec.configs[0], 0, run, {})
+    (run / "config.json").write_text(json.dumps(smoke.to_dict()))  # a smoke run's folder
     with pytest.raises(ValueError, match="trained with max_steps 2 .* fresh output folder"):
+        run_study(spec, tmp_path)
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read .*config.json"):  # damaged: bad input, not a bug
         run_study(spec, tmp_path)
 
 

@@ -21,7 +21,7 @@ from ditkit.apps.demo import latent_digits
 from ditkit.apps.study_eval import run_settings, score_run
 from ditkit.apps.study_plots import write_plots
 from ditkit.apps.study_report import summarize
-from ditkit.apps.study_spec import EVAL_SEED, STUDY_OWNED_FIELDS, StudyConfig, StudySpec, slug
+from ditkit.apps.study_spec import EVAL_SEED, STUDY_OWNED_FIELDS, StudyConfig, StudySpec, run_folder
 from ditkit.apps.study_tables import results_markdown
 from ditkit.config import TrainConfig, check_sampler, get_preset
 from ditkit.config.model import process_from_choices
@@ -31,7 +31,7 @@ from ditkit.runtime.errors import InputError
 from ditkit.runtime.files import check_output_dir, write_json, write_text
 from ditkit.runtime.stopping import Interrupted, StopSignal, one_line, stopped
 from ditkit.training.loop import train
-from ditkit.training.run import read_metrics, with_vae_record
+from ditkit.training.run import CONFIG_FILE, read_metrics, read_run_config, with_vae_record
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def train_config(
 
 def _run_one(spec: StudySpec, config: StudyConfig, seed: int, out: Path, shared: dict[str, Path]) -> dict[str, Any]:
     """Train (or resume) one run and score it: {"evals", "scores", "gflops", "params", "wall_s", ...}."""
-    run_dir = out / "runs" / f"{slug(config.name)}-s{seed}"
+    run_dir = run_folder(out, config.name, seed)
     cfg = train_config(spec, config, seed, run_dir, shared)
     start = time.perf_counter()
     train(cfg)
@@ -182,14 +182,14 @@ def _check_existing_runs(spec: StudySpec, out: Path) -> None:
     evaluation grids, so they would not be runs of this spec."""
     for config in spec.configs:
         for seed in spec.seeds:
-            stored = out / "runs" / f"{slug(config.name)}-s{seed}" / "config.json"
-            if not stored.is_file():
+            run_dir = run_folder(out, config.name, seed)
+            if not (run_dir / CONFIG_FILE).is_file():
                 continue
-            old = json.loads(stored.read_text())
-            if (old.get("max_steps"), old.get("eval_every_steps")) != (spec.max_steps, spec.eval_every_steps):
+            old = read_run_config(run_dir)  # a damaged config.json is one InputError naming it
+            if (old.max_steps, old.eval_every_steps) != (spec.max_steps, spec.eval_every_steps):
                 raise InputError(
-                    f"{stored.parent} was trained with max_steps {old.get('max_steps')} and eval_every_steps "
-                    f"{old.get('eval_every_steps')}, this study asks for {spec.max_steps} and "
+                    f"{run_dir} was trained with max_steps {old.max_steps} and eval_every_steps "
+                    f"{old.eval_every_steps}, this study asks for {spec.max_steps} and "
                     f"{spec.eval_every_steps}: give the study a fresh output folder (or delete that run folder)",
                     setting="out",
                 )

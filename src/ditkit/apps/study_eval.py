@@ -3,9 +3,9 @@
 rerun only samples what is missing.
 
 Noise seeds: the final sets of training seed s are images 0..n-1 and n..2n-1 of the job seed FINAL_SEED + s, so
-two configs trained with seed s are scored on the same noise (a paired comparison removes it) while different
-seeds see different noise (the seed spread holds FD's sampling noise); the sweep and the guidance grid reuse the
-first set's seeds, so their settings are paired too.
+two configs trained with seed s are scored on the same noise (a paired comparison reduces it, by as much as the
+two configs respond alike to it) while different seeds see different noise (the seed spread holds FD's sampling
+noise); the sweep and the guidance grid reuse the first set's seeds, so their settings are paired too.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def _config_summary(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     entry["seeds"] = sorted(good)
     entry["per_seed"] = {str(s): {k: r.get(k) for k in ("evals", "scores", "wall_s")} for s, r in good.items()}
     entry["wall_s"] = sum(r.get("wall_s") or 0.0 for r in good.values())
-    finals = {s: (r.get("scores") or {}).get("final", {}) for s, r in good.items()}
+    finals = _finals(good)
     entry["final"] = {m: mean_interval([f[m] for f in finals.values() if m in f]) for m in FINAL_METRICS}
     entry["final"] = {m: v for m, v in entry["final"].items() if v["n"]}
     steps = sorted({int(e[0]) for r in good.values() for e in r.get("evals") or []})  # seeds aligned by step
@@ -110,8 +110,13 @@ def _has(config: dict[str, Any], kind: str) -> bool:
     return any(v["kind"] == kind for v in config.get("settings", {}).values())
 
 
+def _finals(runs: dict[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """{seed: the final scores} of runs ({} for a run whose scoring failed)."""
+    return {seed: (run.get("scores") or {}).get("final", {}) for seed, run in runs.items()}
+
+
 def _final_by_seed(config: dict[str, Any], metric: str) -> dict[str, float]:
-    finals = {s: (r.get("scores") or {}).get("final", {}) for s, r in config["per_seed"].items()}
+    finals = _finals(config["per_seed"])
     return {s: f[metric] for s, f in finals.items() if metric in f}
 
 
@@ -135,7 +140,7 @@ def _sampling_noise(scored: dict[str, Any]) -> dict[str, Any]:
     sample sets (sqrt(mean((fd - fd_second)^2) / 2)) and the std of the final FD over seeds."""
     out = {}
     for name, c in scored.items():
-        finals = [(r.get("scores") or {}).get("final", {}) for r in c["per_seed"].values()]
+        finals = _finals(c["per_seed"]).values()
         pairs = [(f["fd"], f["fd_second"]) for f in finals if "fd" in f and "fd_second" in f]
         pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
         # Two sets of one model are iid draws: E[(fd - fd2)^2] = 2 var(fd), pooled over the config's runs.

@@ -187,6 +187,11 @@ def setting_label(change: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(change.items())) or "final"
 
 
+def run_folder(out: Path, config_name: str, seed: int) -> Path:
+    """The run folder of one (config, seed) of a study in `out`."""
+    return out / "runs" / f"{slug(config_name)}-s{seed}"
+
+
 def slug(name: str) -> str:
     """A config's name as a file name (its runs' folders, its plots)."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
